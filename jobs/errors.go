@@ -1,0 +1,136 @@
+package jobs
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is one of the stable error codes of the wire contract. Flows branch on
+// these strings, so a code is never renamed or reused for another meaning.
+type Code string
+
+// The stable error codes of SPEC.md, in one place.
+const (
+	// CodeInvalidCall: the call message is not valid JSON or breaks a rule of the contract.
+	CodeInvalidCall Code = "invalid_call"
+	// CodeUnknownConnection: no connection of that name in the config or registry.
+	CodeUnknownConnection Code = "unknown_connection"
+	// CodeUnknownProfile: the connection names a profile that does not exist.
+	CodeUnknownProfile Code = "unknown_profile"
+	// CodeHostNotAllowed: the target host is not in the connection's allow_hosts.
+	CodeHostNotAllowed Code = "host_not_allowed"
+	// CodeSecretUnavailable: a secret source could not be reached; retry later.
+	CodeSecretUnavailable Code = "secret_unavailable"
+	// CodeKeystoreInvalid: the keystore cannot be decoded or holds no usable key.
+	CodeKeystoreInvalid Code = "keystore_invalid"
+	// CodeKeystorePasswordWrong: the keystore did not open with the given password.
+	CodeKeystorePasswordWrong Code = "keystore_password_wrong"
+	// CodeClientCertExpired: the client certificate's NotAfter has passed.
+	CodeClientCertExpired Code = "client_cert_expired"
+	// CodeClientCertNotYetValid: the client certificate's NotBefore is in the future.
+	CodeClientCertNotYetValid Code = "client_cert_not_yet_valid"
+	// CodeServerCertUntrusted: the server's chain does not lead to a trusted CA.
+	CodeServerCertUntrusted Code = "server_cert_untrusted"
+	// CodeServerNameMismatch: the server's certificate is not valid for the host name.
+	CodeServerNameMismatch Code = "server_name_mismatch"
+	// CodeClientCertRejected: the server refused the client certificate.
+	CodeClientCertRejected Code = "client_cert_rejected"
+	// CodeTLSHandshakeFailed: the TLS handshake failed for another reason.
+	CodeTLSHandshakeFailed Code = "tls_handshake_failed"
+	// CodeConnectFailed: DNS or TCP connect failed; retryable.
+	CodeConnectFailed Code = "connect_failed"
+	// CodeTimeout: the attempt's deadline passed; retryable.
+	CodeTimeout Code = "timeout"
+	// CodeResponseTooLarge: the response body exceeded max_response_bytes.
+	CodeResponseTooLarge Code = "response_too_large"
+	// CodeHTTPStatus: a retryable HTTP status (429, 502, 503, 504) outlived its attempts.
+	CodeHTTPStatus Code = "http_status"
+	// CodeCanceled: the call was canceled before it completed.
+	CodeCanceled Code = "canceled"
+	// CodeInternal: a defect in mtlsrelay itself.
+	CodeInternal Code = "internal"
+)
+
+// retryableCodes are the codes whose failures are worth another attempt.
+var retryableCodes = map[Code]bool{
+	CodeSecretUnavailable: true,
+	CodeConnectFailed:     true,
+	CodeTimeout:           true,
+	CodeHTTPStatus:        true,
+}
+
+// Codes lists every stable error code, for documentation and tests.
+func Codes() []Code {
+	return []Code{
+		CodeInvalidCall, CodeUnknownConnection, CodeUnknownProfile, CodeHostNotAllowed,
+		CodeSecretUnavailable, CodeKeystoreInvalid, CodeKeystorePasswordWrong,
+		CodeClientCertExpired, CodeClientCertNotYetValid, CodeServerCertUntrusted,
+		CodeServerNameMismatch, CodeClientCertRejected, CodeTLSHandshakeFailed,
+		CodeConnectFailed, CodeTimeout, CodeResponseTooLarge, CodeHTTPStatus,
+		CodeCanceled, CodeInternal,
+	}
+}
+
+// Retryable reports whether failures with this code are retried by default.
+func (c Code) Retryable() bool { return retryableCodes[c] }
+
+// Error is a failure with a stable code, a message a person can act on, and
+// whether another attempt may succeed. It is the `error` object of a Result.
+//
+// The message never holds a password, a private key or keystore bytes: it is
+// built by the code that classifies the failure, never copied from input.
+type Error struct {
+	Code      Code   `json:"code"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+
+	cause error
+}
+
+// Errorf returns an Error with code, a formatted message and the code's
+// default retryability.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Retryable: code.Retryable()}
+}
+
+// Wrap is Errorf that keeps cause for errors.Is and errors.As. The cause's
+// text is not part of the message; callers add what a person needs to read.
+func Wrap(cause error, code Code, format string, args ...any) *Error {
+	e := Errorf(code, format, args...)
+	e.cause = cause
+	return e
+}
+
+// Error returns "code: message".
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// Unwrap returns the underlying cause, if any.
+func (e *Error) Unwrap() error { return e.cause }
+
+// WithRetryable returns a copy of e with Retryable set to r.
+func (e *Error) WithRetryable(r bool) *Error {
+	c := *e
+	c.Retryable = r
+	return &c
+}
+
+// AsError returns err as an *Error: the one it wraps if there is one, else an
+// internal error that says so without echoing err's text, which may hold input.
+func AsError(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return Wrap(err, CodeInternal, "unexpected failure inside mtlsrelay (%T); see the worker log for this call id", err)
+}
+
+// CodeOf returns the code of err, or "" when err is nil.
+func CodeOf(err error) Code {
+	if err == nil {
+		return ""
+	}
+	return AsError(err).Code
+}
