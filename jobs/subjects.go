@@ -99,3 +99,15 @@ func ValidSubject(subj string) bool {
 	}
 	return true
 }
+
+// Reserved reports whether subject is one mtlsrelay consumes or writes for
+// its own purposes (calls, rpc, dead letters): a result published there
+// would loop back or pollute them, so it can never be a reply_to.
+func (s Subjects) Reserved(subject string) bool {
+	for _, kind := range []string{".calls.", ".rpc.", ".dead."} {
+		if strings.HasPrefix(subject, s.p()+kind) {
+			return true
+		}
+	}
+	return false
+}

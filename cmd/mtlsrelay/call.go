@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+func newCallCmd() *cobra.Command {
+	var (
+		natsURL, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo string
+		headers, query                                                                    []string
+		noWait, direct                                                                    bool
+		timeout                                                                           time.Duration
+		maxAttempts                                                                       int
+	)
+	cmd := &cobra.Command{
+		Use:   "call CONNECTION",
+		Short: "Enqueue a call and print its result",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			call := &jobs.Call{
+				ID:          id,
+				Connection:  args[0],
+				Method:      method,
+				Path:        path,
+				URL:         absURL,
+				ReplyTo:     replyTo,
+				MaxAttempts: maxAttempts,
+			}
+			if call.ID == "" {
+				call.ID = newID()
+			}
+			body, err := readData(data)
+			if err != nil {
+				return err
+			}
+			if soapAction != "" || soapVersion != "" {
+				call.SOAP = &jobs.SOAP{Version: soapVersion, Action: soapAction, Body: body}
+			} else {
+				call.Body = body
+			}
+			if call.Headers, err = parsePairs(headers, ":", "-H 'Name: value'"); err != nil {
+				return err
+			}
+			if call.Query, err = parsePairs(query, "=", "--query name=value"); err != nil {
+				return err
+			}
+			if timeout > 0 {
+				call.TimeoutMS = int(timeout / time.Millisecond)
+			}
+			nc, err := connectNATS(natsURL, nil, "mtlsrelay call", zerolog.Nop())
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			client, err := jobs.NewClient(nc, jobs.WithSubjects(jobs.Subjects{Prefix: prefix}))
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), wait(timeout))
+			defer cancel()
+			var res *jobs.Result
+			switch {
+			case noWait:
+				ack, err := client.Enqueue(ctx, call)
+				if err != nil {
+					return err
+				}
+				return printJSON(map[string]any{"id": call.ID, "reply_to": call.ReplyTo, "stream": ack.Stream, "seq": ack.Sequence, "duplicate": ack.Duplicate})
+			case direct:
+				res, err = client.Direct(ctx, call)
+			default:
+				res, err = client.Call(ctx, call)
+			}
+			if err != nil {
+				return err
+			}
+			if err := printJSON(res); err != nil {
+				return err
+			}
+			if !res.OK {
+				return exitCode(2)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&natsURL, "nats", "nats://127.0.0.1:4222", "NATS URL")
+	f.StringVar(&prefix, "prefix", "", "subject prefix (default mtlsrelay)")
+	f.StringVarP(&method, "method", "X", "", "HTTP method (default GET, POST for SOAP)")
+	f.StringVar(&path, "path", "", "path joined to the connection's base URL")
+	f.StringVar(&absURL, "url", "", "absolute URL instead of --path (its host must be allowed)")
+	f.StringVarP(&data, "data", "d", "", "request body, or @FILE to read it from a file (@- for stdin)")
+	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
+	f.StringArrayVar(&query, "query", nil, "query parameter name=value (repeatable)")
+	f.StringVar(&soapAction, "soap-action", "", "make a SOAP call with this action; --data is the Body XML")
+	f.StringVar(&soapVersion, "soap-version", "", "SOAP version 1.1 (default) or 1.2")
+	f.StringVar(&id, "id", "", "call id (default: random)")
+	f.StringVar(&replyTo, "reply-to", "", "result subject (default mtlsrelay.results.<id>)")
+	f.IntVar(&maxAttempts, "max-attempts", 0, "attempts (default: the connection's)")
+	f.DurationVar(&timeout, "timeout", 0, "attempt deadline (default: the connection's)")
+	f.BoolVar(&noWait, "no-wait", false, "enqueue and print the id without waiting for the result")
+	f.BoolVar(&direct, "direct", false, "send as a direct (core NATS request) call, not persisted")
+	return cmd
+}
+
+// wait is how long the command waits for a result: enough for retries.
+func wait(attempt time.Duration) time.Duration {
+	return max(2*time.Minute, 10*attempt)
+}
+
+func newID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return "cli-" + hex.EncodeToString(b)
+}
+
+func readData(d string) (string, error) {
+	name, ok := strings.CutPrefix(d, "@")
+	if !ok {
+		return d, nil
+	}
+	var b []byte
+	var err error
+	if name == "-" {
+		b, err = io.ReadAll(os.Stdin)
+	} else {
+		b, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--data %s: %w", d, err)
+	}
+	return string(b), nil
+}
+
+func parsePairs(items []string, sep, form string) (map[string][]string, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	out := map[string][]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, sep)
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("%q is not of the form %s", it, form)
+		}
+		k = strings.TrimSpace(k)
+		if sep == "=" {
+			if uk, err := url.QueryUnescape(k); err == nil {
+				k = uk
+			}
+		}
+		out[k] = append(out[k], strings.TrimSpace(v))
+	}
+	return out, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}

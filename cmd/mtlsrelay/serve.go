@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
+	"github.com/mtlsrelay/mtlsrelay/internal/logging"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		configPath, natsURL, dataDir, listen, adminAddr, name, logLevel, logFormat string
+		concurrency                                                               int
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a worker (with an embedded NATS server unless --nats or nats.url is set)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			set := func(dst *string, v string) {
+				if v != "" {
+					*dst = v
+				}
+			}
+			set(&cfg.NATS.URL, natsURL)
+			set(&cfg.NATS.Embedded.DataDir, dataDir)
+			set(&cfg.NATS.Embedded.Listen, listen)
+			set(&cfg.Worker.AdminAddr, adminAddr)
+			set(&cfg.Worker.Name, name)
+			set(&cfg.Log.Level, logLevel)
+			set(&cfg.Log.Format, logFormat)
+			if concurrency > 0 {
+				cfg.Worker.Concurrency = concurrency
+				cfg.Worker.FetchBatch = concurrency
+			}
+			log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file")
+	f.StringVar(&natsURL, "nats", "", "NATS URL of an external cluster (default: start an embedded server)")
+	f.StringVar(&dataDir, "data-dir", "", "embedded server's JetStream directory (default ./mtlsrelay-data)")
+	f.StringVar(&listen, "listen", "", "embedded server's client address (default 127.0.0.1:4222)")
+	f.StringVar(&adminAddr, "admin-addr", "", "address of /healthz, /readyz, /metrics (default 127.0.0.1:9464, \"off\" disables)")
+	f.StringVar(&name, "name", "", "worker name in results and logs (default host-pid)")
+	f.IntVar(&concurrency, "concurrency", 0, "calls in flight (default 64)")
+	f.StringVar(&logLevel, "log-level", "", "trace, debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "", "json, console or auto")
+	return cmd
+}
+
+func loadConfig(path string) (*worker.Config, error) {
+	if path == "" {
+		cfg, err := worker.ParseConfig(nil)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Dir, _ = os.Getwd()
+		return cfg, nil
+	}
+	return worker.LoadConfig(path)
+}
+
+func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
+	url := cfg.NATS.URL
+	if url == "" {
+		srv, err := embedded.Start(embedded.Options{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.DataDir})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			srv.Shutdown()
+			srv.WaitForShutdown()
+		}()
+		url = srv.ClientURL()
+		log.Info().Str("url", url).Str("data_dir", cfg.NATS.Embedded.DataDir).Msg("embedded NATS server with JetStream started")
+	}
+	nc, err := connectNATS(url, cfg, "mtlsrelay worker "+cfg.Worker.Name, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	w, err := worker.New(cfg, nc, worker.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	if cfg.Worker.AdminAddr != "off" {
+		ln, err := net.Listen("tcp", cfg.Worker.AdminAddr)
+		if err != nil {
+			return fmt.Errorf("admin address %s: %w", cfg.Worker.AdminAddr, err)
+		}
+		admin := &http.Server{Handler: w.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error().Err(err).Msg("admin server stopped")
+			}
+		}()
+		defer admin.Close()
+		log.Info().Str("addr", ln.Addr().String()).Msg("admin endpoints /healthz /readyz")
+	}
+	return w.Run(ctx)
+}
+
+// connectNATS connects with reconnection forever, so a worker rides out a
+// NATS restart or failover.
+func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
+		}),
+	}
+	if cfg != nil && cfg.NATS.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}

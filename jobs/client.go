@@ -1,0 +1,187 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Client is what a flow uses to hand calls to mtlsrelay and read results. It
+// speaks only the wire contract, so anything it does a plain NATS client can
+// do too. Safe for concurrent use.
+type Client struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	subj Subjects
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithSubjects sets the subject prefix (default "mtlsrelay").
+func WithSubjects(s Subjects) ClientOption { return func(c *Client) { c.subj = s } }
+
+// NewClient returns a Client on an established NATS connection.
+func NewClient(nc *nats.Conn, opts ...ClientOption) (*Client, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{nc: nc, js: js}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Subjects returns the subjects the client uses.
+func (c *Client) Subjects() Subjects { return c.subj }
+
+func (c *Client) prepare(call *Call) ([]byte, error) {
+	if err := call.Normalize(""); err != nil {
+		return nil, err
+	}
+	if call.ReplyTo == "" {
+		call.ReplyTo = c.subj.Result(call.ID)
+		if !ValidSubject(call.ReplyTo) {
+			return nil, Errorf(CodeInvalidCall, "call id %q does not make a valid result subject; set reply_to", call.ID)
+		}
+	}
+	if c.subj.Reserved(call.ReplyTo) {
+		return nil, Errorf(CodeInvalidCall, "reply_to %q is a subject mtlsrelay consumes; use one under %s", call.ReplyTo, c.subj.ResultsAll())
+	}
+	return json.Marshal(call)
+}
+
+// Enqueue publishes call durably to <prefix>.calls.<connection> with
+// Nats-Msg-Id set to its id, so a repeated Enqueue of the same id within the
+// duplicate window is stored once. A call without reply_to gets
+// <prefix>.results.<id>, kept in MTLSRELAY_RESULTS.
+func (c *Client) Enqueue(ctx context.Context, call *Call) (*jetstream.PubAck, error) {
+	data, err := c.prepare(call)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(c.subj.Calls(call.Connection))
+	msg.Data = data
+	msg.Header.Set(HeaderMsgID, call.ID)
+	return c.js.PublishMsg(ctx, msg)
+}
+
+// Call enqueues call and waits for its result on its reply subject until ctx
+// ends. When the wait ends without a live result and the reply subject is
+// kept in MTLSRELAY_RESULTS, the stored result is returned if there is one.
+func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
+	if _, err := c.prepare(call); err != nil {
+		return nil, err
+	}
+	sub, err := c.nc.SubscribeSync(call.ReplyTo)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if _, err := c.Enqueue(ctx, call); err != nil {
+		return nil, err
+	}
+	msg, err := sub.NextMsgWithContext(ctx)
+	if err == nil {
+		return DecodeResult(msg.Data)
+	}
+	if c.subj.IsResult(call.ReplyTo) {
+		fallback, cancel := context.WithTimeout(context.Background(), c.nc.Opts.Timeout)
+		defer cancel()
+		if r, serr := c.StoredResult(fallback, call.ReplyTo); serr == nil {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
+}
+
+// Direct sends call as a core NATS request to <prefix>.rpc.<connection>: no
+// persistence, lowest latency; the result is the reply. ctx bounds the wait.
+func (c *Client) Direct(ctx context.Context, call *Call) (*Result, error) {
+	if err := call.Normalize(""); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(call)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(c.subj.RPC(call.Connection))
+	msg.Data = data
+	msg.Header.Set(HeaderCallID, call.ID)
+	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return nil, fmt.Errorf("no worker serves %s; start `mtlsrelay serve`: %w", msg.Subject, err)
+		}
+		return nil, err
+	}
+	return DecodeResult(reply.Data)
+}
+
+// StoredResult returns the last result stored in MTLSRELAY_RESULTS on subject.
+func (c *Client) StoredResult(ctx context.Context, subject string) (*Result, error) {
+	s, err := c.js.Stream(ctx, StreamResults)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		return nil, err
+	}
+	return DecodeResult(m.Data)
+}
+
+// ResultsOptions selects which stored results ConsumeResults delivers.
+type ResultsOptions struct {
+	// Filter is a subject filter under <prefix>.results; default all results.
+	Filter string
+	// Durable names a durable consumer so a flow resumes where it stopped;
+	// empty uses an ephemeral ordered consumer from the start of the stream.
+	Durable string
+}
+
+// ConsumeResults delivers results kept in MTLSRELAY_RESULTS to handle, in
+// stream order, until the returned stop function is called. With a durable
+// consumer a result is acknowledged when handle returns nil, and redelivered
+// when it returns an error.
+func (c *Client) ConsumeResults(ctx context.Context, o ResultsOptions, handle func(*Result) error) (stop func(), err error) {
+	filter := o.Filter
+	if filter == "" {
+		filter = c.subj.ResultsAll()
+	}
+	var cons jetstream.Consumer
+	if o.Durable == "" {
+		cons, err = c.js.OrderedConsumer(ctx, StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	} else {
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, StreamResults, jetstream.ConsumerConfig{
+			Durable:       o.Durable,
+			FilterSubject: filter,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		r, derr := DecodeResult(m.Data())
+		if derr != nil {
+			_ = m.Term()
+			return
+		}
+		if herr := handle(r); herr != nil {
+			_ = m.Nak()
+			return
+		}
+		_ = m.Ack()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cc.Stop, nil
+}

@@ -1,0 +1,131 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream defaults.
+const (
+	// DefaultResultsMaxAge is how long MTLSRELAY_RESULTS keeps a result.
+	DefaultResultsMaxAge = 24 * time.Hour
+	// DefaultDuplicateWindow is the de-duplication window on Nats-Msg-Id.
+	DefaultDuplicateWindow = 2 * time.Minute
+	// DefaultAckWait is how long a worker holds a call before JetStream
+	// redelivers it; a running call is kept alive with InProgress.
+	DefaultAckWait = 30 * time.Second
+)
+
+// StreamOptions tunes the streams and the consumer the worker creates.
+// Zero values mean the defaults above, one replica and file storage.
+type StreamOptions struct {
+	// Subjects names the subjects; zero means prefix "mtlsrelay".
+	Subjects Subjects
+	// Replicas of each stream (3 on a cluster for failover).
+	Replicas int
+	// ResultsMaxAge bounds how long results are kept.
+	ResultsMaxAge time.Duration
+	// DeadMaxAge bounds how long dead letters are kept; 0 keeps them 7 days.
+	DeadMaxAge time.Duration
+	// DuplicateWindow is the Nats-Msg-Id de-duplication window (at least 2 min).
+	DuplicateWindow time.Duration
+	// MemoryStorage keeps streams in memory (tests, benchmarks); default file.
+	MemoryStorage bool
+	// AckWait of consumer "workers".
+	AckWait time.Duration
+	// MaxAckPending of consumer "workers": calls held by all workers at once.
+	MaxAckPending int
+}
+
+func (o StreamOptions) storage() jetstream.StorageType {
+	if o.MemoryStorage {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
+func orDuration(v, def time.Duration) time.Duration {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+// StreamConfigs returns the configurations of MTLSRELAY_CALLS,
+// MTLSRELAY_RESULTS and MTLSRELAY_DEAD.
+func (o StreamOptions) StreamConfigs() []jetstream.StreamConfig {
+	dup := max(o.DuplicateWindow, DefaultDuplicateWindow)
+	replicas := max(o.Replicas, 1)
+	s := o.Subjects
+	return []jetstream.StreamConfig{
+		{
+			Name:        StreamCalls,
+			Description: "mtlsrelay durable calls, taken by consumer workers",
+			Subjects:    []string{s.CallsAll()},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     o.storage(),
+			Replicas:    replicas,
+			Duplicates:  dup,
+			MaxMsgSize:  MaxCallBytes,
+			Discard:     jetstream.DiscardOld,
+		},
+		{
+			Name:        StreamResults,
+			Description: "mtlsrelay results, one per call id",
+			Subjects:    []string{s.ResultsAll()},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     o.storage(),
+			Replicas:    replicas,
+			Duplicates:  dup,
+			MaxAge:      orDuration(o.ResultsMaxAge, DefaultResultsMaxAge),
+		},
+		{
+			Name:        StreamDead,
+			Description: "mtlsrelay dead letters: calls whose last attempt failed or that could not be processed",
+			Subjects:    []string{s.DeadAll()},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     o.storage(),
+			Replicas:    replicas,
+			Duplicates:  dup,
+			MaxAge:      orDuration(o.DeadMaxAge, 7*24*time.Hour),
+		},
+	}
+}
+
+// ConsumerConfig returns the configuration of the durable pull consumer
+// "workers". Attempts are counted by the worker (max_attempts is per call),
+// so JetStream's MaxDeliver is unbounded.
+func (o StreamOptions) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerWorkers,
+		Description:   "mtlsrelay workers share this consumer",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       orDuration(o.AckWait, DefaultAckWait),
+		MaxDeliver:    -1,
+		MaxAckPending: max(o.MaxAckPending, 10000),
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Replicas:      max(o.Replicas, 1),
+	}
+}
+
+// EnsureStreams creates or updates the three streams and consumer "workers",
+// so any worker can start first. It returns the consumer.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.Consumer, error) {
+	for _, cfg := range o.StreamConfigs() {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+				return nil, fmt.Errorf("NATS server has no JetStream; start nats-server with -js: %w", err)
+			}
+			return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
+		}
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, StreamCalls, o.ConsumerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", ConsumerWorkers, StreamCalls, err)
+	}
+	return cons, nil
+}

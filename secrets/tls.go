@@ -1,0 +1,122 @@
+package secrets
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// Material is what a call needs from a profile: a ready client tls.Config
+// and what identifies it. A Material is never modified once returned; a
+// changed secret yields a new Material, so calls in flight finish with the
+// one they started with. Materials are shared between callers: treat every
+// field as read-only and Clone the Config before changing it (http.Transport
+// clones it by itself).
+type Material struct {
+	// Profile is the profile's name.
+	Profile string
+	// Config is the client configuration: one client certificate, RootCAs
+	// from the truststore (nil means the system roots), MinVersion,
+	// Renegotiation, ServerName only when the profile sets server_name (an
+	// HTTP transport fills it from the URL's host otherwise) and an LRU
+	// ClientSessionCache so connections resume. GetClientCertificate offers
+	// the certificate even when the server's list of acceptable CAs does not
+	// name its issuer, as OpenSSL and Java clients do: many servers list CAs
+	// loosely, and the server is the one to decide.
+	Config *tls.Config
+	// Leaf is the client certificate presented.
+	Leaf *x509.Certificate
+	// Version changes whenever the profile's definition or any of its
+	// secrets changed; keying connection pools on Profile+Version retires
+	// connections made with an old certificate.
+	Version string
+}
+
+// build decodes a profile's fetched secrets into a Material. Errors are
+// prefixed with the profile and the reference that failed.
+func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]Secret, version string) (*Material, error) {
+	in := func(field string, ref Ref) string {
+		return fmt.Sprintf("profile %q %s %s", name, field, ref)
+	}
+	password := passwordBytes(got, refs.password)
+	defer clear(password)
+	ks, err := DecodeKeystore(got[refs.keystore].Data, password)
+	if err != nil {
+		return nil, prefixError(err, in("keystore", refs.keystore))
+	}
+	cert, err := ks.ClientCertificate(p.KeyAlias)
+	if err != nil {
+		return nil, prefixError(err, in("keystore", refs.keystore))
+	}
+	var roots *x509.CertPool
+	if !refs.truststore.IsZero() {
+		tsPassword := passwordBytes(got, refs.truststorePassword)
+		defer clear(tsPassword)
+		if roots, _, err = DecodeTruststore(got[refs.truststore].Data, tsPassword); err != nil {
+			return nil, prefixError(err, in("truststore", refs.truststore))
+		}
+	}
+	// parse has checked both settings already.
+	minVersion, _ := p.minVersion()
+	renegotiation, _ := p.renegotiation()
+	cfg := &tls.Config{
+		Certificates:       []tls.Certificate{cert},
+		RootCAs:            roots,
+		MinVersion:         minVersion,
+		Renegotiation:      renegotiation,
+		ServerName:         p.ServerName,
+		ClientSessionCache: tls.NewLRUClientSessionCache(r.sessionCacheSize),
+	}
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return &cert, nil
+	}
+	return &Material{Profile: name, Config: cfg, Leaf: cert.Leaf, Version: version}, nil
+}
+
+// passwordBytes returns a copy of the password secret of ref, without one
+// trailing newline, or nil when the profile names no password.
+func passwordBytes(got map[Ref]Secret, ref Ref) []byte {
+	if ref.IsZero() {
+		return nil
+	}
+	pw := got[ref].Data
+	pw = bytes.TrimSuffix(pw, []byte("\n"))
+	pw = bytes.TrimSuffix(pw, []byte("\r"))
+	return bytes.Clone(pw)
+}
+
+// materialVersion derives a Material's Version from the profile's name,
+// definition and secret versions. Secret versions are keyed hashes already,
+// so this hash reveals nothing either.
+func materialVersion(name string, p Profile, versions []string) string {
+	h := sha256.New()
+	def, _ := p.MarshalUnredactedJSON()
+	fmt.Fprintf(h, "%q\n%s\n", name, def)
+	for _, v := range versions {
+		fmt.Fprintf(h, "%s\n", v)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// checkValidity fails when the client certificate is outside its validity
+// window at now: sending it would only earn a handshake failure.
+func checkValidity(m *Material, now time.Time) error {
+	leaf := m.Leaf
+	switch {
+	case now.After(leaf.NotAfter):
+		return jobs.Errorf(jobs.CodeClientCertExpired,
+			"client certificate CN=%s (serial %s) of profile %q expired at %s; renew it and update the keystore",
+			leaf.Subject.CommonName, SerialHex(leaf), m.Profile, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return jobs.Errorf(jobs.CodeClientCertNotYetValid,
+			"client certificate CN=%s (serial %s) of profile %q is not valid before %s; check the worker's clock, or use a certificate that is valid now",
+			leaf.Subject.CommonName, SerialHex(leaf), m.Profile, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}

@@ -1,0 +1,196 @@
+package worker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+)
+
+// Config is the worker's YAML config file. Every field is documented here,
+// once; zero values mean the defaults named in the comments.
+type Config struct {
+	// NATS says where the NATS cluster is, or how to run the embedded server.
+	NATS NATSConfig `yaml:"nats"`
+	// Worker tunes this worker process.
+	Worker WorkerConfig `yaml:"worker"`
+	// Log sets the log level and format.
+	Log LogConfig `yaml:"log"`
+	// Profiles are the mTLS profiles by name ("keystore in the agent's config file").
+	Profiles map[string]secrets.Profile `yaml:"profiles"`
+	// Connections are the partner endpoints by name.
+	Connections map[string]Connection `yaml:"connections"`
+
+	// Dir is the folder relative file: references are resolved against: the
+	// config file's folder, or the working directory.
+	Dir string `yaml:"-"`
+}
+
+// NATSConfig says how the worker reaches NATS.
+type NATSConfig struct {
+	// URL of the NATS cluster (comma-separated servers). Empty: start the
+	// embedded server with JetStream.
+	URL string `yaml:"url"`
+	// Prefix of every subject; default "mtlsrelay".
+	Prefix string `yaml:"prefix"`
+	// Replicas of the streams the worker creates; default 1 (3 on a cluster).
+	Replicas int `yaml:"replicas"`
+	// ResultsMaxAge is how long MTLSRELAY_RESULTS keeps results; default 24h.
+	ResultsMaxAge Duration `yaml:"results_max_age"`
+	// CredsFile is a NATS credentials file (JWT + NKey seed).
+	CredsFile string `yaml:"creds_file"`
+	// Embedded configures the embedded server used when URL is empty.
+	Embedded EmbeddedConfig `yaml:"embedded"`
+}
+
+// EmbeddedConfig configures the embedded NATS server.
+type EmbeddedConfig struct {
+	// Listen is host:port for NATS clients; default 127.0.0.1:4222.
+	Listen string `yaml:"listen"`
+	// DataDir holds JetStream's files; default ./mtlsrelay-data.
+	DataDir string `yaml:"data_dir"`
+}
+
+// WorkerConfig tunes one worker.
+type WorkerConfig struct {
+	// Name identifies the worker in results and logs; default host-pid.
+	Name string `yaml:"name"`
+	// Concurrency is the number of calls in flight; default 64.
+	Concurrency int `yaml:"concurrency"`
+	// AdminAddr serves /healthz, /readyz and /metrics; default
+	// 127.0.0.1:9464; "off" disables it.
+	AdminAddr string `yaml:"admin_addr"`
+	// AckWait is how long JetStream waits for a worker's ack before
+	// redelivering; running calls are kept alive with InProgress. Default 30s.
+	AckWait Duration `yaml:"ack_wait"`
+	// RetryBase is the first retry delay, doubled per attempt with jitter;
+	// default 1s.
+	RetryBase Duration `yaml:"retry_base"`
+	// RetryMax caps a retry delay, Retry-After included; default 5m.
+	RetryMax Duration `yaml:"retry_max"`
+	// ShutdownGrace is how long calls in flight may run after SIGTERM
+	// before they are handed back; default 25s.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// FetchBatch caps how many calls one pull asks for; default Concurrency.
+	FetchBatch int `yaml:"fetch_batch"`
+}
+
+// LogConfig sets logging.
+type LogConfig struct {
+	// Level is trace, debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json, console or auto (default: console on a terminal).
+	Format string `yaml:"format"`
+}
+
+// Defaults of WorkerConfig.
+const (
+	DefaultConcurrency   = 64
+	DefaultAdminAddr     = "127.0.0.1:9464"
+	DefaultRetryBase     = time.Second
+	DefaultRetryMax      = 5 * time.Minute
+	DefaultShutdownGrace = 25 * time.Second
+)
+
+// LoadConfig reads and validates a YAML config file. Unknown keys are errors,
+// so a misspelt key is caught at start rather than silently ignored.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	abs, err := filepath.Abs(filepath.Dir(path))
+	if err == nil {
+		cfg.Dir = abs
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes and validates YAML config data.
+func ParseConfig(data []byte) (*Config, error) {
+	cfg := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) applyDefaults() {
+	w := &c.Worker
+	if w.Concurrency <= 0 {
+		w.Concurrency = DefaultConcurrency
+	}
+	if w.AdminAddr == "" {
+		w.AdminAddr = DefaultAdminAddr
+	}
+	if w.RetryBase <= 0 {
+		w.RetryBase = Duration(DefaultRetryBase)
+	}
+	if w.RetryMax <= 0 {
+		w.RetryMax = Duration(DefaultRetryMax)
+	}
+	if w.ShutdownGrace <= 0 {
+		w.ShutdownGrace = Duration(DefaultShutdownGrace)
+	}
+	if w.FetchBatch <= 0 {
+		w.FetchBatch = w.Concurrency
+	}
+	if w.Name == "" {
+		host, _ := os.Hostname()
+		w.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if c.NATS.Embedded.Listen == "" {
+		c.NATS.Embedded.Listen = "127.0.0.1:4222"
+	}
+	if c.NATS.Embedded.DataDir == "" {
+		c.NATS.Embedded.DataDir = "mtlsrelay-data"
+	}
+}
+
+// Validate checks every profile and connection and reports all problems.
+func (c *Config) Validate() error {
+	var errs []error
+	for _, name := range sortedKeys(c.Profiles) {
+		p := c.Profiles[name]
+		if err := p.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("profile %s: %w", name, err))
+		}
+	}
+	for _, name := range sortedKeys(c.Connections) {
+		conn := c.Connections[name]
+		if err := conn.Validate(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Worker.Concurrency > 100000 {
+		errs = append(errs, fmt.Errorf("worker.concurrency %d is more than 100000", c.Worker.Concurrency))
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

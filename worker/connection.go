@@ -1,0 +1,198 @@
+package worker
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// Defaults of a connection's limits.
+const (
+	DefaultTimeout          = 30 * time.Second
+	DefaultMaxAttempts      = 5
+	DefaultMaxResponseBytes = 5 << 20
+)
+
+// Connection is a partner endpoint: where calls go and with which profile.
+// It comes from the config file or the registry; zero values mean defaults.
+type Connection struct {
+	// BaseURL is the https URL a call's path is joined to. Required.
+	BaseURL string `yaml:"base_url" json:"base_url"`
+	// Profile names the mTLS profile whose client certificate is presented. Required.
+	Profile string `yaml:"profile" json:"profile"`
+	// AllowHosts lists the hosts (optionally host:port, or *.suffix) that a
+	// call's absolute url may name. BaseURL's host is always allowed.
+	AllowHosts []string `yaml:"allow_hosts,omitempty" json:"allow_hosts,omitempty"`
+	// Timeout is the deadline of one attempt. Default 30s.
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	// MaxAttempts bounds the attempts of a call. Default 5.
+	MaxAttempts int `yaml:"max_attempts,omitempty" json:"max_attempts,omitempty"`
+	// MaxConns caps the connections (and so concurrent calls) per worker to
+	// this partner. Default: the worker's concurrency.
+	MaxConns int `yaml:"max_conns,omitempty" json:"max_conns,omitempty"`
+	// RateLimit caps calls per second per worker to this partner; 0 is no limit.
+	RateLimit float64 `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`
+	// MaxResponseBytes bounds a response body. Default 5 MiB.
+	MaxResponseBytes int64 `yaml:"max_response_bytes,omitempty" json:"max_response_bytes,omitempty"`
+}
+
+// Validate checks the connection's own fields; name is used in messages.
+func (c *Connection) Validate(name string) error {
+	if !jobs.ValidName(name) {
+		return fmt.Errorf("connection name %q must be 1-128 chars of [A-Za-z0-9_-]", name)
+	}
+	u, err := url.Parse(c.BaseURL)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("connection %s: base_url %q must be an absolute https URL", name, c.BaseURL)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("connection %s: base_url must use https, not %q", name, u.Scheme)
+	}
+	if c.Profile == "" {
+		return fmt.Errorf("connection %s: profile is required", name)
+	}
+	if c.MaxAttempts < 0 || c.MaxAttempts > jobs.MaxAttemptsLimit {
+		return fmt.Errorf("connection %s: max_attempts must be between 1 and %d", name, jobs.MaxAttemptsLimit)
+	}
+	if c.MaxConns < 0 || c.RateLimit < 0 || c.MaxResponseBytes < 0 {
+		return fmt.Errorf("connection %s: max_conns, rate_limit and max_response_bytes must not be negative", name)
+	}
+	for _, h := range c.AllowHosts {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			return fmt.Errorf("connection %s: allow_hosts entry %q must be a host name, address, host:port or *.suffix", name, h)
+		}
+	}
+	return nil
+}
+
+// AttemptTimeout returns the deadline of one attempt of call.
+func (c *Connection) AttemptTimeout(call *jobs.Call) time.Duration {
+	if call != nil && call.TimeoutMS > 0 {
+		return time.Duration(call.TimeoutMS) * time.Millisecond
+	}
+	if c.Timeout > 0 {
+		return c.Timeout.D()
+	}
+	return DefaultTimeout
+}
+
+// Attempts returns how many attempts call may have.
+func (c *Connection) Attempts(call *jobs.Call) int {
+	if call != nil && call.MaxAttempts > 0 {
+		return call.MaxAttempts
+	}
+	if c.MaxAttempts > 0 {
+		return c.MaxAttempts
+	}
+	return DefaultMaxAttempts
+}
+
+// ResponseLimit returns the largest response body accepted.
+func (c *Connection) ResponseLimit() int64 {
+	if c.MaxResponseBytes > 0 {
+		return c.MaxResponseBytes
+	}
+	return DefaultMaxResponseBytes
+}
+
+// TargetURL builds the URL of call: its url when set (whose host must be
+// allowed), else base_url joined with its path; then its query is added.
+func (c *Connection) TargetURL(call *jobs.Call) (*url.URL, error) {
+	base, err := url.Parse(c.BaseURL)
+	if err != nil {
+		return nil, jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection)
+	}
+	var u *url.URL
+	if call.URL != "" {
+		u, err = url.Parse(call.URL)
+		if err != nil {
+			return nil, jobs.Errorf(jobs.CodeInvalidCall, "url is not a valid URL")
+		}
+		if !c.HostAllowed(u) {
+			return nil, jobs.Errorf(jobs.CodeHostNotAllowed,
+				"host %q is not allowed by connection %s; add it to the connection's allow_hosts or use a path under %s",
+				u.Host, call.Connection, c.BaseURL)
+		}
+	} else {
+		u = joinPath(base, call.Path)
+	}
+	if len(call.Query) > 0 {
+		q := u.Query()
+		for k, vs := range call.Query {
+			for _, v := range vs {
+				q.Add(k, v)
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u, nil
+}
+
+// joinPath appends path (which may carry its own query) to base with one slash
+// between them, so "https://h/v1" + "/orders" and "https://h/v1/" + "orders"
+// both give https://h/v1/orders.
+func joinPath(base *url.URL, path string) *url.URL {
+	u := *base
+	if path == "" {
+		return &u
+	}
+	rel, _ := url.Parse(path) // validated by jobs.Call.Normalize
+	p := strings.TrimSuffix(u.Path, "/") + "/" + strings.TrimPrefix(rel.Path, "/")
+	u.Path = p
+	u.RawPath = ""
+	if rel.RawPath != "" || rel.Path != "" {
+		ep := strings.TrimSuffix(base.EscapedPath(), "/") + "/" + strings.TrimPrefix(rel.EscapedPath(), "/")
+		if ep != u.EscapedPath() {
+			u.RawPath = ep
+		}
+	}
+	if rel.RawQuery != "" {
+		u.RawQuery = rel.RawQuery
+	}
+	return &u
+}
+
+// HostAllowed reports whether u's host is base_url's host or one of
+// allow_hosts. Entries match a host name or address exactly
+// (case-insensitive), "host:port" also pins the port, and "*.example.com"
+// matches any subdomain of example.com (not example.com itself).
+func (c *Connection) HostAllowed(u *url.URL) bool {
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if port == "" {
+		port = "443"
+	}
+	if base, err := url.Parse(c.BaseURL); err == nil {
+		bport := base.Port()
+		if bport == "" {
+			bport = "443"
+		}
+		if strings.EqualFold(base.Hostname(), host) && bport == port {
+			return true
+		}
+	}
+	for _, entry := range c.AllowHosts {
+		entry = strings.ToLower(entry)
+		eh, ep := entry, ""
+		if h, p, err := net.SplitHostPort(entry); err == nil {
+			eh, ep = h, p
+		}
+		eh = strings.Trim(eh, "[]")
+		if ep != "" && ep != port {
+			continue
+		}
+		if suffix, ok := strings.CutPrefix(eh, "*."); ok {
+			if strings.HasSuffix(host, "."+suffix) {
+				return true
+			}
+			continue
+		}
+		if eh == host {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,360 @@
+package worker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+)
+
+// Executor makes single attempts of calls over mTLS. It keeps one HTTP
+// transport, and so one keep-alive pool, per profile and version of the
+// profile's TLS material, and is safe for concurrent use.
+//
+// It does not retry and does not follow redirects: a 3xx is a result like
+// any other status, so a redirect cannot lead a call to a host that the
+// connection does not allow.
+type Executor struct {
+	opts       ExecutorOptions
+	transports *transportCache
+}
+
+// NewExecutor returns an executor; zero options mean the defaults.
+func NewExecutor(opts ExecutorOptions) *Executor {
+	opts = opts.withDefaults()
+	return &Executor{opts: opts, transports: newTransportCache(opts)}
+}
+
+// Close closes the idle connections of every transport. Attempts still
+// running finish; the executor stays usable.
+func (x *Executor) Close() { x.transports.closeIdle() }
+
+// Outcome is what one attempt produced.
+type Outcome struct {
+	// Result is the attempt's result: ID, Connection, Metadata, OK, Status,
+	// Headers, Body or BodyBase64, SOAPFault, Error, Timing (but QueuedMS),
+	// ClientCert and CompletedAt. The caller sets Attempt and Worker.
+	Result *jobs.Result
+	// RetryAfter is the Retry-After of a 429 or 503 response (seconds or an
+	// HTTP date), 0 when there is none.
+	RetryAfter time.Duration
+	// Sent is false only when the request certainly did not reach the
+	// server: a check before dialing, or a DNS, connect or TLS handshake
+	// failure.
+	Sent bool
+}
+
+// Attempt makes one attempt of call against conn, presenting mat's client
+// certificate, within conn.AttemptTimeout(call).
+//
+// A response of any status is a result, not an error: 2xx without a SOAP
+// fault is OK, anything else is not, and the retryable statuses
+// (429/502/503/504) are left to the caller's retry policy. Error is set only
+// when no usable response was obtained, or when its body exceeds
+// conn.ResponseLimit() (response_too_large, status and headers kept).
+func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connection, mat *secrets.Material) Outcome {
+	start := time.Now()
+	res := &jobs.Result{}
+	out := Outcome{Result: res}
+	if call != nil {
+		res.ID, res.Connection, res.Metadata = call.ID, call.Connection, call.Metadata
+	}
+	finish := func(e *jobs.Error) Outcome {
+		if e != nil {
+			res.Error = e
+			res.OK = false
+		}
+		end := time.Now()
+		res.Timing.TotalMS = jobs.Millis(end.Sub(start))
+		res.CompletedAt = end.UTC()
+		return out
+	}
+	if call == nil || conn == nil || mat == nil || mat.Config == nil {
+		return finish(jobs.Errorf(jobs.CodeInternal, "mtlsrelay made an attempt without a call, connection or TLS material; see the worker log"))
+	}
+	leaf := mat.Leaf
+	if leaf == nil && len(mat.Config.Certificates) > 0 {
+		leaf = mat.Config.Certificates[0].Leaf
+	}
+	res.ClientCert = describeLeaf(leaf)
+	if e := checkLeaf(mat.Profile, leaf, start); e != nil {
+		return finish(e)
+	}
+	u, err := conn.TargetURL(call)
+	if err != nil {
+		return finish(jobs.AsError(err))
+	}
+	if u.Scheme != "https" {
+		return finish(jobs.Errorf(jobs.CodeInvalidCall, "connection %s targets %s URLs; mtlsrelay only makes https calls", call.Connection, u.Scheme))
+	}
+
+	timeout := conn.AttemptTimeout(call)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tr := &tracer{start: start}
+	ctx = httptrace.WithClientTrace(ctx, tr.clientTrace())
+	var req *http.Request
+	var jerr *jobs.Error
+	if call.Kind == jobs.KindSOAP {
+		req, jerr = newSOAPRequest(ctx, call, u)
+	} else {
+		req, jerr = newRESTRequest(ctx, call, u)
+	}
+	if jerr != nil {
+		return finish(jerr)
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header.Set("User-Agent", x.opts.UserAgent)
+	}
+
+	pt := x.transports.get(mat)
+	defer pt.release()
+	target := Target{Host: hostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
+	classify := func(err error) *jobs.Error {
+		// The attempt's context explains failures whose own error does not
+		// (a connection closed under a request whose deadline passed).
+		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+			err = fmt.Errorf("%w: %w", cerr, err)
+		}
+		tr.describe(&target)
+		return ClassifyError(err, target)
+	}
+
+	resp, err := pt.rt.RoundTrip(req)
+	if err != nil {
+		err = withConnFailure(err, tr)
+		out.Sent = tr.sent()
+		tr.recordTiming(res)
+		return finish(classify(err))
+	}
+	out.Sent = true
+	defer resp.Body.Close()
+	res.Status = resp.StatusCode
+	res.Headers = resp.Header
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		out.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	limit := conn.ResponseLimit()
+	if resp.ContentLength > limit && req.Method != http.MethodHead {
+		tr.recordTiming(res)
+		return finish(tooLarge(call, target.Host, resp.ContentLength, limit))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	tr.recordTiming(res)
+	if err != nil {
+		return finish(classify(err))
+	}
+	if int64(len(body)) > limit {
+		return finish(tooLarge(call, target.Host, -1, limit))
+	}
+	res.SetBody(body)
+	if call.Kind == jobs.KindSOAP || mayCarrySOAP(resp.Header.Get("Content-Type")) {
+		res.SOAPFault = parseSOAPFault(resp.Header.Get("Content-Type"), body)
+	}
+	res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300 && res.SOAPFault == nil
+	return finish(nil)
+}
+
+func tooLarge(call *jobs.Call, host string, size, limit int64) *jobs.Error {
+	what := "more than " + strconv.FormatInt(limit, 10) + " bytes"
+	if size >= 0 {
+		what = strconv.FormatInt(size, 10) + " bytes, over the limit of " + strconv.FormatInt(limit, 10)
+	}
+	return jobs.Errorf(jobs.CodeResponseTooLarge,
+		"the response of %s is %s; raise max_response_bytes of connection %s or ask the partner for less", host, what, call.Connection)
+}
+
+// hostPort returns u's host with its port, 443 when the URL has none.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	return u.Host + ":443"
+}
+
+// describeLeaf returns what a result says about the client certificate.
+func describeLeaf(leaf *x509.Certificate) *jobs.ClientCert {
+	if leaf == nil {
+		return nil
+	}
+	return &jobs.ClientCert{
+		Subject:  leaf.Subject.String(),
+		Serial:   leaf.SerialNumber.Text(16),
+		NotAfter: leaf.NotAfter.UTC(),
+	}
+}
+
+// checkLeaf refuses to present a certificate outside its validity period:
+// the partner would refuse it with a vaguer alert.
+func checkLeaf(profile string, leaf *x509.Certificate, now time.Time) *jobs.Error {
+	if leaf == nil {
+		return nil
+	}
+	if now.After(leaf.NotAfter) {
+		return jobs.Errorf(jobs.CodeClientCertExpired,
+			"the client certificate of profile %s (subject %q, serial %s) expired at %s; renew it in the profile's keystore",
+			profile, leaf.Subject.String(), leaf.SerialNumber.Text(16), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(leaf.NotBefore) {
+		return jobs.Errorf(jobs.CodeClientCertNotYetValid,
+			"the client certificate of profile %s (subject %q, serial %s) is not valid before %s; check the worker's clock or wait",
+			profile, leaf.Subject.String(), leaf.SerialNumber.Text(16), leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// withConnFailure adds to err the failure of the connection it happened
+// on, when the HTTP/2 transport dropped it. That transport reports a new
+// connection that failed before its first request only as "client conn could
+// not be established"; in TLS 1.3 that is how a server's refusal of the
+// client certificate (an alert right after the handshake) often surfaces.
+// The TLS connection keeps the error its reader met, so one read returns it.
+func withConnFailure(err error, tr *tracer) error {
+	if !strings.Contains(err.Error(), "client conn could not be established") {
+		return err
+	}
+	tr.mu.Lock()
+	conn, fresh := tr.conn, !tr.reused
+	tr.mu.Unlock()
+	tc, ok := conn.(*tls.Conn)
+	if !ok || !fresh {
+		return err
+	}
+	// The connection is closed and its reader gone; the deadline only bounds
+	// the read should the close still be under way.
+	_ = tc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var b [1]byte
+	if _, cause := tc.Read(b[:]); cause != nil && !errors.Is(cause, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
+}
+
+// parseRetryAfter reads a Retry-After value: delay seconds or an HTTP date.
+// It returns 0 when v is empty, malformed or in the past.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		const maxSecs = int64(365 * 24 * 3600)
+		return time.Duration(min(secs, maxSecs)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// tracer records the phases of one attempt through net/http/httptrace. Its
+// hooks may run on the transport's dialing goroutines, even after the
+// attempt returned, hence the mutex.
+type tracer struct {
+	start time.Time
+
+	mu                  sync.Mutex
+	dnsStart, dnsDone   time.Time
+	connStart, connDone time.Time
+	tlsStart, tlsDone   time.Time
+	firstByte           time.Time
+	gotConn, reused     bool
+	conn                net.Conn
+	tlsVersion          uint16
+}
+
+func (t *tracer) clientTrace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		DNSStart:          func(httptrace.DNSStartInfo) { t.mark(&t.dnsStart, false) },
+		DNSDone:           func(httptrace.DNSDoneInfo) { t.mark(&t.dnsDone, true) },
+		ConnectStart:      func(string, string) { t.mark(&t.connStart, false) },
+		ConnectDone:       func(string, string, error) { t.mark(&t.connDone, true) },
+		TLSHandshakeStart: func() { t.mark(&t.tlsStart, false) },
+		TLSHandshakeDone: func(cs tls.ConnectionState, _ error) {
+			t.mark(&t.tlsDone, true)
+			t.mu.Lock()
+			t.tlsVersion = cs.Version
+			t.mu.Unlock()
+		},
+		GotConn: func(info httptrace.GotConnInfo) {
+			t.mu.Lock()
+			t.gotConn, t.reused, t.conn = true, info.Reused, info.Conn
+			if tc, ok := info.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok && t.tlsVersion == 0 {
+				t.tlsVersion = tc.ConnectionState().Version
+			}
+			t.mu.Unlock()
+		},
+		GotFirstResponseByte: func() { t.mark(&t.firstByte, false) },
+	}
+}
+
+// mark sets *at to now: the first time only, or every time when last is set
+// (happy eyeballs may start several connects; the last one to end counts).
+func (t *tracer) mark(at *time.Time, last bool) {
+	now := time.Now()
+	t.mu.Lock()
+	if last || at.IsZero() {
+		*at = now
+	}
+	t.mu.Unlock()
+}
+
+// sent reports whether the request may have reached the server: it had a
+// connection to be written on.
+func (t *tracer) sent() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.gotConn
+}
+
+// describe fills the phase and connection facts of target.
+func (t *tracer) describe(target *Target) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	target.TLSVersion = t.tlsVersion
+	target.FreshConn = t.gotConn && !t.reused
+	switch {
+	case !t.firstByte.IsZero():
+		target.Phase = PhaseBody
+	case t.gotConn:
+		target.Phase = PhaseResponse
+	case !t.tlsStart.IsZero():
+		target.Phase = PhaseTLS
+	case !t.dnsStart.IsZero() && t.dnsDone.IsZero():
+		target.Phase = PhaseDNS
+	default:
+		target.Phase = PhaseConnect
+	}
+}
+
+// recordTiming copies the phases measured so far into res.Timing.
+func (t *tracer) recordTiming(res *jobs.Result) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	span := func(a, b time.Time) float64 {
+		if a.IsZero() || b.IsZero() || b.Before(a) {
+			return 0
+		}
+		return jobs.Millis(b.Sub(a))
+	}
+	res.Timing.DNSMS = span(t.dnsStart, t.dnsDone)
+	res.Timing.ConnectMS = span(t.connStart, t.connDone)
+	res.Timing.TLSMS = span(t.tlsStart, t.tlsDone)
+	res.Timing.TTFBMS = span(t.start, t.firstByte)
+}

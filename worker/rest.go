@@ -1,0 +1,91 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"slices"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// hopByHop are connection-level headers. The worker manages its own
+// connections (and HTTP/2 forbids them), so a call's values are dropped.
+var hopByHop = map[string]bool{
+	"Connection":          true,
+	"Keep-Alive":          true,
+	"Proxy-Connection":    true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Content-Length":      true,
+	"Proxy-Authorization": true,
+}
+
+// newRESTRequest builds the HTTP request of a REST call to u: its method,
+// its body (text or bytes, with a Content-Length) and its headers.
+func newRESTRequest(ctx context.Context, call *jobs.Call, u *url.URL) (*http.Request, *jobs.Error) {
+	var body []byte
+	if b := call.RequestBody(); len(b) > 0 {
+		body = b
+	}
+	req, err := newRequest(ctx, call.Method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	applyHeaders(req, call.Headers)
+	return req, nil
+}
+
+// newRequest returns a request for method and u with body (nil for none),
+// replayable so that the transport may retry it on a fresh connection when
+// a kept-alive one turned out closed before anything was written.
+func newRequest(ctx context.Context, method string, u *url.URL, body []byte) (*http.Request, *jobs.Error) {
+	var req *http.Request
+	var err error
+	if body == nil {
+		req, err = http.NewRequestWithContext(ctx, method, u.String(), nil)
+	} else {
+		req, err = http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
+	}
+	if err != nil {
+		// Normalize validated method and URL; failing here is a defect.
+		return nil, jobs.Wrap(err, jobs.CodeInvalidCall, "the call's method or URL cannot make an HTTP request; check method, path, url and query")
+	}
+	return req, nil
+}
+
+// applyHeaders sets a call's headers on req, replacing defaults of the same
+// name and keeping several values of one name in order. "Host" sets the
+// request's Host (the TLS server name still comes from the URL);
+// connection-level headers are dropped.
+func applyHeaders(req *http.Request, headers map[string][]string) {
+	names := make([]string, 0, len(headers))
+	for k := range headers {
+		names = append(names, k)
+	}
+	// Sorted so that names differing only in case merge in a stable order.
+	slices.Sort(names)
+	replaced := make(map[string]bool, len(names))
+	for _, k := range names {
+		ck := textproto.CanonicalMIMEHeaderKey(k)
+		vs := headers[k]
+		switch {
+		case hopByHop[ck] || len(vs) == 0:
+			continue
+		case ck == "Host":
+			req.Host = vs[len(vs)-1]
+			continue
+		}
+		if !replaced[ck] {
+			req.Header.Del(ck)
+			replaced[ck] = true
+		}
+		for _, v := range vs {
+			req.Header.Add(ck, v)
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package worker
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// handleDirect serves a core request on <prefix>.rpc.<connection>: the call
+// runs at once, retries happen in process within the call's attempts, and
+// the result is the reply. Nothing is persisted: the caller retries if the
+// worker dies.
+func (w *Worker) handleDirect(msg *nats.Msg) {
+	if msg.Reply == "" {
+		w.log.Warn().Str("subject", msg.Subject).Msg("direct call without a reply inbox dropped; use a request, or publish to calls for durable delivery")
+		return
+	}
+	if w.stopping.Load() || w.slots.Acquire(w.callCtx, 1) != nil {
+		return // the caller's request times out or goes to another worker
+	}
+	w.inflight.Add(1)
+	go func() {
+		defer w.inflight.Done()
+		defer w.slots.Release(1)
+		res := w.runDirect(msg)
+		data, err := json.Marshal(res)
+		if err != nil {
+			w.log.Error().Err(err).Msg("encoding a direct result failed")
+			return
+		}
+		reply := nats.NewMsg(msg.Reply)
+		reply.Data = data
+		reply.Header.Set(jobs.HeaderCallID, res.ID)
+		if tp := msg.Header.Get(jobs.HeaderTraceparent); tp != "" {
+			reply.Header.Set(jobs.HeaderTraceparent, tp)
+		}
+		if err := msg.RespondMsg(reply); err != nil {
+			w.log.Warn().Err(err).Str("call_id", res.ID).Msg("could not send the direct result")
+		}
+	}()
+}
+
+func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
+	start := time.Now()
+	call, err := jobs.DecodeCall(msg.Data, w.subj.ConnectionOf(msg.Subject))
+	log := w.log.With().Str("mode", "direct").Logger()
+	if call != nil {
+		log = log.With().Str("call_id", call.ID).Str("connection", call.Connection).Logger()
+	}
+	if err != nil {
+		log.Warn().Str("code", string(jobs.CodeOf(err))).Msg("direct call rejected")
+		res := jobs.FailedResult(call, err)
+		res.Worker, res.Attempt = w.Name(), 1
+		return res
+	}
+	ctx := log.WithContext(w.callCtx)
+	for n := 1; ; n++ {
+		out, conn := w.attempt(ctx, call, n, time.Since(start))
+		maxAttempts := DefaultMaxAttempts
+		if conn != nil {
+			maxAttempts = conn.Attempts(call)
+		}
+		retry, delay := w.retry.decide(call, out, n, maxAttempts)
+		if retry {
+			select {
+			case <-time.After(delay):
+				continue
+			case <-ctx.Done():
+			}
+		}
+		finalize(out.Result, maxAttempts)
+		logResult(log, out.Result)
+		return out.Result
+	}
+}

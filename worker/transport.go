@@ -1,0 +1,202 @@
+package worker
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+)
+
+// Defaults of ExecutorOptions.
+const (
+	DefaultMaxIdleConnsPerHost = 64
+	DefaultDialTimeout         = 10 * time.Second
+	DefaultTLSHandshakeTimeout = 10 * time.Second
+	DefaultIdleConnTimeout     = 90 * time.Second
+	DefaultUserAgent           = "mtlsrelay"
+)
+
+// ExecutorOptions configure an Executor. Zero values mean the defaults.
+type ExecutorOptions struct {
+	// MaxIdleConnsPerHost is how many keep-alive connections each profile
+	// keeps per partner host; set it to the worker's concurrency.
+	// Default 64.
+	MaxIdleConnsPerHost int
+	// DialTimeout bounds a TCP connect; the attempt's deadline bounds it too.
+	// Default 10s.
+	DialTimeout time.Duration
+	// TLSHandshakeTimeout bounds a TLS handshake; the attempt's deadline
+	// bounds it too. Default 10s.
+	TLSHandshakeTimeout time.Duration
+	// IdleConnTimeout closes a keep-alive connection idle this long.
+	// Default 90s.
+	IdleConnTimeout time.Duration
+	// Proxy chooses an HTTP CONNECT proxy per request. Default nil: direct
+	// connections; HTTPS_PROXY and friends are not consulted unless Proxy is
+	// set to http.ProxyFromEnvironment.
+	Proxy func(*http.Request) (*url.URL, error)
+	// DisableHTTP2 keeps to HTTP/1.1 even when a partner offers HTTP/2.
+	// Default false: HTTP/2 is used when the partner offers it through ALPN.
+	DisableHTTP2 bool
+	// UserAgent is sent when a call sets no User-Agent. Default "mtlsrelay".
+	UserAgent string
+}
+
+func (o ExecutorOptions) withDefaults() ExecutorOptions {
+	if o.MaxIdleConnsPerHost <= 0 {
+		o.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.TLSHandshakeTimeout <= 0 {
+		o.TLSHandshakeTimeout = DefaultTLSHandshakeTimeout
+	}
+	if o.IdleConnTimeout <= 0 {
+		o.IdleConnTimeout = DefaultIdleConnTimeout
+	}
+	if o.UserAgent == "" {
+		o.UserAgent = DefaultUserAgent
+	}
+	return o
+}
+
+// pooledTransport is the HTTP transport of one version of a profile's TLS
+// material.
+type pooledTransport struct {
+	version string
+	rt      *http.Transport
+	// retired is set once a newer version took this one's place: calls still
+	// running on it finish, then close the connections they leave idle.
+	retired atomic.Bool
+}
+
+// release is called when an attempt is done with t.
+func (t *pooledTransport) release() {
+	if t.retired.Load() {
+		t.rt.CloseIdleConnections()
+	}
+}
+
+// profileTransports holds the current transport of a profile and the one it
+// replaced, so that a call still holding the previous material (resolved
+// just before a rotation) does not force yet another transport.
+type profileTransports struct {
+	cur, prev *pooledTransport
+}
+
+// transportCache keeps one *http.Transport per profile and material
+// version. Lookups take no lock: the map is copied on write, which is rare
+// (a new profile or a rotated secret), and read through an atomic pointer.
+type transportCache struct {
+	opts ExecutorOptions
+
+	mu        sync.Mutex // serializes writers
+	byProfile atomic.Pointer[map[string]profileTransports]
+}
+
+func newTransportCache(opts ExecutorOptions) *transportCache {
+	c := &transportCache{opts: opts}
+	empty := map[string]profileTransports{}
+	c.byProfile.Store(&empty)
+	return c
+}
+
+// get returns the transport for mat, building it when the profile is new or
+// its material's Version changed. When a newer version replaces one, the
+// old transport's idle connections are closed; calls in flight on it finish.
+func (c *transportCache) get(mat *secrets.Material) *pooledTransport {
+	if pt, ok := (*c.byProfile.Load())[mat.Profile]; ok && pt.cur.version == mat.Version {
+		return pt.cur
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.byProfile.Load()
+	pt := old[mat.Profile]
+	if pt.cur != nil && pt.cur.version == mat.Version {
+		return pt.cur
+	}
+	var next profileTransports
+	switch {
+	case pt.prev != nil && pt.prev.version == mat.Version:
+		// Back to the previous version: reuse its transport.
+		next = profileTransports{cur: pt.prev, prev: pt.cur}
+	default:
+		if pt.prev != nil {
+			pt.prev.rt.CloseIdleConnections()
+		}
+		next = profileTransports{cur: &pooledTransport{version: mat.Version, rt: c.newTransport(mat)}, prev: pt.cur}
+	}
+	next.cur.retired.Store(false)
+	if next.prev != nil {
+		next.prev.retired.Store(true)
+		next.prev.rt.CloseIdleConnections()
+	}
+	m := make(map[string]profileTransports, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[mat.Profile] = next
+	c.byProfile.Store(&m)
+	return next.cur
+}
+
+// closeIdle closes the idle connections of every transport.
+func (c *transportCache) closeIdle() {
+	for _, pt := range *c.byProfile.Load() {
+		pt.cur.rt.CloseIdleConnections()
+		if pt.prev != nil {
+			pt.prev.rt.CloseIdleConnections()
+		}
+	}
+}
+
+// newTransport builds the HTTP transport of one version of a profile's
+// material: TLS settings cloned from it, keep-alive pool sized by the
+// options, HTTP/2 when the partner offers it, no redirects (the executor
+// calls RoundTrip directly).
+func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
+	o := c.opts
+	cfg := mat.Config.Clone()
+	if len(cfg.Certificates) > 0 && cfg.GetClientCertificate == nil {
+		// Present the profile's certificate whatever CA names the server
+		// lists in its CertificateRequest, as OpenSSL and curl do. Go would
+		// otherwise send no certificate when the list omits its issuer, and
+		// the partner's refusal would hide the real mismatch.
+		cert := cfg.Certificates[0]
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &cert, nil
+		}
+	}
+	if cfg.ClientSessionCache == nil {
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	}
+	dialer := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                  o.Proxy,
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        cfg,
+		TLSHandshakeTimeout:    o.TLSHandshakeTimeout,
+		ForceAttemptHTTP2:      !o.DisableHTTP2,
+		MaxIdleConnsPerHost:    o.MaxIdleConnsPerHost,
+		IdleConnTimeout:        o.IdleConnTimeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		HTTP2: &http.HTTP2Config{
+			// Detect a dead HTTP/2 connection instead of queuing calls on it.
+			SendPingTimeout: 30 * time.Second,
+			PingTimeout:     15 * time.Second,
+		},
+	}
+	if o.DisableHTTP2 {
+		p := new(http.Protocols)
+		p.SetHTTP1(true)
+		tr.Protocols = p
+	}
+	return tr
+}

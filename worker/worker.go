@@ -1,0 +1,199 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+)
+
+// Worker consumes calls from NATS, makes them over mTLS and publishes their
+// results. Many workers share consumer "workers"; each is stateless.
+type Worker struct {
+	cfg      *Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	subj     jobs.Subjects
+	log      zerolog.Logger
+	exec     *Executor
+	resolver *secrets.Resolver
+	catalog  catalogHolder
+	retry    retryPolicy
+	slots    *semaphore.Weighted
+
+	// callCtx is the parent of every call's context: canceled only when the
+	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
+	callCtx    context.Context
+	cancelCall context.CancelFunc
+	// stopping is set once shutdown starts: no new calls are taken.
+	stopping atomic.Bool
+	ready    atomic.Bool
+	inflight sync.WaitGroup
+	streams  jobs.StreamOptions
+}
+
+// Option configures a Worker.
+type Option func(*Worker)
+
+// WithLogger sets the logger (default: zerolog's global logger).
+func WithLogger(l zerolog.Logger) Option { return func(w *Worker) { w.log = l } }
+
+// WithResolver sets the profile resolver (default: file, env and inline sources).
+func WithResolver(r *secrets.Resolver) Option { return func(w *Worker) { w.resolver = r } }
+
+// WithStreamOptions overrides the stream and consumer settings derived from cfg.
+func WithStreamOptions(o jobs.StreamOptions) Option { return func(w *Worker) { w.streams = o } }
+
+// New returns a worker for cfg on the NATS connection nc. It does not start
+// consuming: call Run.
+func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg:   cfg,
+		nc:    nc,
+		js:    js,
+		subj:  jobs.Subjects{Prefix: cfg.NATS.Prefix},
+		log:   zerolog.Nop(),
+		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
+		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
+	}
+	w.streams = jobs.StreamOptions{
+		Subjects:      w.subj,
+		Replicas:      cfg.NATS.Replicas,
+		ResultsMaxAge: cfg.NATS.ResultsMaxAge.D(),
+		AckWait:       cfg.Worker.AckWait.D(),
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	w.log = w.log.With().Str("worker", cfg.Worker.Name).Logger()
+	if w.resolver == nil {
+		w.resolver = secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
+	}
+	w.exec = NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
+	w.catalog.store(&Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
+	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
+	return w, nil
+}
+
+// SetCatalog replaces the profiles and connections in use; calls already
+// running keep the view they started with.
+func (w *Worker) SetCatalog(c *Catalog) { w.catalog.store(c) }
+
+// Name returns the worker's name.
+func (w *Worker) Name() string { return w.cfg.Worker.Name }
+
+// Ready reports whether the worker is connected and consuming.
+func (w *Worker) Ready() bool {
+	return w.ready.Load() && !w.stopping.Load() && w.nc.IsConnected()
+}
+
+// Run creates the streams and consumer if needed, serves direct calls and
+// consumes durable calls until ctx is canceled; then it shuts down
+// gracefully: no new calls, calls in flight get ShutdownGrace to finish,
+// the rest are handed back to JetStream at once.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, err := w.ensureStreams(ctx)
+	if err != nil {
+		return err
+	}
+	sub, err := w.nc.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
+	if err != nil {
+		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
+	}
+	w.ready.Store(true)
+	w.log.Info().Int("concurrency", w.cfg.Worker.Concurrency).Str("stream", jobs.StreamCalls).
+		Str("consumer", jobs.ConsumerWorkers).Msg("worker ready")
+
+	w.consume(ctx, cons)
+
+	w.stopping.Store(true)
+	_ = sub.Drain()
+	w.shutdown()
+	return nil
+}
+
+// ensureStreams retries until NATS answers, so a worker may start before its
+// cluster is up.
+func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) {
+	delay := 250 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err := jobs.EnsureStreams(cctx, w.js, w.streams)
+		cancel()
+		if err == nil {
+			return cons, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		w.log.Warn().Err(err).Dur("retry_in", delay).Msg("cannot set up streams yet")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func (w *Worker) shutdown() {
+	done := make(chan struct{})
+	go func() { w.inflight.Wait(); close(done) }()
+	grace := w.cfg.Worker.ShutdownGrace.D()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		w.log.Warn().Dur("grace", grace).Msg("calls still running after the grace period; handing them back")
+		w.cancelCall()
+		<-done
+	}
+	w.cancelCall()
+	w.exec.Close()
+	w.log.Info().Msg("worker stopped")
+}
+
+// AdminHandler serves /healthz (the process is alive) and /readyz (NATS
+// connected, streams and consumer ready, not shutting down).
+func (w *Worker) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, _ *http.Request) {
+		if !w.Ready() {
+			http.Error(rw, "not ready: "+w.notReadyReason(), http.StatusServiceUnavailable)
+			return
+		}
+		rw.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+func (w *Worker) notReadyReason() string {
+	switch {
+	case w.stopping.Load():
+		return "shutting down"
+	case !w.nc.IsConnected():
+		return "NATS disconnected (" + w.nc.Status().String() + ")"
+	default:
+		return "streams and consumer not set up yet"
+	}
+}
+
+// errShutdown marks an attempt cut short by the end of the grace period.
+var errShutdown = errors.New("worker shutting down")
