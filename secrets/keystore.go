@@ -76,6 +76,13 @@ func DecodeKeystore(data []byte, password []byte) (*Keystore, error) {
 	case FormatPKCS12:
 		return decodePKCS12(data, password)
 	}
+	// Keystores kept in text stores (a Vault KV field, CyberArk's Content,
+	// an environment variable) are base64 text: decode it once and look again.
+	if looksBase64(data) {
+		if raw, err := decodeBase64(strings.TrimSpace(string(data))); err == nil && detectFormat(raw) != "" {
+			return DecodeKeystore(raw, password)
+		}
+	}
 	return nil, notAKeystore(data)
 }
 
@@ -102,7 +109,7 @@ func notAKeystore(data []byte) *jobs.Error {
 			"the keystore is a JCEKS keystore, which is not supported; convert it with keytool -importkeystore -deststoretype pkcs12")
 	case looksBase64(data):
 		return jobs.Errorf(jobs.CodeKeystoreInvalid,
-			"the keystore (%d bytes) looks like base64 text, not a keystore; decode it first, or put it in the profile as base64:DATA", len(data))
+			"the keystore (%d bytes) is base64 text that does not decode to a keystore; check that the reference names the keystore field", len(data))
 	}
 	return jobs.Errorf(jobs.CodeKeystoreInvalid,
 		"the data (%d bytes) is not a keystore: it is neither PKCS#12 (DER), JKS nor PEM; check that the reference names the keystore", len(data))

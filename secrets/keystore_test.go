@@ -119,7 +119,8 @@ func TestDecodeKeystoreFailures(t *testing.T) {
 		{"fail/truncated-jks", fixture(t, "client-keytool.jks")[:700], fixturePassword, jobs.CodeKeystoreInvalid, "truncated or corrupt"},
 		{"fail/empty", nil, fixturePassword, jobs.CodeKeystoreInvalid, "empty"},
 		{"fail/garbage", []byte("\x01\x02\x03 this is not a keystore at all"), fixturePassword, jobs.CodeKeystoreInvalid, "neither PKCS#12 (DER), JKS nor PEM"},
-		{"fail/base64-text", []byte(base64.StdEncoding.EncodeToString(fixture(t, "client-openssl.p12"))), fixturePassword, jobs.CodeKeystoreInvalid, "looks like base64"},
+		{"fail/base64-text-of-no-keystore", []byte(base64.StdEncoding.EncodeToString([]byte("plain text, not a keystore at all"))), fixturePassword, jobs.CodeKeystoreInvalid, "base64 text that does not decode to a keystore"},
+		{"fail/base64-text/wrong-password", []byte(base64.StdEncoding.EncodeToString(fixture(t, "client-openssl.p12"))), wrongPassword, jobs.CodeKeystorePasswordWrong, "did not open with the configured password"},
 		{"fail/jceks", []byte{0xCE, 0xCE, 0xCE, 0xCE, 0, 0, 0, 2}, fixturePassword, jobs.CodeKeystoreInvalid, "JCEKS"},
 		{"fail/pem-key-without-cert", fixture(t, "ca.key"), "", jobs.CodeKeystoreInvalid, "no certificate for it"},
 		{"fail/pem-without-blocks", []byte("-----BEGIN CERTIFICATE-----\nnot closed"), "", jobs.CodeKeystoreInvalid, "holds no certificate and no private key"},
@@ -298,5 +299,21 @@ func TestPEMKeyBeforeChain(t *testing.T) {
 	}
 	if len(got.Certificate) != 2 || got.Leaf.Subject.CommonName != "mtlsrelay-test-client-ec" {
 		t.Errorf("chain of %d, leaf %s; want leaf first, then the CA", len(got.Certificate), got.Leaf.Subject)
+	}
+}
+
+// Keystores kept in text stores (Vault KV, CyberArk, env) arrive as base64.
+func TestDecodeKeystoreBase64Text(t *testing.T) {
+	for _, file := range []string{"client-openssl.p12", "client-keytool.jks", "client-encrypted.pem"} {
+		t.Run("ok/"+file, func(t *testing.T) {
+			text := base64.StdEncoding.EncodeToString(fixture(t, file)) + "\n"
+			ks, err := secrets.DecodeKeystore([]byte(text), []byte(fixturePassword))
+			if err != nil {
+				t.Fatalf("DecodeKeystore(base64 of %s): %v", file, err)
+			}
+			if _, err := ks.ClientCertificate(""); err != nil {
+				t.Errorf("ClientCertificate: %v", err)
+			}
+		})
 	}
 }
