@@ -21,7 +21,7 @@ import (
 func newServeCmd() *cobra.Command {
 	var (
 		configPath, natsURL, dataDir, listen, adminAddr, name, logLevel, logFormat string
-		concurrency                                                               int
+		concurrency                                                                int
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
