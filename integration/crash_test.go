@@ -51,6 +51,12 @@ connections:
 		return cmd, logs
 	}
 
+	first, firstLogs := start("victim")
+	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		_, err := js.Stream(context.Background(), "MTLSRELAY_CALLS")
+		return err
+	})
+
 	const total = 200
 	results, err := nc.SubscribeSync("mtlsrelay.results.crash.>")
 	if err != nil {
@@ -66,7 +72,6 @@ connections:
 			t.Fatal(err)
 		}
 	}
-	first, firstLogs := start("victim")
 	// Kill it mid-batch: after some results, long before all.
 	seen := map[string]int{}
 	for len(seen) < 20 {
@@ -106,6 +111,10 @@ connections:
 		t.Errorf("MTLSRELAY_RESULTS holds %d results, want exactly %d", info.State.Msgs, total)
 	}
 	t.Logf("calls=%d results=%d killed_after=%d live_duplicates=%d", total, len(seen), killedAt, countDup(seen))
+	// The kill happened mid-batch: calls the victim held were redelivered.
+	if !strings.Contains(secondLogs.String(), `"attempt":2`) {
+		t.Errorf("no call was redelivered to the survivor; the victim was not killed mid-batch")
+	}
 	all := firstLogs.String() + secondLogs.String()
 	assertNoSecrets(t, "worker output", all)
 	if !strings.Contains(all, `"call_id":"crash-`) {

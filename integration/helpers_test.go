@@ -277,3 +277,5 @@ func configYAML(t testing.TB, tmpl string, repl ...string) string {
 	r := append([]string{"FIX", fixtures(t)}, repl...)
 	return strings.NewReplacer(r...).Replace(tmpl)
 }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

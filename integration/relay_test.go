@@ -404,7 +404,7 @@ func assertNoSecrets(t *testing.T, what, s string) {
 
 func TestMalformedAndPoisonCalls(t *testing.T) {
 	env := newRelayEnv(t)
-	for i, raw := range []string{`{not json`, `[]`, `{"id":"x"}{"id":"y"}`, strings.Repeat("\xff", 100), `{"id":"a..b","reply_to":"mtlsrelay.results.bad"}`} {
+	for i, raw := range []string{`{not json`, `[]`, `{"id":"x"}{"id":"y"}`, strings.Repeat("\xff", 100), `{"id":"has space","reply_to":"mtlsrelay.results.bad"}`} {
 		msg := nats.NewMsg("mtlsrelay.calls.partner")
 		msg.Data = []byte(raw)
 		msg.Header.Set("Nats-Msg-Id", fmt.Sprintf("poison-%d-%d", os.Getpid(), i))
