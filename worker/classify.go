@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"reflect"
 	"strings"
@@ -154,7 +155,7 @@ func ClassifyError(err error, t Target) *jobs.Error {
 			"the TLS handshake with %s failed: the partner sent the alert %q; %s", host, name, hint)
 	}
 	var rhErr tls.RecordHeaderError
-	if errors.As(err, &rhErr) {
+	if errors.As(err, &rhErr) || errors.Is(err, http.ErrSchemeMismatch) {
 		return jobs.Wrap(err, jobs.CodeTLSHandshakeFailed,
 			"%s did not answer with TLS; check that the connection's base_url names the partner's HTTPS port", host)
 	}

@@ -36,6 +36,9 @@ type Connection struct {
 	MaxConns int `yaml:"max_conns,omitempty" json:"max_conns,omitempty"`
 	// RateLimit caps calls per second per worker to this partner; 0 is no limit.
 	RateLimit float64 `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`
+	// FollowRedirects follows 3xx responses (at most 5), only to https URLs
+	// whose host is allowed. Default false: a 3xx is the result.
+	FollowRedirects bool `yaml:"follow_redirects,omitempty" json:"follow_redirects,omitempty"`
 	// MaxResponseBytes bounds a response body. Default 5 MiB.
 	MaxResponseBytes int64 `yaml:"max_response_bytes,omitempty" json:"max_response_bytes,omitempty"`
 }

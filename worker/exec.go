@@ -25,9 +25,9 @@ import (
 // transport, and so one keep-alive pool, per profile and version of the
 // profile's TLS material, and is safe for concurrent use.
 //
-// It does not retry and does not follow redirects: a 3xx is a result like
-// any other status, so a redirect cannot lead a call to a host that the
-// connection does not allow.
+// It does not retry. It follows redirects only for a connection with
+// follow_redirects, and then only to hosts the connection allows; otherwise
+// a 3xx is a result like any other status.
 type Executor struct {
 	opts       ExecutorOptions
 	transports *transportCache
@@ -121,7 +121,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		req.Header.Set("User-Agent", x.opts.UserAgent)
 	}
 
-	pt := x.transports.get(mat)
+	pt := x.transports.get(call.Connection, mat)
 	defer pt.release()
 	target := Target{Host: hostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
 	classify := func(err error) *jobs.Error {
@@ -134,7 +134,9 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		return ClassifyError(err, target)
 	}
 
-	resp, err := pt.rt.RoundTrip(req)
+	req = req.WithContext(withEgress(req.Context(), newEgressPolicy(call.Connection, conn)))
+	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn)}
+	resp, err := client.Do(req)
 	if err != nil {
 		err = withConnFailure(err, tr)
 		out.Sent = tr.sent()
@@ -357,4 +359,26 @@ func (t *tracer) recordTiming(res *jobs.Result) {
 	res.Timing.ConnectMS = span(t.connStart, t.connDone)
 	res.Timing.TLSMS = span(t.tlsStart, t.tlsDone)
 	res.Timing.TTFBMS = span(t.start, t.firstByte)
+}
+
+// maxRedirects bounds the redirects one attempt follows.
+const maxRedirects = 5
+
+// redirectPolicy keeps a redirected call within its connection's allowed
+// hosts, and follows nothing unless the connection says so.
+func redirectPolicy(call *jobs.Call, conn *Connection) func(*http.Request, []*http.Request) error {
+	return func(req *http.Request, via []*http.Request) error {
+		if !conn.FollowRedirects {
+			return http.ErrUseLastResponse
+		}
+		if len(via) >= maxRedirects {
+			return jobs.Errorf(jobs.CodeHTTPStatus, "the partner redirected call %s more than %d times; check the connection's base_url", call.ID, maxRedirects)
+		}
+		if req.URL.Scheme != "https" || !conn.HostAllowed(req.URL) {
+			return jobs.Errorf(jobs.CodeHostNotAllowed,
+				"the partner redirected to %s://%s, which connection %s does not allow; add the host to allow_hosts if the redirect is expected",
+				req.URL.Scheme, req.URL.Host, call.Connection)
+		}
+		return nil
+	}
 }

@@ -1,9 +1,11 @@
 package worker
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -45,6 +47,10 @@ type ExecutorOptions struct {
 	DisableHTTP2 bool
 	// UserAgent is sent when a call sets no User-Agent. Default "mtlsrelay".
 	UserAgent string
+	// LookupNetIP resolves partner host names; the egress policy checks
+	// every address it returns before dialing it. Default
+	// net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
 func (o ExecutorOptions) withDefaults() ExecutorOptions {
@@ -62,6 +68,9 @@ func (o ExecutorOptions) withDefaults() ExecutorOptions {
 	}
 	if o.UserAgent == "" {
 		o.UserAgent = DefaultUserAgent
+	}
+	if o.LookupNetIP == nil {
+		o.LookupNetIP = net.DefaultResolver.LookupNetIP
 	}
 	return o
 }
@@ -90,8 +99,8 @@ type profileTransports struct {
 	cur, prev *pooledTransport
 }
 
-// transportCache keeps one *http.Transport per profile and material
-// version. Lookups take no lock: the map is copied on write, which is rare
+// transportCache keeps one *http.Transport per connection, profile and
+// material version. Lookups take no lock: the map is copied on write, which is rare
 // (a new profile or a rotated secret), and read through an atomic pointer.
 type transportCache struct {
 	opts ExecutorOptions
@@ -107,17 +116,23 @@ func newTransportCache(opts ExecutorOptions) *transportCache {
 	return c
 }
 
-// get returns the transport for mat, building it when the profile is new or
-// its material's Version changed. When a newer version replaces one, the
-// old transport's idle connections are closed; calls in flight on it finish.
-func (c *transportCache) get(mat *secrets.Material) *pooledTransport {
-	if pt, ok := (*c.byProfile.Load())[mat.Profile]; ok && pt.cur.version == mat.Version {
+// get returns the transport of connection conn for mat, building it when
+// the pair is new or the material's Version changed. When a newer version
+// replaces one, the old transport's idle connections are closed; calls in
+// flight on it finish.
+//
+// Pools are per connection, not only per profile, because each connection
+// has its own egress rules: a pooled connection that one connection's
+// allow_hosts permitted must not serve another connection's call.
+func (c *transportCache) get(conn string, mat *secrets.Material) *pooledTransport {
+	key := conn + "\x00" + mat.Profile
+	if pt, ok := (*c.byProfile.Load())[key]; ok && pt.cur.version == mat.Version {
 		return pt.cur
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := *c.byProfile.Load()
-	pt := old[mat.Profile]
+	pt := old[key]
 	if pt.cur != nil && pt.cur.version == mat.Version {
 		return pt.cur
 	}
@@ -141,7 +156,7 @@ func (c *transportCache) get(mat *secrets.Material) *pooledTransport {
 	for k, v := range old {
 		m[k] = v
 	}
-	m[mat.Profile] = next
+	m[key] = next
 	c.byProfile.Store(&m)
 	return next.cur
 }
@@ -179,7 +194,7 @@ func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
 	dialer := &net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                  o.Proxy,
-		DialContext:            dialer.DialContext,
+		DialContext:            dialEgress(dialer, o.LookupNetIP),
 		TLSClientConfig:        cfg,
 		TLSHandshakeTimeout:    o.TLSHandshakeTimeout,
 		ForceAttemptHTTP2:      !o.DisableHTTP2,

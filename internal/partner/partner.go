@@ -10,7 +10,8 @@
 //	                    {subject, serial (lower-case hex), issuer},
 //	                    tls_version ("TLS 1.3"), protocol ("HTTP/2.0").
 //	/status/{code}      replies with that status (200-599) and a short text
-//	                    body; ?retry_after=V adds "Retry-After: V" verbatim.
+//	                    body; ?retry_after=V adds "Retry-After: V" verbatim,
+//	                    ?location=URL adds "Location: URL" (for redirects).
 //	/slow?ms=N          waits N milliseconds (or until the client goes away),
 //	                    then replies 200 "slow".
 //	/bytes?n=N          replies N bytes of 'x' with a Content-Length;

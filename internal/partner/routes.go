@@ -96,6 +96,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	if ra := r.URL.Query().Get("retry_after"); ra != "" {
 		w.Header().Set("Retry-After", ra)
 	}
+	if loc := r.URL.Query().Get("location"); loc != "" {
+		w.Header().Set("Location", loc)
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "status %d\n", code)
