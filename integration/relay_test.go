@@ -74,7 +74,7 @@ connections:
   closed:          {base_url: "CLOSED", profile: openssl, max_attempts: 2}
   short:           {base_url: "PARTNER", profile: openssl, timeout: 300ms, max_attempts: 2}
   small:           {base_url: "PARTNER", profile: openssl, max_response_bytes: 100}
-  partner:         {base_url: "PARTNER", profile: openssl, max_attempts: 3, allow_hosts: ["127.0.0.1"]}
+  partner:         {base_url: "PARTNER", profile: openssl, max_attempts: 3, allow_hosts: ["127.0.0.1"], breaker_failures: -1}
 `
 
 type relayEnv struct {

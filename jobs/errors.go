@@ -49,6 +49,16 @@ const (
 	CodeCanceled Code = "canceled"
 	// CodeInternal: a defect in mtlsrelay itself.
 	CodeInternal Code = "internal"
+
+	// Extensions of SPEC.md's list: new codes only, never renamed ones.
+
+	// CodeCircuitOpen: the partner failed so often that the worker stopped
+	// calling it for a while; retryable.
+	CodeCircuitOpen Code = "circuit_open"
+	// CodeOutcomeUnknown: a worker stopped while a non-idempotent request
+	// may have reached the partner; it is not repeated, so the flow must
+	// check with the partner. Not retryable.
+	CodeOutcomeUnknown Code = "outcome_unknown"
 )
 
 // retryableCodes are the codes whose failures are worth another attempt.
@@ -57,6 +67,7 @@ var retryableCodes = map[Code]bool{
 	CodeConnectFailed:     true,
 	CodeTimeout:           true,
 	CodeHTTPStatus:        true,
+	CodeCircuitOpen:       true,
 }
 
 // Codes lists every stable error code, for documentation and tests.
@@ -67,7 +78,7 @@ func Codes() []Code {
 		CodeClientCertExpired, CodeClientCertNotYetValid, CodeServerCertUntrusted,
 		CodeServerNameMismatch, CodeClientCertRejected, CodeTLSHandshakeFailed,
 		CodeConnectFailed, CodeTimeout, CodeResponseTooLarge, CodeHTTPStatus,
-		CodeCanceled, CodeInternal,
+		CodeCanceled, CodeInternal, CodeCircuitOpen, CodeOutcomeUnknown,
 	}
 }
 

@@ -28,6 +28,10 @@ type Config struct {
 	Profiles map[string]secrets.Profile `yaml:"profiles"`
 	// Connections are the partner endpoints by name.
 	Connections map[string]Connection `yaml:"connections"`
+	// Registry configures the shared registry (NATS KV bucket
+	// mtlsrelay_registry), whose profiles and connections the worker
+	// watches and applies live; the config file's win for names both define.
+	Registry RegistryConfig `yaml:"registry"`
 
 	// Dir is the folder relative file: references are resolved against: the
 	// config file's folder, or the working directory.
@@ -81,6 +85,20 @@ type WorkerConfig struct {
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// FetchBatch caps how many calls one pull asks for; default Concurrency.
 	FetchBatch int `yaml:"fetch_batch"`
+}
+
+// RegistryConfig configures the worker's use of the shared registry.
+type RegistryConfig struct {
+	// Key references the 32-byte AES-256 key, written in base64 or hex
+	// (`openssl rand -base64 32`), that opens the passwords sealed in the
+	// registry: env:MTLSRELAY_REGISTRY_KEY, file:/etc/mtlsrelay/registry.key
+	// (relative to the config file's folder) or a vault: reference. Every
+	// worker and the command line need the same key. Empty: no key, and a
+	// registry profile with a sealed password fails with secret_unavailable.
+	Key string `yaml:"key"`
+	// Disabled stops the worker from reading the registry: only the config
+	// file's profiles and connections are used. Default false.
+	Disabled bool `yaml:"disabled"`
 }
 
 // LogConfig sets logging.

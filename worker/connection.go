@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +37,13 @@ type Connection struct {
 	MaxConns int `yaml:"max_conns,omitempty" json:"max_conns,omitempty"`
 	// RateLimit caps calls per second per worker to this partner; 0 is no limit.
 	RateLimit float64 `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`
+	// BreakerFailures is how many consecutive partner failures (connect
+	// failures, timeouts, 502/503/504) open the circuit: calls then fail
+	// fast with circuit_open (retryable) until BreakerCooldown passes and a
+	// trial call succeeds. Default 5; negative disables the breaker.
+	BreakerFailures int `yaml:"breaker_failures,omitempty" json:"breaker_failures,omitempty"`
+	// BreakerCooldown is how long an open circuit stays open. Default 30s.
+	BreakerCooldown Duration `yaml:"breaker_cooldown,omitempty" json:"breaker_cooldown,omitempty"`
 	// FollowRedirects follows 3xx responses (at most 5), only to https URLs
 	// whose host is allowed. Default false: a 3xx is the result.
 	FollowRedirects bool `yaml:"follow_redirects,omitempty" json:"follow_redirects,omitempty"`
@@ -199,3 +207,24 @@ func (c *Connection) HostAllowed(u *url.URL) bool {
 	}
 	return false
 }
+
+func (c *Connection) breakerFailures() int {
+	switch {
+	case c.BreakerFailures < 0:
+		return 0
+	case c.BreakerFailures == 0:
+		return DefaultBreakerFailures
+	}
+	return c.BreakerFailures
+}
+
+func (c *Connection) breakerCooldown() time.Duration {
+	if c.BreakerCooldown > 0 {
+		return c.BreakerCooldown.D()
+	}
+	return DefaultBreakerCooldown
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

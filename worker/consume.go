@@ -80,10 +80,9 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	attemptNo := int(meta.NumDelivered)
 	queued := time.Since(meta.Timestamp)
 	call, derr := jobs.DecodeCall(msg.Data(), w.subj.ConnectionOf(msg.Subject()))
-	log := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Int("attempt", attemptNo).Logger()
+	log := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("delivery", meta.NumDelivered).Logger()
 	if call != nil {
 		log = log.With().Str("call_id", call.ID).Str("connection", call.Connection).Logger()
 	}
@@ -104,26 +103,49 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		return
 	}
 
+	attemptNo, done := w.recall(ctx, msg, call, int(meta.NumDelivered))
+	if done {
+		return
+	}
+	var beforeSend func() error
+	if !call.IsIdempotent() {
+		// Recorded before the request leaves: if this worker dies now, the
+		// redelivery knows the partner may have seen it and does not repeat it.
+		beforeSend = func() error {
+			return w.state.put(ctx, call.ID, callState{Attempts: attemptNo - 1, Inflight: true})
+		}
+	}
+
 	stopKeepAlive := w.keepAlive(msg)
 	actx, cancel := context.WithCancel(ctx)
-	out, conn := w.attempt(actx, call, attemptNo, queued)
+	ao := w.attempt(actx, call, attemptNo, queued, attemptOptions{beforeSend: beforeSend})
 	cancel()
 	stopKeepAlive()
 
-	res := out.Result
+	if ao.handback > 0 {
+		// No attempt was made: record that, so the redelivery does not
+		// count this delivery as one.
+		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo - 1}); err != nil {
+			log.Warn().Err(err).Msg("could not record a hand-back")
+		}
+		log.Debug().Dur("retry_in", ao.handback).Msg("connection saturated or rate-limited; call handed back")
+		_ = msg.NakWithDelay(ao.handback)
+		return
+	}
+	res := ao.Result
 	if w.callCtx.Err() != nil && (res.Error == nil || res.Error.Code == jobs.CodeCanceled || res.Error.Code == jobs.CodeTimeout) {
 		// Cut short by shutdown: hand the call back rather than report it.
+		// A non-idempotent call keeps its in-flight marker: the partner may
+		// have seen it, so the redelivery reports outcome_unknown.
 		log.Info().Msg("call interrupted by shutdown; handed back")
 		_ = msg.Nak()
 		return
 	}
-	maxAttempts := DefaultMaxAttempts
-	if conn != nil {
-		maxAttempts = conn.Attempts(call)
-	} else if call.MaxAttempts > 0 {
-		maxAttempts = call.MaxAttempts
-	}
-	if retry, delay := w.retry.decide(call, out, attemptNo, maxAttempts); retry {
+	attempts := maxAttempts(call, ao.conn)
+	if retry, delay := w.retry.decide(call, ao.Outcome, attemptNo, attempts); retry {
+		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo}); err != nil {
+			log.Warn().Err(err).Msg("could not record the attempt; the retry may count it twice")
+		}
 		ev := log.Info().Int("status", res.Status).Dur("retry_in", delay)
 		if res.Error != nil {
 			ev = ev.Str("code", string(res.Error.Code))
@@ -132,11 +154,59 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		_ = msg.NakWithDelay(delay)
 		return
 	}
-	finalize(res, maxAttempts)
+	finalize(res, attempts)
+	w.complete(ctx, msg, call, res)
+}
+
+// recall reads what earlier deliveries of call did, when it matters: on a
+// redelivery, and for every non-idempotent call (its id may have completed
+// already). It returns the attempt number to make, or done when the call
+// needs nothing more (already completed, or its outcome is unknown and was
+// reported).
+func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call, deliveries int) (attempt int, done bool) {
+	if deliveries <= 1 && call.IsIdempotent() {
+		return 1, false
+	}
+	log := zerolog.Ctx(ctx)
+	st, err := w.state.get(ctx, call.ID)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not read the call's state; handing it back")
+		_ = msg.NakWithDelay(jitter(time.Second))
+		return 0, true
+	}
+	switch {
+	case st == nil:
+		// Nothing recorded: every earlier delivery may have been an attempt
+		// (a worker died before it could record anything).
+		return deliveries, false
+	case st.Done:
+		log.Info().Msg("call already completed; acknowledged without calling the partner again")
+		_ = msg.Ack()
+		return 0, true
+	case st.Inflight:
+		res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeOutcomeUnknown,
+			"worker %s stopped while this non-idempotent %s may have reached the partner; it is not repeated: check with the partner whether it took effect",
+			st.Worker, call.Method))
+		res.Attempt, res.Worker = st.Attempts+1, w.Name()
+		w.complete(ctx, msg, call, res)
+		return 0, true
+	}
+	return st.Attempts + 1, false
+}
+
+// complete publishes the final result of call, records a non-idempotent
+// call as done, dead-letters a failure, and acknowledges the message.
+func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
+	log := zerolog.Ctx(ctx)
 	if err := w.publishResult(ctx, call, res, msg.Headers()); err != nil {
 		log.Error().Err(err).Msg("could not publish the result; the call will be redelivered")
 		_ = msg.NakWithDelay(w.retry.backoff(1))
 		return
+	}
+	if !call.IsIdempotent() {
+		if err := w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
+			log.Warn().Err(err).Msg("could not record the call as done")
+		}
 	}
 	if res.Error != nil {
 		w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error)
@@ -144,7 +214,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		log.Warn().Err(err).Msg("ack failed; a redelivery will be de-duplicated by call id")
 	}
-	logResult(log, res)
+	logResult(*log, res)
 }
 
 // reject ends a call that cannot be processed: a result when it has a usable

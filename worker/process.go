@@ -10,32 +10,88 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
-// attempt makes attempt number n of call: it resolves the connection and
-// the profile's TLS material, then lets the executor make the request. It
-// never panics into its caller: a panic becomes an internal error result.
-func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued time.Duration) (out Outcome, conn *Connection) {
+// attemptOutcome is what one try at a call produced.
+type attemptOutcome struct {
+	Outcome
+	// conn is the call's connection, nil when it is unknown.
+	conn *Connection
+	// handback > 0 means no attempt was made (the connection is saturated
+	// or rate-limited, or a marker could not be written): hand the call
+	// back for this long.
+	handback time.Duration
+}
+
+// attemptOptions tune one try at a call.
+type attemptOptions struct {
+	// block waits for the connection's limits instead of handing back.
+	block bool
+	// beforeSend runs once the call is admitted, right before the request:
+	// durable non-idempotent calls record that a request is in flight.
+	beforeSend func() error
+}
+
+// attempt makes attempt number n of call: it resolves the connection, the
+// profile's TLS material and the connection's limits, then lets the
+// executor make the request. It never panics into its caller: a panic
+// becomes an internal error result.
+func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued time.Duration, o attemptOptions) (ao attemptOutcome) {
 	log := zerolog.Ctx(ctx)
 	defer func() {
 		if p := recover(); p != nil {
 			// The panic value may hold call data: log its type only.
-			log.Error().Str("panic_type", typeName(p)).Msg("attempt panicked; reporting internal error")
-			out = Outcome{Result: jobs.FailedResult(call, jobs.Errorf(jobs.CodeInternal, "mtlsrelay failed while making this call; see the worker log"))}
+			log.Error().Str("panic_type", fmt.Sprintf("%T", p)).Msg("attempt panicked; reporting internal error")
+			ao = attemptOutcome{Outcome: Outcome{Result: jobs.FailedResult(call, jobs.Errorf(jobs.CodeInternal, "mtlsrelay failed while making this call; see the worker log"))}, conn: ao.conn}
 		}
-		if out.Result != nil {
-			out.Result.Attempt = n
-			out.Result.Worker = w.Name()
-			out.Result.Timing.QueuedMS = jobs.Millis(queued)
+		if ao.Result != nil {
+			ao.Result.Attempt = n
+			ao.Result.Worker = w.Name()
+			ao.Result.Timing.QueuedMS = jobs.Millis(queued)
 		}
 	}()
+	fail := func(err error) attemptOutcome {
+		return attemptOutcome{Outcome: Outcome{Result: jobs.FailedResult(call, err)}, conn: ao.conn}
+	}
 	conn, prof, err := w.catalog.load().lookup(call.Connection)
 	if err != nil {
-		return Outcome{Result: jobs.FailedResult(call, err)}, nil
+		return fail(err)
 	}
+	ao.conn = conn
 	mat, err := w.resolver.Resolve(ctx, conn.Profile, *prof)
 	if err != nil {
-		return Outcome{Result: jobs.FailedResult(call, err)}, conn
+		return fail(err)
 	}
-	return w.exec.Attempt(ctx, call, conn, mat), conn
+	lim := w.limits.get(call.Connection, conn)
+	adm := lim.admit(ctx, time.Now(), o.block)
+	switch {
+	case adm.breakerWait > 0:
+		res := fail(jobs.Errorf(jobs.CodeCircuitOpen,
+			"connection %s failed %d times in a row, so this worker stops calling it for %s; check that the partner is up",
+			call.Connection, conn.breakerFailures(), conn.breakerCooldown()))
+		res.RetryAfter = adm.breakerWait
+		return res
+	case adm.release == nil:
+		return attemptOutcome{conn: conn, handback: adm.handback}
+	}
+	defer adm.release()
+	if o.beforeSend != nil {
+		if err := o.beforeSend(); err != nil {
+			log.Warn().Err(err).Msg("could not record the call as in flight; handing it back")
+			return attemptOutcome{conn: conn, handback: jitter(time.Second)}
+		}
+	}
+	out := w.exec.Attempt(ctx, call, conn, mat)
+	lim.record(out.Result, time.Now())
+	return attemptOutcome{Outcome: out, conn: conn}
 }
 
-func typeName(v any) string { return fmt.Sprintf("%T", v) }
+// maxAttempts returns how many attempts call may have on conn (nil when
+// the connection is unknown).
+func maxAttempts(call *jobs.Call, conn *Connection) int {
+	if conn != nil {
+		return conn.Attempts(call)
+	}
+	if call.MaxAttempts > 0 {
+		return call.MaxAttempts
+	}
+	return DefaultMaxAttempts
+}

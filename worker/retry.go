@@ -40,6 +40,9 @@ func (p retryPolicy) decide(call *jobs.Call, out Outcome, attempt, maxAttempts i
 		if !call.IsIdempotent() && out.Sent {
 			return false, 0
 		}
+		if out.RetryAfter > 0 {
+			return true, min(max(out.RetryAfter, p.backoff(attempt)), p.max)
+		}
 	case retryableStatus(res.Status):
 		if !call.IsIdempotent() && res.Status != http.StatusTooManyRequests && res.Status != http.StatusServiceUnavailable {
 			return false, 0

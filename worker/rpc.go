@@ -58,12 +58,15 @@ func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
 	}
 	ctx := log.WithContext(w.callCtx)
 	for n := 1; ; n++ {
-		out, conn := w.attempt(ctx, call, n, time.Since(start))
-		maxAttempts := DefaultMaxAttempts
-		if conn != nil {
-			maxAttempts = conn.Attempts(call)
+		ao := w.attempt(ctx, call, n, time.Since(start), attemptOptions{block: true})
+		if ao.handback > 0 {
+			// Only when the worker is stopping: there is no one to hand back to.
+			res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeCanceled, "the worker stopped before it could make this direct call; send it again"))
+			res.Worker, res.Attempt = w.Name(), n
+			return res
 		}
-		retry, delay := w.retry.decide(call, out, n, maxAttempts)
+		attempts := maxAttempts(call, ao.conn)
+		retry, delay := w.retry.decide(call, ao.Outcome, n, attempts)
 		if retry {
 			select {
 			case <-time.After(delay):
@@ -71,8 +74,8 @@ func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
 			case <-ctx.Done():
 			}
 		}
-		finalize(out.Result, maxAttempts)
-		logResult(log, out.Result)
-		return out.Result
+		finalize(ao.Result, attempts)
+		logResult(log, ao.Result)
+		return ao.Result
 	}
 }

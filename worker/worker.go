@@ -31,6 +31,8 @@ type Worker struct {
 	catalog  catalogHolder
 	retry    retryPolicy
 	slots    *semaphore.Weighted
+	limits   limitSet
+	state    *stateStore
 
 	// callCtx is the parent of every call's context: canceled only when the
 	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
@@ -108,6 +110,12 @@ func (w *Worker) Ready() bool {
 // the rest are handed back to JetStream at once.
 func (w *Worker) Run(ctx context.Context) error {
 	cons, err := w.ensureStreams(ctx)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	w.state, err = openState(sctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, jobs.DefaultResultsMaxAge), w.Name())
+	cancel()
 	if err != nil {
 		return err
 	}

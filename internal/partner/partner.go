@@ -98,6 +98,8 @@ type Counters struct {
 	Handshakes int64
 	// Resumed counts the Handshakes that resumed an earlier session.
 	Resumed int64
+	// MaxInFlight is the most requests the server was handling at once.
+	MaxInFlight int64
 }
 
 // Server is a running partner server. Its methods are safe for concurrent use.
@@ -108,6 +110,7 @@ type Server struct {
 	done chan struct{}
 
 	requests, conns, hellos, handshakes, resumed atomic.Int64
+	inflight, maxInflight                        atomic.Int64
 
 	mu        sync.Mutex
 	routes    map[string]int64
@@ -207,6 +210,7 @@ func (s *Server) Requests() Counters {
 		ClientHellos: s.hellos.Load(),
 		Handshakes:   s.handshakes.Load(),
 		Resumed:      s.resumed.Load(),
+		MaxInFlight:  s.maxInflight.Load(),
 	}
 }
 

@@ -26,6 +26,10 @@ func (s *Server) routesHandler() http.Handler {
 	mux.HandleFunc("/soap", s.soap)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
+		n := s.inflight.Add(1)
+		defer s.inflight.Add(-1)
+		for m := s.maxInflight.Load(); n > m && !s.maxInflight.CompareAndSwap(m, n); m = s.maxInflight.Load() {
+		}
 		_, pattern := mux.Handler(r)
 		s.mu.Lock()
 		s.routes[pattern]++
