@@ -1,0 +1,54 @@
+package jobs_test
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// FuzzDecodeCall feeds arbitrary bytes to call decoding and validation. The
+// seed corpus is in testdata/fuzz/FuzzDecodeCall; run longer with
+//
+//	go test ./jobs -run '^$' -fuzz FuzzDecodeCall -fuzztime 60s
+//
+// Properties: no panic; every failure is an invalid_call *jobs.Error; a
+// call that decodes is normalized (defaults applied) and survives a JSON
+// round trip unchanged.
+func FuzzDecodeCall(f *testing.F) {
+	for _, seed := range []string{
+		`{"id":"a","path":"x"}`,
+		`{"id":"a","soap":{"version":"1.2","body":"<a/>"}}`,
+		`{"id":"a","method":"post","body_base64":"AAEC","query":{"q":["1","2"]},"headers":{"X":["a","b"]}}`,
+		`{"id":"a","url":"https://h.example/p?x=1","reply_to":"mtlsrelay.results.a"}`,
+		`{"id":"","connection":"c"}`, `{"id":1}`, `[]`, `null`, `{`, "\xff\xfe",
+	} {
+		f.Add([]byte(seed), "c")
+	}
+	f.Fuzz(func(t *testing.T, data []byte, subjectConn string) {
+		call, err := jobs.DecodeCall(data, subjectConn)
+		if err != nil {
+			var je *jobs.Error
+			if !errors.As(err, &je) || je.Code != jobs.CodeInvalidCall {
+				t.Fatalf("DecodeCall error %v is not an invalid_call *jobs.Error", err)
+			}
+			return
+		}
+		if call.Connection == "" || call.Method == "" || call.Idempotent == nil || (call.Kind != jobs.KindREST && call.Kind != jobs.KindSOAP) {
+			t.Fatalf("decoded call not normalized: %+v", call)
+		}
+		again, err := json.Marshal(call)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := jobs.DecodeCall(again, subjectConn)
+		if err != nil {
+			t.Fatalf("re-encoded call does not decode: %v\n%s", err, again)
+		}
+		b1, _ := json.Marshal(back)
+		if string(b1) != string(again) {
+			t.Fatalf("round trip changed the call:\n%s\n%s", again, b1)
+		}
+	})
+}
