@@ -49,10 +49,35 @@ type NATSConfig struct {
 	Replicas int `yaml:"replicas"`
 	// ResultsMaxAge is how long MTLSRELAY_RESULTS keeps results; default 24h.
 	ResultsMaxAge Duration `yaml:"results_max_age"`
-	// CredsFile is a NATS credentials file (JWT + NKey seed).
+	// CredsFile is a NATS credentials file (JWT + NKey seed), for servers
+	// in operator mode.
 	CredsFile string `yaml:"creds_file"`
+	// User and Password authenticate with a user name; Password is a secret
+	// reference (env:NATS_PASSWORD, file:..., value:...).
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
+	// Token is a secret reference to an authorization token.
+	Token string `yaml:"token"`
+	// NKeySeedFile is a file holding an NKey user seed (SU...).
+	NKeySeedFile string `yaml:"nkey_seed_file"`
+	// TLS secures the connection to NATS, with a client certificate for
+	// mutual TLS when the servers demand one.
+	TLS NATSTLSConfig `yaml:"tls"`
 	// Embedded configures the embedded server used when URL is empty.
 	Embedded EmbeddedConfig `yaml:"embedded"`
+}
+
+// NATSTLSConfig is TLS to the NATS servers. Files are PEM.
+type NATSTLSConfig struct {
+	// CAFile holds the CAs that sign the NATS servers' certificates;
+	// default the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the worker's client certificate and key
+	// for servers that verify clients (mTLS to NATS).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name verified in the servers' certificates.
+	ServerName string `yaml:"server_name"`
 }
 
 // EmbeddedConfig configures the embedded NATS server.

@@ -16,15 +16,16 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 func newCallCmd() *cobra.Command {
 	var (
-		natsURL, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo string
-		headers, query                                                                    []string
-		noWait, direct                                                                    bool
-		timeout                                                                           time.Duration
-		maxAttempts                                                                       int
+		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo string
+		headers, query                                                                                []string
+		noWait, direct                                                                                bool
+		timeout                                                                                       time.Duration
+		maxAttempts                                                                                   int
 	)
 	cmd := &cobra.Command{
 		Use:   "call CONNECTION",
@@ -61,7 +62,22 @@ func newCallCmd() *cobra.Command {
 			if timeout > 0 {
 				call.TimeoutMS = int(timeout / time.Millisecond)
 			}
-			nc, err := connectNATS(natsURL, nil, "mtlsrelay call", zerolog.Nop())
+			var cfg *worker.Config
+			if configPath != "" {
+				if cfg, err = worker.LoadConfig(configPath); err != nil {
+					return err
+				}
+				if natsURL == "" {
+					natsURL = cfg.NATS.URL
+				}
+				if prefix == "" {
+					prefix = cfg.NATS.Prefix
+				}
+			}
+			if natsURL == "" {
+				natsURL = "nats://127.0.0.1:4222"
+			}
+			nc, err := connectNATS(natsURL, cfg, "mtlsrelay call", zerolog.Nop())
 			if err != nil {
 				return err
 			}
@@ -98,7 +114,8 @@ func newCallCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&natsURL, "nats", "nats://127.0.0.1:4222", "NATS URL")
+	f.StringVar(&natsURL, "nats", "", "NATS URL (default: nats.url of --config, else nats://127.0.0.1:4222)")
+	f.StringVar(&configPath, "config", "", "config file whose nats section (URL, credentials, TLS, prefix) to use")
 	f.StringVar(&prefix, "prefix", "", "subject prefix (default mtlsrelay)")
 	f.StringVarP(&method, "method", "X", "", "HTTP method (default GET, POST for SOAP)")
 	f.StringVar(&path, "path", "", "path joined to the connection's base URL")

@@ -6,15 +6,21 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/logging"
+	"github.com/mtlsrelay/mtlsrelay/registry"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -99,9 +105,22 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	w, err := worker.New(cfg, nc, worker.WithLogger(log))
+	sources := secrets.DefaultSources(cfg.Dir)
+	var reg *registry.Registry
+	if !cfg.Registry.Disabled {
+		if reg, err = openRegistry(ctx, nc, cfg, sources, log); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	w, err := worker.New(cfg, nc, worker.WithLogger(log), worker.WithResolver(secrets.NewResolver(sources)))
 	if err != nil {
 		return err
+	}
+	if reg != nil {
+		watchRegistry(ctx, reg, w, cfg, log)
 	}
 	if cfg.Worker.AdminAddr != "off" {
 		ln, err := net.Listen("tcp", cfg.Worker.AdminAddr)
@@ -120,6 +139,43 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 	return w.Run(ctx)
 }
 
+// openRegistry opens the registry bucket on the worker's connection (waiting
+// for NATS if needed) and registers its registry: Source on sources.
+func openRegistry(ctx context.Context, nc *nats.Conn, cfg *worker.Config, sources *secrets.Sources, log zerolog.Logger) (*registry.Registry, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	reg, err := registry.Open(log.WithContext(ctx), js, registry.Options{
+		Sources: sources, Key: cfg.Registry.Key, Replicas: cfg.NATS.Replicas, Wait: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	sources.Register(secrets.SchemeRegistry, reg.Source())
+	return reg, nil
+}
+
+// watchRegistry applies the registry to w on every change, merged with the
+// config file's profiles and connections, and returns once the registry has
+// been read (or after 10s, so a slow registry does not stop the worker).
+func watchRegistry(ctx context.Context, reg *registry.Registry, w *worker.Worker, cfg *worker.Config, log zerolog.Logger) {
+	applied := make(chan struct{})
+	var once sync.Once
+	go reg.Watch(log.WithContext(ctx), func(s registry.Snapshot) {
+		w.SetCatalog(registry.Merge(cfg.Profiles, cfg.Connections, s, log))
+		log.Info().Int("profiles", len(s.Profiles)).Int("connections", len(s.Connections)).
+			Uint64("revision", s.Revision).Msg("registry applied")
+		once.Do(func() { close(applied) })
+	})
+	select {
+	case <-applied:
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		log.Warn().Msg("registry not read within 10s; starting with the config file's profiles and connections")
+	}
+}
+
 // connectNATS connects with reconnection forever, so a worker rides out a
 // NATS restart or failover.
 func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger) (*nats.Conn, error) {
@@ -135,12 +191,28 @@ func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
 		}),
 	}
-	if cfg != nil && cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	if cfg != nil {
+		auth, err := cfg.NATS.AuthOptions(context.Background(), secrets.DefaultSources(cfg.Dir), cfg.Dir)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, auth...)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
 	}
 	return nc, nil
+}
+
+// redactURL hides user information in NATS URLs before they are printed.
+func redactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := neturl.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = neturl.User("[redacted]")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -1,0 +1,158 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+// Snapshot is the registry's profiles and connections at one moment, as
+// workers use them: a sealed password reads registry:profiles/<name>/password.
+// Its maps are never modified once delivered.
+type Snapshot struct {
+	// Profiles by name.
+	Profiles map[string]secrets.Profile
+	// Connections by name.
+	Connections map[string]worker.Connection
+	// Revision is the highest KV revision the snapshot reflects.
+	Revision uint64
+}
+
+// Watch calls fn with a Snapshot once the registry's current profiles and
+// connections are read, then after every change: changes arriving together
+// are gathered for Options.Debounce (50 ms by default) and delivered as one
+// Snapshot. fn is called from one goroutine, never concurrently.
+//
+// An entry that does not decode or validate is left out of the Snapshot and
+// logged through zerolog.Ctx(ctx). Watch returns when ctx ends; when its KV
+// watcher stops for another reason, it logs that and watches again, reading
+// the whole registry afresh.
+func (r *Registry) Watch(ctx context.Context, fn func(Snapshot)) {
+	log := zerolog.Ctx(ctx)
+	for {
+		err := r.watchOnce(ctx, fn)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn().Err(err).Msg("registry watch interrupted; watching again in 1s")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// errWatchClosed reports a KV watcher whose updates channel was closed.
+var errWatchClosed = errors.New("registry watcher closed")
+
+func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot)) error {
+	log := zerolog.Ctx(ctx)
+	w, err := r.kv.WatchFiltered(ctx, []string{prefixProfiles + ">", prefixConnections + ">"})
+	if err != nil {
+		return kvError(err, "watch")
+	}
+	defer func() { _ = w.Stop() }()
+	snap := Snapshot{Profiles: map[string]secrets.Profile{}, Connections: map[string]worker.Connection{}}
+	deliver := func() {
+		fn(Snapshot{Profiles: maps.Clone(snap.Profiles), Connections: maps.Clone(snap.Connections), Revision: snap.Revision})
+	}
+	initial := true
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-debounce:
+			debounce = nil
+			deliver()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errWatchClosed
+			}
+			if e == nil {
+				// The current values have all been read.
+				if initial {
+					initial = false
+					deliver()
+				}
+				continue
+			}
+			apply(&snap, e, log)
+			if !initial && debounce == nil {
+				debounce = time.After(r.debounce)
+			}
+		}
+	}
+}
+
+// apply records one KV change in snap.
+func apply(snap *Snapshot, e jetstream.KeyValueEntry, log *zerolog.Logger) {
+	snap.Revision = max(snap.Revision, e.Revision())
+	removed := e.Operation() != jetstream.KeyValuePut
+	if name, ok := strings.CutPrefix(e.Key(), prefixProfiles); ok {
+		delete(snap.Profiles, name)
+		if removed {
+			log.Debug().Str("profile", name).Uint64("revision", e.Revision()).Msg("registry profile removed")
+			return
+		}
+		pe, err := profileEntry(name, e)
+		if err != nil {
+			log.Error().Err(err).Str("profile", name).Msg("registry profile ignored until it is put again")
+			return
+		}
+		snap.Profiles[name] = pe.Profile
+		log.Debug().Str("profile", name).Uint64("revision", e.Revision()).Msg("registry profile changed")
+		return
+	}
+	if name, ok := strings.CutPrefix(e.Key(), prefixConnections); ok {
+		delete(snap.Connections, name)
+		if removed {
+			log.Debug().Str("connection", name).Uint64("revision", e.Revision()).Msg("registry connection removed")
+			return
+		}
+		ce, err := connectionEntry(name, e)
+		if err != nil {
+			log.Error().Err(err).Str("connection", name).Msg("registry connection ignored until it is put again")
+			return
+		}
+		snap.Connections[name] = ce.Connection
+		log.Debug().Str("connection", name).Uint64("revision", e.Revision()).Msg("registry connection changed")
+	}
+}
+
+// Merge returns the catalog of a worker whose config file defines
+// cfgProfiles and cfgConnections and whose registry holds snap. The config
+// file wins for the names it defines: each registry entry it shadows is
+// logged on log.
+func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]worker.Connection, snap Snapshot, log zerolog.Logger) *worker.Catalog {
+	c := &worker.Catalog{
+		Profiles:    make(map[string]secrets.Profile, len(cfgProfiles)+len(snap.Profiles)),
+		Connections: make(map[string]worker.Connection, len(cfgConnections)+len(snap.Connections)),
+	}
+	maps.Copy(c.Profiles, cfgProfiles)
+	maps.Copy(c.Connections, cfgConnections)
+	for name, p := range snap.Profiles {
+		if _, ok := c.Profiles[name]; ok {
+			log.Info().Str("profile", name).Msg("registry profile shadowed by the worker's config file, which wins")
+			continue
+		}
+		c.Profiles[name] = p
+	}
+	for name, conn := range snap.Connections {
+		if _, ok := c.Connections[name]; ok {
+			log.Info().Str("connection", name).Msg("registry connection shadowed by the worker's config file, which wins")
+			continue
+		}
+		c.Connections[name] = conn
+	}
+	return c
+}
