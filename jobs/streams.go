@@ -77,6 +77,7 @@ func (o StreamOptions) StreamConfigs() []jetstream.StreamConfig {
 			Name:        StreamResults,
 			Description: "mtlsrelay results, one per call id",
 			Subjects:    []string{s.ResultsAll()},
+			AllowDirect: true,
 			Retention:   jetstream.LimitsPolicy,
 			Storage:     o.storage(),
 			Replicas:    replicas,

@@ -115,6 +115,7 @@ type Server struct {
 	mu        sync.Mutex
 	routes    map[string]int64
 	flaky     map[string]int
+	keys      map[string]int64
 	lingering map[*lingerConn]struct{}
 	closed    bool
 	lingerWG  sync.WaitGroup
@@ -212,6 +213,21 @@ func (s *Server) Requests() Counters {
 		Resumed:      s.resumed.Load(),
 		MaxInFlight:  s.maxInflight.Load(),
 	}
+}
+
+// KeyHeader is the request header whose values the server counts: tests
+// send a unique key per call to see how often the partner received it.
+const KeyHeader = "X-Test-Key"
+
+// KeyCounts returns how many requests carried each value of KeyHeader.
+func (s *Server) KeyCounts() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int64, len(s.keys))
+	for k, v := range s.keys {
+		out[k] = v
+	}
+	return out
 }
 
 // Close stops the server at once, closing every connection, and waits for

@@ -33,6 +33,12 @@ func (s *Server) routesHandler() http.Handler {
 		_, pattern := mux.Handler(r)
 		s.mu.Lock()
 		s.routes[pattern]++
+		if key := r.Header.Get(KeyHeader); key != "" {
+			if s.keys == nil {
+				s.keys = map[string]int64{}
+			}
+			s.keys[key]++
+		}
 		s.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	})

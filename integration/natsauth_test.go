@@ -1,0 +1,287 @@
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/rs/zerolog"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+// startServerWith starts a real NATS server with JetStream and the given
+// options on a free loopback port.
+func startServerWith(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	opts.JetStream, opts.StoreDir = true, t.TempDir()
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+// runWorkerConfig runs an in-process worker that connects to url the way
+// `mtlsrelay serve` does: with the nats section of cfgYAML.
+func runWorkerConfig(t *testing.T, url, cfgYAML string) {
+	t.Helper()
+	cfg, err := worker.ParseConfig([]byte(cfgYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := cfg.NATS.AuthOptions(context.Background(), secrets.DefaultSources(t.TempDir()), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url, auth...)
+	if err != nil {
+		t.Fatalf("worker connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.Nop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if !w.Ready() {
+			return errorf("worker not ready")
+		}
+		return nil
+	})
+}
+
+const authWorkerConfig = `
+nats: NATSAUTH
+worker: {concurrency: 4, admin_addr: "off"}
+registry: {disabled: true}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: p}
+`
+
+// Each way a worker can authenticate to NATS, against a real server that
+// demands it.
+func TestNATSAuthentication(t *testing.T) {
+	p := startPartner(t)
+	dir := t.TempDir()
+	userKP, _ := nkeys.CreateUser()
+	userPub, _ := userKP.PublicKey()
+	seed, _ := userKP.Seed()
+	seedFile := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(seedFile, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := tls.LoadX509KeyPair(fixture(t, "server.pem"), fixture(t, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientPEM := filepath.Join(dir, "nats-client.pem")
+	clientKey := filepath.Join(dir, "nats-client.key")
+	splitPEM(t, fixture(t, "client.pem"), clientPEM, clientKey)
+	t.Setenv("MTLSRELAY_TEST_NATS_PASSWORD", "s3cret-nats")
+	t.Setenv("MTLSRELAY_TEST_NATS_TOKEN", "t0ken-nats")
+
+	for _, tc := range []struct {
+		name string
+		opts *server.Options
+		auth string
+		// client connects the test's flow side.
+		client []nats.Option
+	}{
+		{"ok/user-password", &server.Options{Username: "relay", Password: "s3cret-nats"},
+			`{user: relay, password: "env:MTLSRELAY_TEST_NATS_PASSWORD"}`, []nats.Option{nats.UserInfo("relay", "s3cret-nats")}},
+		{"ok/token", &server.Options{Authorization: "t0ken-nats"},
+			`{token: "env:MTLSRELAY_TEST_NATS_TOKEN"}`, []nats.Option{nats.Token("t0ken-nats")}},
+		{"ok/nkey", &server.Options{Nkeys: []*server.NkeyUser{{Nkey: userPub}}},
+			`{nkey_seed_file: "` + seedFile + `"}`, []nats.Option{nkeyOpt(t, seedFile)}},
+		{"ok/mtls", &server.Options{TLS: true, TLSVerify: true, TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: poolFromPEM("ca.pem"), MinVersion: tls.VersionTLS12}},
+			`{tls: {ca_file: "` + fixture(t, "ca.pem") + `", cert_file: "` + clientPEM + `", key_file: "` + clientKey + `"}}`,
+			[]nats.Option{nats.RootCAs(fixture(t, "ca.pem")), nats.ClientCert(clientPEM, clientKey)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServerWith(t, tc.opts)
+			url := s.ClientURL()
+			if tc.opts.TLS {
+				url = strings.Replace(url, "nats://", "tls://", 1)
+			}
+			// Without credentials the server refuses.
+			if nc, err := nats.Connect(url, nats.Timeout(2*time.Second)); err == nil {
+				nc.Close()
+				t.Fatal("server accepts clients without credentials; the test proves nothing")
+			}
+			runWorkerConfig(t, url, configYAML(t, authWorkerConfig, "NATSAUTH", tc.auth, "PARTNER", p.URL()))
+			nc, err := nats.Connect(url, tc.client...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			r := call(t, nc, js, "partner", map[string]any{"path": "echo"})
+			if !r.OK {
+				t.Fatalf("call through an authenticated worker: %+v", r.Error)
+			}
+		})
+	}
+}
+
+func nkeyOpt(t *testing.T, seedFile string) nats.Option {
+	opt, err := nats.NkeyOptionFromSeed(seedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opt
+}
+
+// splitPEM writes the certificates and the key of a PEM bundle to two files.
+func splitPEM(t *testing.T, bundle, certOut, keyOut string) {
+	t.Helper()
+	b, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	i := strings.Index(text, "-----BEGIN PRIVATE KEY-----")
+	if i < 0 {
+		t.Fatal("bundle has no PKCS#8 key")
+	}
+	if err := os.WriteFile(certOut, []byte(text[:i]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyOut, []byte(text[i:]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The accounts example in docs/nats-accounts.conf: a flow publishes calls
+// and reads its own results, live and stored, but cannot read another
+// flow's results or the registry.
+func TestNATSAccountsExample(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	opts, err := server.ProcessConfigFile(filepath.Join(filepath.Dir(file), "..", "docs", "nats-accounts.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServerWith(t, opts)
+	p := startPartner(t)
+	runWorkerConfig(t, s.ClientURL(), configYAML(t, authWorkerConfig,
+		"NATSAUTH", `{user: worker, password: "value:worker-example-password"}`, "PARTNER", p.URL()))
+
+	var mu sync.Mutex
+	var violations []string
+	billing, err := nats.Connect(s.ClientURL(), nats.UserInfo("billing", "billing-example-password"),
+		nats.CustomInboxPrefix("_INBOX_billing"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			violations = append(violations, err.Error())
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer billing.Close()
+	js, _ := jetstream.New(billing)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("ok/flow-calls-and-reads-its-results", func(t *testing.T) {
+		id := uniqueID("billing")
+		reply := "mtlsrelay.results.billing." + id
+		r := callRaw(t, billing, js, "partner", id, reply, []byte(`{"id":"`+id+`","path":"echo","reply_to":"`+reply+`"}`))
+		if !r.OK {
+			t.Fatalf("billing call: %+v", r.Error)
+		}
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			t.Fatalf("billing cannot open the results stream: %v", err)
+		}
+		m, err := s.GetLastMsgForSubject(ctx, reply)
+		if err != nil {
+			t.Fatalf("billing cannot read its stored result: %v", err)
+		}
+		var stored jobs.Result
+		if err := json.Unmarshal(m.Data, &stored); err != nil || stored.ID != id {
+			t.Errorf("stored result: %v %+v", err, stored)
+		}
+	})
+
+	t.Run("fail/flow-cannot-read-other-flows-results", func(t *testing.T) {
+		sub, err := billing.SubscribeSync("mtlsrelay.results.shipping.>")
+		if err == nil {
+			defer sub.Unsubscribe()
+		}
+		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, v := range violations {
+				if strings.Contains(v, "Permissions Violation") && strings.Contains(v, "mtlsrelay.results.shipping") {
+					return nil
+				}
+			}
+			return errorf("no permissions violation for shipping's results: %v", violations)
+		})
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := s.GetLastMsgForSubject(short, "mtlsrelay.results.shipping.x"); err == nil {
+			t.Error("billing read a stored result of shipping")
+		}
+	})
+
+	t.Run("fail/flow-cannot-read-the-registry", func(t *testing.T) {
+		// The worker user can write and read the registry...
+		wnc, err := nats.Connect(s.ClientURL(), nats.UserInfo("worker", "worker-example-password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wnc.Close()
+		wjs, _ := jetstream.New(wnc)
+		wkv, err := wjs.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: jobs.RegistryBucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wkv.Put(ctx, "profiles.p", []byte(`{"keystore":"file:/x"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wkv.Get(ctx, "profiles.p"); err != nil {
+			t.Fatalf("worker cannot read the registry: %v", err)
+		}
+		// ...the flow cannot.
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if kv, err := js.KeyValue(short, jobs.RegistryBucket); err == nil {
+			if _, err := kv.Get(short, "profiles.p"); err == nil {
+				t.Error("billing read the registry")
+			}
+		}
+	})
+}
