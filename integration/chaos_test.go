@@ -1,0 +1,264 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// cluster is a real three-node NATS cluster with JetStream, in this process.
+type cluster struct {
+	servers []*server.Server
+	urls    []string
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func startCluster(t *testing.T, n int) *cluster {
+	t.Helper()
+	routePorts := make([]int, n)
+	var routes []*url.URL
+	for i := range n {
+		routePorts[i] = freePort(t)
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", routePorts[i])})
+	}
+	c := &cluster{}
+	for i := range n {
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       server.RANDOM_PORT,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoLog:      true,
+			NoSigs:     true,
+			Cluster:    server.ClusterOpts{Name: "mtlsrelay-test", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:     routes,
+		}
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		c.servers = append(c.servers, s)
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	}
+	for _, s := range c.servers {
+		if !s.ReadyForConnections(20 * time.Second) {
+			t.Fatal("cluster node not ready")
+		}
+		c.urls = append(c.urls, s.ClientURL())
+	}
+	// JetStream needs a meta leader before streams can be created.
+	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		for _, s := range c.servers {
+			if s.JetStreamIsLeader() {
+				return nil
+			}
+		}
+		return fmt.Errorf("no JetStream meta leader yet")
+	})
+	return c
+}
+
+// stopStreamLeader shuts down the node leading stream and returns its name.
+func (c *cluster) stopStreamLeader(t *testing.T, js jetstream.JetStream, stream string) string {
+	t.Helper()
+	s, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil || info.Cluster == nil {
+		t.Fatalf("stream %s cluster info: %v", stream, err)
+	}
+	for _, srv := range c.servers {
+		if srv.Name() == info.Cluster.Leader {
+			srv.Shutdown()
+			return srv.Name()
+		}
+	}
+	t.Fatalf("leader %q of %s not found", info.Cluster.Leader, stream)
+	return ""
+}
+
+// TestChaos sends 5,000 calls through a three-node cluster (R3 streams) and
+// three worker processes while one worker is SIGKILLed, one is SIGTERMed
+// and restarted, and the calls stream's leader is killed. Every call must
+// get exactly one stored result.
+func TestChaos(t *testing.T) {
+	const total = 5000
+	cl := startCluster(t, 3)
+	natsURL := strings.Join(cl.urls, ",")
+	p := startPartner(t)
+	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	cfg := writeConfig(t, `
+nats: {replicas: 3}
+worker: {concurrency: 32, admin_addr: "off", ack_wait: 3s, retry_base: 100ms, retry_max: 1s, shutdown_grace: 2s}
+registry: {disabled: true}
+log: {level: info, format: json}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_TEST_PASSWORD", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: p, timeout: 5s, max_attempts: 20, breaker_failures: -1}
+`, "PARTNER", p.URL())
+	workers := []*workerProcess{
+		startWorkerProcess(t, natsURL, cfg, "chaos-a"),
+		startWorkerProcess(t, natsURL, cfg, "chaos-b"),
+		startWorkerProcess(t, natsURL, cfg, "chaos-c"),
+	}
+
+	live, err := nc.SubscribeSync("mtlsrelay.results.chaos.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.SetPendingLimits(-1, -1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	for i := range total {
+		id := fmt.Sprintf("chaos-%05d", i)
+		msg := nats.NewMsg("mtlsrelay.calls.partner")
+		msg.Header.Set("Nats-Msg-Id", id)
+		msg.Data = []byte(fmt.Sprintf(`{"id":%q,"path":"echo","headers":{%q:[%q]},"reply_to":"mtlsrelay.results.chaos.%s"}`, id, partner.KeyHeader, id, id))
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("publishing calls timed out")
+	}
+
+	seenLive := map[string]int{}
+	var events []string
+	var mu sync.Mutex
+	step := 0
+	// Live results can be missed while this client reconnects after the
+	// leader's death; the stored results below are what count.
+	for len(seenLive) < total && ctx.Err() == nil {
+		m, err := live.NextMsg(20 * time.Second)
+		if err != nil {
+			break
+		}
+		seenLive[m.Header.Get(jobs.HeaderCallID)]++
+		switch {
+		case step == 0 && len(seenLive) >= 1000:
+			step++
+			_ = workers[0].cmd.Process.Signal(syscall.SIGKILL)
+			events = append(events, fmt.Sprintf("SIGKILL chaos-a at %d results", len(seenLive)))
+		case step == 1 && len(seenLive) >= 2000:
+			step++
+			_ = workers[1].cmd.Process.Signal(syscall.SIGTERM)
+			werr := <-workers[1].done
+			workers[1].done <- werr
+			events = append(events, fmt.Sprintf("SIGTERM chaos-b at %d results", len(seenLive)))
+			mu.Lock()
+			workers[1] = startWorkerProcess(t, natsURL, cfg, "chaos-b2")
+			mu.Unlock()
+		case step == 2 && len(seenLive) >= 3000:
+			step++
+			leader := cl.stopStreamLeader(t, js, jobs.StreamCalls)
+			events = append(events, fmt.Sprintf("killed %s leader %s at %d results", jobs.StreamCalls, leader, len(seenLive)))
+		}
+	}
+
+	// Stored results: read the whole results stream, count per call id.
+	stored := map[string]int{}
+	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	checkFor(t, 2*time.Minute, 200*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs < total {
+			return fmt.Errorf("%d of %d results stored", info.State.Msgs, total)
+		}
+		return nil
+	})
+	cons, err := js.OrderedConsumer(ctx, jobs.StreamResults, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(stored) < total {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var r jobs.Result
+			if err := json.Unmarshal(m.Data(), &r); err != nil {
+				t.Fatal(err)
+			}
+			if !r.OK {
+				t.Errorf("call %s failed: %+v", r.ID, r.Error)
+			}
+			stored[r.ID]++
+		}
+		if n == 0 {
+			break
+		}
+	}
+	lost, dupStored, dupLive, partnerTwice := 0, 0, 0, 0
+	keys := p.KeyCounts()
+	for i := range total {
+		id := fmt.Sprintf("chaos-%05d", i)
+		switch c := stored[id]; {
+		case c == 0:
+			lost++
+		case c > 1:
+			dupStored += c - 1
+		}
+		if c := seenLive[id]; c > 1 {
+			dupLive += c - 1
+		}
+		if keys[id] > 1 {
+			partnerTwice++
+		}
+	}
+	t.Logf("chaos: %s", strings.Join(events, "; "))
+	t.Logf("chaos: calls=%d stored_results=%d lost=%d duplicate_stored=%d duplicate_live=%d partner_saw_twice=%d (idempotent GETs)",
+		total, len(stored), lost, dupStored, dupLive, partnerTwice)
+	t.Logf("chaos: live results seen=%d", len(seenLive))
+	if step < 3 {
+		t.Errorf("only %d of 3 faults were injected", step)
+	}
+	if lost != 0 || dupStored != 0 {
+		t.Fatalf("lost=%d duplicate stored results=%d; want 0 and 0", lost, dupStored)
+	}
+}
