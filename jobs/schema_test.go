@@ -419,14 +419,22 @@ func TestSchemaResultSamples(t *testing.T) {
 		return mustJSON(t, m)
 	}
 	for name, data := range map[string][]byte{
-		"fail/no-timing":          base(func(m map[string]any) { delete(m, "timing") }),
-		"fail/no-completed-at":    base(func(m map[string]any) { delete(m, "completed_at") }),
-		"fail/completed-at-text":  base(func(m map[string]any) { m["completed_at"] = "yesterday" }),
-		"fail/status-string":      base(func(m map[string]any) { m["status"] = "200" }),
-		"fail/ok-with-error":      base(func(m map[string]any) { m["error"] = map[string]any{"code": "timeout", "message": "m", "retryable": true} }),
-		"fail/ok-with-500":        base(func(m map[string]any) { m["status"] = 500 }),
-		"fail/unknown-error-code": base(func(m map[string]any) { m["ok"] = false; m["error"] = map[string]any{"code": "oops", "message": "m", "retryable": false} }),
-		"fail/error-no-message":   base(func(m map[string]any) { m["ok"] = false; m["error"] = map[string]any{"code": "timeout", "retryable": true} }),
+		"fail/no-timing":         base(func(m map[string]any) { delete(m, "timing") }),
+		"fail/no-completed-at":   base(func(m map[string]any) { delete(m, "completed_at") }),
+		"fail/completed-at-text": base(func(m map[string]any) { m["completed_at"] = "yesterday" }),
+		"fail/status-string":     base(func(m map[string]any) { m["status"] = "200" }),
+		"fail/ok-with-error": base(func(m map[string]any) {
+			m["error"] = map[string]any{"code": "timeout", "message": "m", "retryable": true}
+		}),
+		"fail/ok-with-500": base(func(m map[string]any) { m["status"] = 500 }),
+		"fail/unknown-error-code": base(func(m map[string]any) {
+			m["ok"] = false
+			m["error"] = map[string]any{"code": "oops", "message": "m", "retryable": false}
+		}),
+		"fail/error-no-message": base(func(m map[string]any) {
+			m["ok"] = false
+			m["error"] = map[string]any{"code": "timeout", "retryable": true}
+		}),
 		"fail/timing-negative":    base(func(m map[string]any) { m["timing"].(map[string]any)["total_ms"] = -1 }),
 		"fail/timing-missing-tls": base(func(m map[string]any) { delete(m["timing"].(map[string]any), "tls_ms") }),
 		"fail/serial-upper":       base(func(m map[string]any) { m["client_cert"].(map[string]any)["serial"] = "1A2B" }),
