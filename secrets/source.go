@@ -198,7 +198,7 @@ func (s *Sources) Fetch(ctx context.Context, ref Ref) (Secret, error) {
 	if err := ctx.Err(); err != nil {
 		return Secret{}, ctxError(err, "fetching secret "+ref.String())
 	}
-	sec, err := src.Fetch(ctx, ref)
+	sec, err := safeFetch(ctx, src, ref)
 	if err != nil {
 		var je *jobs.Error
 		if errors.As(err, &je) {
@@ -208,6 +208,19 @@ func (s *Sources) Fetch(ctx context.Context, ref Ref) (Secret, error) {
 			"secret %s could not be fetched (%T); see the worker log", ref.String(), err)
 	}
 	return sec, nil
+}
+
+// safeFetch calls src.Fetch and turns a panic into an internal error, so a
+// buggy provider cannot take a worker down. The panic value may hold the
+// secret: only its type is kept.
+func safeFetch(ctx context.Context, src Source, ref Ref) (sec Secret, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			sec, err = Secret{}, jobs.Errorf(jobs.CodeInternal,
+				"the %s secret source panicked (%T) while fetching %s; this is a defect in that provider", ref.Scheme, p, ref.String())
+		}
+	}()
+	return src.Fetch(ctx, ref)
 }
 
 // ctxError turns a context error into a jobs error: a deadline is a timeout,

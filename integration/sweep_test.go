@@ -1,0 +1,191 @@
+package integration
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+// panicSource is a secret source that panics with the secret in the panic
+// value, as a buggy provider might.
+type panicSource struct{ secret string }
+
+func (p panicSource) Fetch(context.Context, secrets.Ref) (secrets.Secret, error) {
+	panic("provider bug while holding " + p.secret)
+}
+
+// TestNoSecretLeaks sweeps everything a worker writes — its log at debug
+// level, results, dead letters, metrics, and what follows a panic — for the
+// password and the key bytes of every profile kind.
+func TestNoSecretLeaks(t *testing.T) {
+	srv := startNATS(t)
+	p := startPartner(t)
+	p12, err := os.ReadFile(fixture(t, "client-openssl.p12"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline := base64.StdEncoding.EncodeToString(p12)
+	const envPassword = "env-only-Secret-4711"
+	t.Setenv("MTLSRELAY_SWEEP_PASSWORD", fixturePassword)
+	t.Setenv("MTLSRELAY_SWEEP_WRONG", envPassword)
+	cfgYAML := configYAML(t, `
+worker: {concurrency: 8, admin_addr: "off", retry_base: 10ms, retry_max: 50ms}
+registry: {disabled: true}
+profiles:
+  p12:       {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_SWEEP_PASSWORD", truststore: "file:FIX/ca.pem"}
+  legacy:    {keystore: "file:FIX/client-openssl-legacy.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+  keytool:   {keystore: "file:FIX/client-keytool.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+  jks:       {keystore: "file:FIX/client-keytool.jks", password: "value:fixture-pass-123", truststore: "file:FIX/truststore.jks", truststore_password: "value:fixture-pass-123"}
+  pem:       {keystore: "file:FIX/client.pem", truststore: "file:FIX/ca.pem"}
+  pem-enc:   {keystore: "file:FIX/client-encrypted.pem", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+  inline:    {keystore: "base64:INLINE", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+  wrong:     {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_SWEEP_WRONG", truststore: "file:FIX/ca.pem"}
+  panicking: {keystore: "file:FIX/client-openssl.p12", password: "cyberark:Safe/obj#Content", truststore: "file:FIX/ca.pem"}
+  untrusting: {keystore: "file:FIX/client-keytool.jks", password: "value:fixture-pass-123", truststore: "file:FIX/other-ca.pem"}
+connections:
+  p12:        {base_url: "PARTNER", profile: p12}
+  legacy:     {base_url: "PARTNER", profile: legacy}
+  keytool:    {base_url: "PARTNER", profile: keytool}
+  jks:        {base_url: "PARTNER", profile: jks}
+  pem:        {base_url: "PARTNER", profile: pem}
+  pem-enc:    {base_url: "PARTNER", profile: pem-enc}
+  inline:     {base_url: "PARTNER", profile: inline}
+  wrong:      {base_url: "PARTNER", profile: wrong}
+  panicking:  {base_url: "PARTNER", profile: panicking}
+  untrusting: {base_url: "PARTNER", profile: untrusting}
+`, "PARTNER", p.URL(), "INLINE", inline)
+	cfg, err := worker.ParseConfig([]byte(cfgYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := secrets.DefaultSources(t.TempDir())
+	sources.Register(secrets.SchemeCyberArk, panicSource{secret: fixturePassword})
+	logs := &syncBuffer{}
+	nc, js := connect(t, srv.ClientURL())
+	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)),
+		worker.WithResolver(secrets.NewResolver(sources)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if !w.Ready() {
+			return fmt.Errorf("not ready")
+		}
+		return nil
+	})
+
+	var everything strings.Builder
+	for _, conn := range []string{"p12", "legacy", "keytool", "jks", "pem", "pem-enc", "inline", "wrong", "panicking", "untrusting"} {
+		r := call(t, nc, js, conn, map[string]any{"path": "echo", "method": "POST", "body": "x"})
+		switch conn {
+		case "wrong":
+			if r.Error == nil || r.Error.Code != jobs.CodeKeystorePasswordWrong {
+				t.Errorf("wrong password: %+v", r.Error)
+			}
+		case "panicking":
+			if r.Error == nil || r.Error.Code != jobs.CodeInternal {
+				t.Errorf("panicking provider: %+v", r.Error)
+			}
+		case "untrusting":
+			if r.Error == nil || r.Error.Code != jobs.CodeServerCertUntrusted {
+				t.Errorf("untrusting: %+v", r.Error)
+			}
+		default:
+			if !r.OK {
+				t.Errorf("%s: %+v", conn, r.Error)
+			}
+		}
+	}
+	// Results and dead letters as stored, raw.
+	for _, stream := range []string{jobs.StreamResults, jobs.StreamDead} {
+		everything.WriteString(readStream(t, js, stream))
+	}
+	admin := httptest.NewServer(w.AdminHandler())
+	defer admin.Close()
+	resp, err := http.Get(admin.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(metrics) == 0 {
+		t.Errorf("/metrics = %d", resp.StatusCode)
+	}
+	everything.Write(metrics)
+	everything.WriteString(logs.String())
+	if !strings.Contains(logs.String(), "panicked") {
+		t.Errorf("the provider's panic was not logged")
+	}
+
+	all := everything.String()
+	for what, secret := range map[string]string{
+		"keystore password": fixturePassword,
+		"env-only password": envPassword,
+		"inline keystore":   inline[100:160],
+		"PEM key body":      pemKeyFragment(t, "client.pem"),
+		"encrypted PEM key": pemKeyFragment(t, "client-encrypted.pem"),
+	} {
+		if strings.Contains(all, secret) {
+			i := strings.Index(all, secret)
+			t.Errorf("%s leaked: ...%s...", what, all[max(0, i-120):min(len(all), i+40)])
+		}
+	}
+	assertNoSecrets(t, "worker output", all)
+}
+
+// pemKeyFragment returns a piece of the base64 body of the key in a PEM file.
+func pemKeyFragment(t *testing.T, name string) string {
+	b, err := os.ReadFile(fixture(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, "PRIVATE KEY-----")
+	if i < 0 {
+		t.Fatalf("%s has no key", name)
+	}
+	body := strings.ReplaceAll(s[i+len("PRIVATE KEY-----"):], "\n", "")
+	return body[40:100]
+}
+
+// readStream returns every message of stream, data and headers, as text.
+func readStream(t *testing.T, js jetstream.JetStream, stream string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(&b, "%v %s\n", m.Header, m.Data)
+	}
+	return b.String()
+}
