@@ -67,7 +67,9 @@ connections:
 		id := fmt.Sprintf("crash-%d", i)
 		msg := nats.NewMsg("mtlsrelay.calls.partner")
 		msg.Header.Set("Nats-Msg-Id", id)
-		msg.Data = []byte(fmt.Sprintf(`{"id":%q,"path":"slow?ms=40","reply_to":"mtlsrelay.results.crash.%s"}`, id, id))
+		// Durations vary so that calls are always mid-request when the
+		// victim dies, not finishing together as one batch.
+		msg.Data = []byte(fmt.Sprintf(`{"id":%q,"path":"slow?ms=%d","reply_to":"mtlsrelay.results.crash.%s"}`, id, 40+(i*37)%200, id))
 		if _, err := js.PublishMsg(ctx, msg); err != nil {
 			t.Fatal(err)
 		}
@@ -112,8 +114,8 @@ connections:
 	}
 	t.Logf("calls=%d results=%d killed_after=%d live_duplicates=%d", total, len(seen), killedAt, countDup(seen))
 	// The kill happened mid-batch: calls the victim held were redelivered.
-	if !strings.Contains(secondLogs.String(), `"attempt":2`) {
-		t.Errorf("no call was redelivered to the survivor; the victim was not killed mid-batch")
+	if !strings.Contains(secondLogs.String(), `"delivery":2`) {
+		t.Errorf("no call was redelivered to the survivor; the victim was not killed mid-batch\n%s", secondLogs.String()[:min(3000, len(secondLogs.String()))])
 	}
 	all := firstLogs.String() + secondLogs.String()
 	assertNoSecrets(t, "worker output", all)

@@ -134,11 +134,14 @@ func TestKilledMidPOSTIsNotRepeated(t *testing.T) {
 	if n := p.Requests().Routes["/slow"]; n != 1 {
 		t.Errorf("partner saw the POST %d times, want 1", n)
 	}
-	s, err := js.Stream(context.Background(), jobs.StreamDead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.GetLastMsgForSubject(context.Background(), "mtlsrelay.dead.partner"); err != nil {
-		t.Errorf("outcome_unknown call not dead-lettered: %v", err)
-	}
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		s, err := js.Stream(context.Background(), jobs.StreamDead)
+		if err != nil {
+			return err
+		}
+		if _, err := s.GetLastMsgForSubject(context.Background(), "mtlsrelay.dead.partner"); err != nil {
+			return fmt.Errorf("outcome_unknown call not dead-lettered: %w", err)
+		}
+		return nil
+	})
 }

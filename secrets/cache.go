@@ -35,9 +35,46 @@ type Resolver struct {
 	now              func() time.Time
 	refreshInterval  time.Duration
 	sessionCacheSize int
+	observers        []func(LoadEvent)
 
 	mu      sync.Mutex
 	entries map[string]*entry
+}
+
+// LoadEvent reports one load of a profile's keystore: its secrets were
+// fetched and decoded (Material set, Err nil), or a fetch or the decoding
+// failed (Err set; Material nil). Scheme is the scheme of the reference
+// that failed, else of the keystore. A refresh that finds every secret
+// unchanged is not a load. It carries no secret.
+type LoadEvent struct {
+	Profile  string
+	Scheme   string
+	Material *Material
+	Err      error
+}
+
+// WithLoadObserver adds f, called synchronously after every keystore load
+// (see LoadEvent) while the profile is locked: f must be quick and must not
+// call the Resolver.
+func WithLoadObserver(f func(LoadEvent)) Option {
+	return func(r *Resolver) { r.observers = append(r.observers, f) }
+}
+
+// AddLoadObserver adds f as WithLoadObserver does, to a Resolver in use;
+// loads already under way may not report to f.
+func (r *Resolver) AddLoadObserver(f func(LoadEvent)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.observers = append(slices.Clip(r.observers), f)
+}
+
+func (r *Resolver) notify(ev LoadEvent) {
+	r.mu.Lock()
+	obs := r.observers
+	r.mu.Unlock()
+	for _, f := range obs {
+		f(ev)
+	}
 }
 
 // Option configures a Resolver.
@@ -227,7 +264,10 @@ func (r *Resolver) refresh(ctx context.Context, name string, p Profile, refs pro
 		sec, err := r.sources.Fetch(ctx, f.ref)
 		if err != nil {
 			err = prefixError(err, fmt.Sprintf("profile %q %s %s", name, f.field, f.ref))
-			if prev != nil && prev.mat != nil {
+			r.notify(LoadEvent{Profile: name, Scheme: f.ref.Scheme, Err: err})
+			// A certificate that expired meanwhile (a vault-pki: one that
+			// could not be renewed) is not worth keeping: report why.
+			if prev != nil && prev.mat != nil && now.Before(prev.mat.Leaf.NotAfter) {
 				log.Warn().Err(err).Str("profile", name).Str("material_version", prev.mat.Version).
 					Msg("secret source failed; still using the keystore loaded before")
 				return &state{mat: prev.mat, versions: prev.versions, checked: now}, true
@@ -246,6 +286,7 @@ func (r *Resolver) refresh(ctx context.Context, name string, p Profile, refs pro
 		return &state{mat: prev.mat, err: prev.err, versions: versions, checked: now}, true
 	}
 	m, err := r.build(name, p, refs, got, materialVersion(name, p, versions))
+	r.notify(LoadEvent{Profile: name, Scheme: refs.keystore.Scheme, Material: m, Err: err})
 	if err != nil {
 		if prev != nil && prev.mat != nil {
 			log.Error().Err(err).Str("profile", name).Str("material_version", prev.mat.Version).

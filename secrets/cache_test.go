@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -170,6 +171,33 @@ func TestResolverKeepsServingWhenSourcesFail(t *testing.T) {
 			t.Error("a good new keystore was not picked up after a bad one")
 		}
 	})
+}
+
+// A Material whose certificate expired while its source failed (a
+// vault-pki: certificate that could not be renewed) is not served: the
+// source's retryable failure is reported instead of client_cert_expired.
+func TestResolverDropsExpiredMaterialWhenSourcesFail(t *testing.T) {
+	r, files, clock := newTestResolver(t)
+	bundle, _ := testCert(t, "short-lived", clock.Now().Add(-time.Minute), clock.Now().Add(time.Hour))
+	path := filepath.Join(t.TempDir(), "client.pem")
+	if err := os.WriteFile(path, bundle, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := secrets.Profile{Keystore: "file:" + path}
+	ctx := context.Background()
+	if _, err := r.Resolve(ctx, "pki", p); err != nil {
+		t.Fatal(err)
+	}
+	files.setFail(jobs.Errorf(jobs.CodeSecretUnavailable, "the secret store is unreachable"))
+	clock.Advance(30 * time.Minute)
+	if _, err := r.Resolve(ctx, "pki", p); err != nil {
+		t.Fatalf("still valid: got %v, want the cached Material", err)
+	}
+	clock.Advance(time.Hour)
+	_, err := r.Resolve(ctx, "pki", p)
+	if je := wantCode(t, err, jobs.CodeSecretUnavailable); !je.Retryable {
+		t.Errorf("want a retryable error, got %+v", je)
+	}
 }
 
 func TestResolverCachesFailures(t *testing.T) {

@@ -3,6 +3,7 @@ package secrets
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"strings"
 
 	"software.sslmate.com/src/go-pkcs12"
 
@@ -46,6 +47,13 @@ func DecodeTruststore(data, password []byte) (*x509.CertPool, []*x509.Certificat
 			return nil, nil, err
 		}
 	default:
+		// A truststore kept in a text store (a Vault KV field, say) is
+		// base64 text, as DecodeKeystore accepts.
+		if looksBase64(data) {
+			if raw, err := decodeBase64(strings.TrimSpace(string(data))); err == nil && detectFormat(raw) != "" {
+				return DecodeTruststore(raw, password)
+			}
+		}
 		return nil, nil, notAKeystore(data)
 	}
 	if len(certs) == 0 {

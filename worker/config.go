@@ -13,6 +13,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
+	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
 )
 
 // Config is the worker's YAML config file. Every field is documented here,
@@ -28,6 +30,12 @@ type Config struct {
 	Profiles map[string]secrets.Profile `yaml:"profiles"`
 	// Connections are the partner endpoints by name.
 	Connections map[string]Connection `yaml:"connections"`
+	// Vault, when set, enables vault: and vault-pki: secret references
+	// (docs/SECRETS-VAULT.md).
+	Vault *vault.Config `yaml:"vault"`
+	// CyberArk, when set, enables cyberark: secret references through the
+	// Central Credential Provider (docs/SECRETS-CYBERARK.md).
+	CyberArk *cyberark.Config `yaml:"cyberark"`
 	// Registry configures the shared registry (NATS KV bucket
 	// mtlsrelay_registry), whose profiles and connections the worker
 	// watches and applies live; the config file's win for names both define.
@@ -110,6 +118,11 @@ type WorkerConfig struct {
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// FetchBatch caps how many calls one pull asks for; default Concurrency.
 	FetchBatch int `yaml:"fetch_batch"`
+	// CertExpiryWarnDays is how many days before a profile's client
+	// certificate expires the worker logs a warning (at load and daily) and
+	// reports it in mtlsrelay_client_cert_expiring; default 30, negative
+	// disables.
+	CertExpiryWarnDays int `yaml:"cert_expiry_warn_days"`
 }
 
 // RegistryConfig configures the worker's use of the shared registry.

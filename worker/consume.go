@@ -87,6 +87,10 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		log = log.With().Str("call_id", call.ID).Str("connection", call.Connection).Logger()
 	}
 	ctx := log.WithContext(w.callCtx)
+	w.metrics.inflight.Add(1)
+	defer w.metrics.inflight.Add(-1)
+	ctx, span := w.startCallSpan(ctx, msg.Headers(), call, msg.Subject(), meta.NumDelivered)
+	defer span.End()
 
 	if derr != nil {
 		w.reject(ctx, msg, call, derr, meta)
@@ -143,6 +147,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	attempts := maxAttempts(call, ao.conn)
 	if retry, delay := w.retry.decide(call, ao.Outcome, attemptNo, attempts); retry {
+		w.callRetried(ctx, call.Connection, res, delay)
 		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo}); err != nil {
 			log.Warn().Err(err).Msg("could not record the attempt; the retry may count it twice")
 		}
@@ -203,6 +208,7 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 		_ = msg.NakWithDelay(w.retry.backoff(1))
 		return
 	}
+	w.callFinished(ctx, call.Connection, res)
 	if !call.IsIdempotent() {
 		if err := w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
 			log.Warn().Err(err).Msg("could not record the call as done")
@@ -231,6 +237,7 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	if !jobs.ValidName(conn) {
 		conn = "_invalid"
 	}
+	w.callFinished(ctx, conn, &jobs.Result{ID: id, Error: jerr, Attempt: int(meta.NumDelivered)})
 	if call != nil && call.ReplyTo != "" && jobs.ValidSubject(call.ReplyTo) && !w.subj.Reserved(call.ReplyTo) {
 		res := jobs.FailedResult(call, jerr)
 		res.Attempt, res.Worker = int(meta.NumDelivered), w.Name()
@@ -275,9 +282,7 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 	msg.Data = data
 	msg.Header.Set(jobs.HeaderMsgID, call.ID)
 	msg.Header.Set(jobs.HeaderCallID, call.ID)
-	if tp := in.Get(jobs.HeaderTraceparent); tp != "" {
-		msg.Header.Set(jobs.HeaderTraceparent, tp)
-	}
+	w.injectTrace(ctx, msg.Header, in)
 	var lastErr error
 	for i := range 5 {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -299,6 +304,7 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 // deadLetter publishes the call's raw bytes to <prefix>.dead.<connection>,
 // with the reason in headers.
 func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn string, reason *jobs.Error) {
+	w.metrics.deadLettered(w.connLabel(conn), reason.Code)
 	msg := nats.NewMsg(w.subj.Dead(conn))
 	msg.Data = in.Data()
 	msg.Header.Set(jobs.HeaderMsgID, id)

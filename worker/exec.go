@@ -107,6 +107,8 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	defer cancel()
 	tr := &tracer{start: start}
 	ctx = httptrace.WithClientTrace(ctx, tr.clientTrace())
+	ctx, hs := startHTTPSpan(ctx, call.Method, u, tr)
+	defer hs.end(&out)
 	var req *http.Request
 	var jerr *jobs.Error
 	if call.Kind == jobs.KindSOAP {
@@ -120,6 +122,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header.Set("User-Agent", x.opts.UserAgent)
 	}
+	hs.inject(req.Header)
 
 	pt := x.transports.get(call.Connection, mat)
 	defer pt.release()

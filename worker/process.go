@@ -35,6 +35,8 @@ type attemptOptions struct {
 // executor make the request. It never panics into its caller: a panic
 // becomes an internal error result.
 func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued time.Duration, o attemptOptions) (ao attemptOutcome) {
+	ctx, span := w.startAttemptSpan(ctx, call, n)
+	defer func() { w.endAttemptSpan(span, &ao) }()
 	log := zerolog.Ctx(ctx)
 	defer func() {
 		if p := recover(); p != nil {
@@ -80,6 +82,7 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 		}
 	}
 	out := w.exec.Attempt(ctx, call, conn, mat)
+	w.metrics.observeAttempt(call.Connection, queued, out.Result)
 	lim.record(out.Result, time.Now())
 	return attemptOutcome{Outcome: out, conn: conn}
 }

@@ -25,6 +25,17 @@ func TestREADMEConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README config does not load: %v", err)
 	}
+	// Every other config block of the README loads too.
+	blocks := strings.Split(text, "```yaml\n")[1:]
+	if len(blocks) < 3 {
+		t.Fatalf("README has %d yaml blocks, want the config, NATS and secrets examples", len(blocks))
+	}
+	for _, b := range blocks {
+		b = b[:strings.Index(b, "```")]
+		if _, err := worker.ParseConfig([]byte(b)); err != nil {
+			t.Errorf("README yaml block does not load: %v\n%s", err, b)
+		}
+	}
 	conn, ok := cfg.Connections["partner-a-api"]
 	if !ok || conn.Profile != "partner-a" || conn.MaxAttempts != 5 || conn.Timeout.D().Seconds() != 30 {
 		t.Errorf("README config loaded wrongly: %+v", conn)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -25,7 +26,11 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 	go func() {
 		defer w.inflight.Done()
 		defer w.slots.Release(1)
-		res := w.runDirect(msg)
+		w.metrics.inflight.Add(1)
+		defer w.metrics.inflight.Add(-1)
+		ctx, span := w.startCallSpan(w.callCtx, msg.Header, nil, msg.Subject, 0)
+		defer span.End()
+		res := w.runDirect(ctx, msg)
 		data, err := json.Marshal(res)
 		if err != nil {
 			w.log.Error().Err(err).Msg("encoding a direct result failed")
@@ -34,16 +39,14 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 		reply := nats.NewMsg(msg.Reply)
 		reply.Data = data
 		reply.Header.Set(jobs.HeaderCallID, res.ID)
-		if tp := msg.Header.Get(jobs.HeaderTraceparent); tp != "" {
-			reply.Header.Set(jobs.HeaderTraceparent, tp)
-		}
+		w.injectTrace(ctx, reply.Header, msg.Header)
 		if err := msg.RespondMsg(reply); err != nil {
 			w.log.Warn().Err(err).Str("call_id", res.ID).Msg("could not send the direct result")
 		}
 	}()
 }
 
-func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
+func (w *Worker) runDirect(parent context.Context, msg *nats.Msg) *jobs.Result {
 	start := time.Now()
 	call, err := jobs.DecodeCall(msg.Data, w.subj.ConnectionOf(msg.Subject))
 	log := w.log.With().Str("mode", "direct").Logger()
@@ -54,9 +57,10 @@ func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
 		log.Warn().Str("code", string(jobs.CodeOf(err))).Msg("direct call rejected")
 		res := jobs.FailedResult(call, err)
 		res.Worker, res.Attempt = w.Name(), 1
+		w.callFinished(parent, w.subj.ConnectionOf(msg.Subject), res)
 		return res
 	}
-	ctx := log.WithContext(w.callCtx)
+	ctx := log.WithContext(parent)
 	for n := 1; ; n++ {
 		ao := w.attempt(ctx, call, n, time.Since(start), attemptOptions{block: true})
 		if ao.handback > 0 {
@@ -68,6 +72,7 @@ func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
 		attempts := maxAttempts(call, ao.conn)
 		retry, delay := w.retry.decide(call, ao.Outcome, n, attempts)
 		if retry {
+			w.callRetried(ctx, call.Connection, ao.Result, delay)
 			select {
 			case <-time.After(delay):
 				continue
@@ -75,6 +80,7 @@ func (w *Worker) runDirect(msg *nats.Msg) *jobs.Result {
 			}
 		}
 		finalize(ao.Result, attempts)
+		w.callFinished(ctx, call.Connection, ao.Result)
 		logResult(log, ao.Result)
 		return ao.Result
 	}

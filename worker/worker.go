@@ -43,6 +43,8 @@ type Worker struct {
 	ready    atomic.Bool
 	inflight sync.WaitGroup
 	streams  jobs.StreamOptions
+
+	observability
 }
 
 // Option configures a Worker.
@@ -88,6 +90,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	}
 	w.exec = NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
 	w.catalog.store(&Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
+	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
 	return w, nil
 }
@@ -124,10 +127,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
 	}
 	w.ready.Store(true)
+	stopObservability := w.startObservability(ctx, cons)
 	w.log.Info().Int("concurrency", w.cfg.Worker.Concurrency).Str("stream", jobs.StreamCalls).
 		Str("consumer", jobs.ConsumerWorkers).Msg("worker ready")
 
 	w.consume(ctx, cons)
+	stopObservability()
 
 	w.stopping.Store(true)
 	_ = sub.Drain()
@@ -175,8 +180,8 @@ func (w *Worker) shutdown() {
 	w.log.Info().Msg("worker stopped")
 }
 
-// AdminHandler serves /healthz (the process is alive) and /readyz (NATS
-// connected, streams and consumer ready, not shutting down).
+// AdminHandler serves /healthz (the process is alive), /readyz (NATS
+// connected, streams and consumer ready, not shutting down) and /metrics.
 func (w *Worker) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
@@ -189,6 +194,7 @@ func (w *Worker) AdminHandler() http.Handler {
 		}
 		rw.Write([]byte("ready\n"))
 	})
+	mux.Handle("GET /metrics", w.MetricsHandler())
 	return mux
 }
 

@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newCallCmd(), newTestCmd(), newKeystoreCmd(), newDemoCmd(), newProfileCmd(), newConnectionCmd(), newBenchCmd())
+	root.AddCommand(newServeCmd(), newCallCmd(), newTestCmd(), newKeystoreCmd(), newDemoCmd(), newProfileCmd(), newConnectionCmd(), newBenchCmd(), newStatusCmd())
 	err := root.ExecuteContext(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mtlsrelay:", err)

@@ -16,11 +16,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/logging"
 	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
+	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -105,7 +108,11 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	sources := secrets.DefaultSources(cfg.Dir)
+	sources, closeSources, err := secretSources(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeSources()
 	var reg *registry.Registry
 	if !cfg.Registry.Disabled {
 		if reg, err = openRegistry(ctx, nc, cfg, sources, log); err != nil {
@@ -115,7 +122,20 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 			return err
 		}
 	}
-	w, err := worker.New(cfg, nc, worker.WithLogger(log), worker.WithResolver(secrets.NewResolver(sources)))
+	wopts := []worker.Option{worker.WithLogger(log), worker.WithResolver(secrets.NewResolver(sources))}
+	if tp, stopTracing, err := worker.TracerProviderFromEnv(ctx, cfg.Worker.Name); err != nil {
+		log.Warn().Err(err).Msg("tracing off: the OTEL_* settings are not usable")
+	} else if tp != nil {
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn().Err(err).Msg("OpenTelemetry") }))
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = stopTracing(sctx)
+		}()
+		wopts = append(wopts, worker.WithTracerProvider(tp))
+		log.Info().Msg("tracing on: exporting spans over OTLP")
+	}
+	w, err := worker.New(cfg, nc, wopts...)
 	if err != nil {
 		return err
 	}
@@ -134,7 +154,7 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 			}
 		}()
 		defer admin.Close()
-		log.Info().Str("addr", ln.Addr().String()).Msg("admin endpoints /healthz /readyz")
+		log.Info().Str("addr", ln.Addr().String()).Msg("admin endpoints /healthz /readyz /metrics")
 	}
 	return w.Run(ctx)
 }
@@ -215,4 +235,35 @@ func redactURL(urls string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// secretSources returns the secret sources cfg enables: file, env and
+// inline always; Vault and CyberArk when configured. The returned function
+// stops their background work (token renewal).
+func secretSources(ctx context.Context, cfg *worker.Config, log zerolog.Logger) (*secrets.Sources, func(), error) {
+	sources := secrets.DefaultSources(cfg.Dir)
+	var closers []func()
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if cfg.Vault != nil {
+		vc, err := vault.New(ctx, *cfg.Vault, sources, log)
+		if err != nil {
+			return nil, closeAll, fmt.Errorf("vault: %w", err)
+		}
+		vc.Register(sources)
+		closers = append(closers, func() { _ = vc.Close() })
+	}
+	if cfg.CyberArk != nil {
+		cc, err := cyberark.New(ctx, *cfg.CyberArk, sources, log)
+		if err != nil {
+			closeAll()
+			return nil, func() {}, fmt.Errorf("cyberark: %w", err)
+		}
+		cc.Register(sources)
+		closers = append(closers, func() { cc.Close() })
+	}
+	return sources, closeAll, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/mtlsrelay/mtlsrelay/secrets"
@@ -23,7 +24,12 @@ func newTestCmd() *cobra.Command {
 				return err
 			}
 			cat := &worker.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections}
-			resolver := secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
+			sources, closeSources, err := secretSources(cmd.Context(), cfg, zerolog.Nop())
+			if err != nil {
+				return err
+			}
+			defer closeSources()
+			resolver := secrets.NewResolver(sources)
 			rep := worker.Probe(cmd.Context(), cat, resolver, args[0])
 			if asJSON {
 				if err := printJSON(rep); err != nil {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	o := bench.DefaultOptions()
+	var cpuProfile string
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
+		Long: `Starts an embedded NATS server, a local mTLS partner and in-process workers,
+then measures the same call made directly by a Go HTTP client (the ceiling) and
+through the relay: throughput with a fixed number of calls in flight, latency added
+at half the relay's peak rate, TLS handshakes, allocations and peak RSS.
+
+--inflight N selects the memory-bound mode: only the relay, N calls in flight;
+with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				o.CPUProfile = f
+			}
+			_, err := bench.Run(cmd.Context(), o, os.Stdout)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "calls in flight in the closed-loop phases, for both paths")
+	f.IntVar(&o.Workers, "workers", o.Workers, "in-process workers, each on its own NATS connection")
+	f.DurationVar(&o.Duration, "duration", o.Duration, "measured part of each phase")
+	f.DurationVar(&o.Warmup, "warmup", o.Warmup, "warm-up before each phase, not measured")
+	f.StringVar(&o.Route, "route", o.Route, "partner route: bytes (/bytes?n=RESPONSE-BYTES) or echo (/echo)")
+	f.IntVar(&o.BodyBytes, "body-bytes", o.BodyBytes, "request body size; 0 sends a GET without body")
+	f.IntVar(&o.ResponseBytes, "response-bytes", o.ResponseBytes, "response body size of the bytes route")
+	f.BoolVar(&o.NonIdempotent, "non-idempotent", false, "send relay calls without \"idempotent\": true (a POST then records its state in KV)")
+	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
+	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak)")
+	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")
+	f.Float64Var(&o.MaxRSSMiB, "max-rss-mib", 0, "exit non-zero when the peak RSS exceeds this many MiB")
+	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path")
+	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the relay's measured phase to this file")
+	return cmd
+}

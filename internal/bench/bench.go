@@ -1,0 +1,404 @@
+// Package bench measures the relay side by side with its ceiling, in one
+// process on one machine: an embedded NATS server, a partner demanding a
+// client certificate (internal/partner), and N workers (worker.New + Run).
+//
+// The ceiling ("direct") is the same request made by a Go http.Client with
+// the worker's TLS settings: the same profile's client certificate,
+// truststore and session cache, HTTP/2 when the partner offers it, the same
+// keep-alive pool size. The relay is the same request enqueued with
+// jobs.Client.Enqueue, executed by the workers, its result read from a core
+// subscription on its reply subject (kept in MTLSRELAY_RESULTS).
+//
+// A run measures, for each path:
+//
+//   - throughput in a closed loop: a fixed number of calls in flight, each
+//     completion starting the next;
+//   - latency in an open loop paced at half the relay's measured peak,
+//     latency counted from when a call was due, so the added latency is
+//     the relay's percentile minus the direct one at the same load;
+//   - full TLS handshakes and new connections per 1,000 calls, from the
+//     partner's counters;
+//   - allocations and bytes allocated per call and the peak resident set.
+//
+// Everything shares the process: allocation counts and RSS include the
+// NATS server, the partner and the load generator, and so does the CPU.
+// The direct phase, which has the same partner and generator, shows that
+// baseline.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+)
+
+// Routes of the partner a run can call.
+const (
+	// RouteBytes is /bytes?n=<ResponseBytes>: a body of a known size.
+	RouteBytes = "bytes"
+	// RouteEcho is /echo: a JSON description of the request.
+	RouteEcho = "echo"
+)
+
+// Options configure a run. DefaultOptions returns the defaults of
+// `mtlsrelay bench`; zero values of fields marked so mean those defaults.
+type Options struct {
+	// Concurrency is the number of calls in flight in the closed-loop
+	// phases, for both paths. Zero means 64.
+	Concurrency int
+	// Workers is the number of in-process workers, each on its own NATS
+	// connection and each allowed Concurrency calls in flight. Zero means 1.
+	Workers int
+	// Duration is the measured part of each phase. Zero means 10s.
+	Duration time.Duration
+	// Warmup precedes each phase's measured part: connections are made,
+	// keystores decoded and pools filled there. Zero means no warm-up;
+	// DefaultOptions sets 2s.
+	Warmup time.Duration
+	// Route is RouteBytes or RouteEcho. Empty means RouteBytes.
+	Route string
+	// BodyBytes is the size of the request body. Zero sends a GET without a
+	// body; more sends a POST. DefaultOptions sets 256.
+	BodyBytes int
+	// ResponseBytes is the size of /bytes responses. DefaultOptions sets 256.
+	ResponseBytes int
+	// NonIdempotent sends relay calls without "idempotent": true, so a
+	// POST takes the worker's non-idempotent path: its state is read and
+	// written in the call-state KV bucket around the attempt. By default
+	// calls say "idempotent": true, the plain path.
+	NonIdempotent bool
+	// HTTP1 makes the partner offer HTTP/1.1 only; by default it offers
+	// HTTP/2 through ALPN and both clients take it.
+	HTTP1 bool
+	// Inflight, when positive, selects the memory-bound mode: only the
+	// relay runs, in a closed loop with this many calls in flight, and the
+	// report's point is peak RSS. Concurrency is then ignored.
+	Inflight int
+	// PacedRate, when positive, replaces half the relay's measured peak as
+	// the rate of the paced phases: on a shared machine, half the peak may
+	// be more than the CPU left over can sustain.
+	PacedRate float64
+	// MaxRSSMiB, when positive, makes Run return an *RSSLimitError (after
+	// writing the report) when the process's peak RSS exceeded it.
+	MaxRSSMiB float64
+	// CallTimeout bounds one call on either path. Zero means 30s.
+	CallTimeout time.Duration
+	// JSON writes the report as one JSON object instead of a table.
+	JSON bool
+	// CPUProfile, when set, receives a CPU profile (pprof format) of the
+	// relay's measured closed-loop phase.
+	CPUProfile io.Writer
+	// Dir holds the keystore and JetStream's files. Empty means a
+	// temporary folder removed at the end.
+	Dir string
+}
+
+// DefaultOptions returns the options of `mtlsrelay bench` without flags.
+func DefaultOptions() Options {
+	return Options{
+		Concurrency:   64,
+		Workers:       1,
+		Duration:      10 * time.Second,
+		Warmup:        2 * time.Second,
+		Route:         RouteBytes,
+		BodyBytes:     256,
+		ResponseBytes: 256,
+		CallTimeout:   30 * time.Second,
+	}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.Concurrency <= 0 {
+		o.Concurrency = d.Concurrency
+	}
+	if o.Workers <= 0 {
+		o.Workers = d.Workers
+	}
+	if o.Duration <= 0 {
+		o.Duration = d.Duration
+	}
+	if o.Route == "" {
+		o.Route = d.Route
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = d.CallTimeout
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	var errs []error
+	if o.Route != RouteBytes && o.Route != RouteEcho {
+		errs = append(errs, fmt.Errorf("route must be %q or %q, not %q", RouteBytes, RouteEcho, o.Route))
+	}
+	if o.BodyBytes < 0 || o.BodyBytes > 4<<20 {
+		errs = append(errs, fmt.Errorf("body bytes must be from 0 to 4 MiB, not %d", o.BodyBytes))
+	}
+	if o.ResponseBytes < 0 || o.ResponseBytes > 4<<20 {
+		errs = append(errs, fmt.Errorf("response bytes must be from 0 to 4 MiB (the worker's limit is 5 MiB), not %d", o.ResponseBytes))
+	}
+	if o.Workers > 64 {
+		errs = append(errs, fmt.Errorf("at most 64 workers in one process, not %d", o.Workers))
+	}
+	if o.inflight() > 100000 {
+		errs = append(errs, fmt.Errorf("at most 100000 calls in flight, not %d", o.inflight()))
+	}
+	return errors.Join(errs...)
+}
+
+// inflight is the number of calls in flight of the closed loops.
+func (o Options) inflight() int {
+	if o.Inflight > 0 {
+		return o.Inflight
+	}
+	return o.Concurrency
+}
+
+// Report is what a run measured. Its JSON form is the output of
+// `mtlsrelay bench --json`.
+type Report struct {
+	Setup Setup `json:"setup"`
+	// Direct and Relay are the closed-loop phases (Direct is nil in the
+	// memory-bound mode).
+	Direct *Phase `json:"direct,omitempty"`
+	Relay  *Phase `json:"relay"`
+	// Ratio is Relay.Throughput / Direct.Throughput.
+	Ratio float64 `json:"ratio,omitempty"`
+	// PacedRate is the rate of the paced phases: half the relay's
+	// closed-loop throughput unless Options.PacedRate set it.
+	PacedRate   float64 `json:"paced_rate,omitempty"`
+	PacedDirect *Phase  `json:"paced_direct,omitempty"`
+	PacedRelay  *Phase  `json:"paced_relay,omitempty"`
+	// AddedP50MS and AddedP99MS are the relay's paced percentiles minus the
+	// direct ones: the latency the relay adds at PacedRate.
+	AddedP50MS float64 `json:"added_p50_ms,omitempty"`
+	AddedP99MS float64 `json:"added_p99_ms,omitempty"`
+	// PacedWarning is set when a paced phase skipped calls: that path could
+	// not sustain PacedRate (on a busy machine, usually), so its
+	// percentiles, and the added latency, describe a backlog.
+	PacedWarning string `json:"paced_warning,omitempty"`
+	// PeakRSSMiB is the process's VmHWM at the end of the run: the largest
+	// resident set since the process started (it cannot be reset).
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// DuplicateResults counts results that arrived for a call already
+	// completed (redeliveries); they are not counted twice.
+	DuplicateResults int64 `json:"duplicate_results"`
+}
+
+// Setup records what was measured and where.
+type Setup struct {
+	Mode          string  `json:"mode"` // "side-by-side" or "memory-bound"
+	Protocol      string  `json:"protocol"`
+	Method        string  `json:"method"`
+	Idempotent    bool    `json:"idempotent"`
+	Route         string  `json:"route"`
+	BodyBytes     int     `json:"body_bytes"`
+	ResponseBytes int     `json:"response_bytes,omitempty"`
+	Concurrency   int     `json:"concurrency"`
+	Workers       int     `json:"workers"`
+	Seconds       float64 `json:"seconds"`
+	WarmupSeconds float64 `json:"warmup_seconds"`
+	GoVersion     string  `json:"go_version"`
+	OS            string  `json:"os"`
+	Arch          string  `json:"arch"`
+	NumCPU        int     `json:"num_cpu"`
+	GOMAXPROCS    int     `json:"gomaxprocs"`
+	// LoadAverage is the machine's 1-minute load average at the start and
+	// at the end of the run (Linux). The start shows what else ran: above
+	// NumCPU/2, other processes competed for the CPUs and the figures are
+	// noisy. The end includes the run's own load.
+	LoadAverage [2]float64 `json:"load_average"`
+}
+
+// Phase is one measured phase of one path.
+type Phase struct {
+	Name string `json:"name"`
+	// Loop is "closed" (fixed calls in flight) or "paced" (fixed rate).
+	Loop string `json:"loop"`
+	// InFlight is the closed loop's calls in flight.
+	InFlight int `json:"in_flight,omitempty"`
+	// OfferedRate is the paced loop's rate, calls per second.
+	OfferedRate float64 `json:"offered_rate,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	// Calls counts the successful calls measured; Errors the others.
+	Calls  int64 `json:"calls"`
+	Errors int64 `json:"errors"`
+	// FirstError describes the first failed call, if any.
+	FirstError string `json:"first_error,omitempty"`
+	// Skipped counts paced calls not started because too many were
+	// outstanding: the path could not keep up with the rate.
+	Skipped int64 `json:"skipped,omitempty"`
+	// Throughput is successful calls per second.
+	Throughput float64 `json:"throughput"`
+	// Latency percentiles of successful calls, in milliseconds.
+	P50MS float64 `json:"p50_ms"`
+	P90MS float64 `json:"p90_ms"`
+	P99MS float64 `json:"p99_ms"`
+	MaxMS float64 `json:"max_ms"`
+	// From the partner: new TCP connections, TLS handshakes that were full
+	// (not resumed) or resumed, requests served.
+	Connections           int64   `json:"connections"`
+	FullHandshakes        int64   `json:"full_handshakes"`
+	ResumedHandshakes     int64   `json:"resumed_handshakes"`
+	FullHandshakesPer1000 float64 `json:"full_handshakes_per_1000"`
+	PartnerRequests       int64   `json:"partner_requests"`
+	// Allocations and bytes allocated per call by the whole process
+	// (runtime.MemStats Mallocs and TotalAlloc deltas / calls).
+	AllocsPerCall float64 `json:"allocs_per_call"`
+	BytesPerCall  float64 `json:"bytes_per_call"`
+	// PeakRSSMiB is the largest VmRSS sampled (every 50 ms) in the phase.
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+	// CPUCores is the process's CPU time (user + system) in the phase
+	// divided by its duration: near NumCPU means CPU-bound. CPUPerCallUS is
+	// that CPU time per call, in microseconds. Zero where unavailable.
+	CPUCores     float64 `json:"cpu_cores"`
+	CPUPerCallUS float64 `json:"cpu_per_call_us"`
+	// Stages splits the relay's latency; nil for the direct path.
+	Stages *Stages `json:"stages,omitempty"`
+}
+
+// Stages splits the latency of relay calls, p50 and p99 of each stage in
+// milliseconds: Enqueue is the publish until JetStream's ack; Queued is the
+// result's queued_ms (stored until a worker started the attempt); Attempt
+// its total_ms (the HTTP exchange). The rest of a call's latency is the
+// result's way back: publish to MTLSRELAY_RESULTS, delivery, decoding.
+type Stages struct {
+	EnqueueP50MS float64 `json:"enqueue_p50_ms"`
+	EnqueueP99MS float64 `json:"enqueue_p99_ms"`
+	QueuedP50MS  float64 `json:"queued_p50_ms"`
+	QueuedP99MS  float64 `json:"queued_p99_ms"`
+	AttemptP50MS float64 `json:"attempt_p50_ms"`
+	AttemptP99MS float64 `json:"attempt_p99_ms"`
+}
+
+// RSSLimitError is returned when Options.MaxRSSMiB was exceeded.
+type RSSLimitError struct {
+	PeakMiB, LimitMiB float64
+}
+
+func (e *RSSLimitError) Error() string {
+	return fmt.Sprintf("peak RSS %.1f MiB exceeds the limit of %.0f MiB", e.PeakMiB, e.LimitMiB)
+}
+
+// Run starts the rig, measures, writes the report to out (a table, or
+// JSON with Options.JSON) and returns it. Progress lines go to out too,
+// in table mode. A run whose relay or direct path completed no call is an
+// error; calls that failed are counted in the report.
+func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
+	o = o.withDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	progress := func(format string, args ...any) {
+		if !o.JSON {
+			fmt.Fprintf(out, format+"\n", args...)
+		}
+	}
+	loadStart := loadAverage()
+	r, err := startRig(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	proto, err := r.protocol(ctx)
+	if err != nil {
+		return nil, err
+	}
+	shape := shapeOf(o)
+	rep := &Report{Setup: Setup{
+		Mode: "side-by-side", Protocol: proto, Method: shape.method, Idempotent: !o.NonIdempotent || shape.method == "GET", Route: "/" + shape.path,
+		BodyBytes: o.BodyBytes, Concurrency: o.inflight(), Workers: o.Workers,
+		Seconds: o.Duration.Seconds(), WarmupSeconds: o.Warmup.Seconds(),
+		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
+		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		LoadAverage: [2]float64{loadStart},
+	}}
+	if o.Route == RouteBytes {
+		rep.Setup.ResponseBytes = o.ResponseBytes
+	}
+
+	if o.Inflight > 0 {
+		rep.Setup.Mode = "memory-bound"
+		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Inflight, o.Warmup, o.Duration)
+		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Inflight, o.Warmup, o.Duration, o.CPUProfile); err != nil {
+			return nil, err
+		}
+		if err := needCalls(rep.Relay); err != nil {
+			return rep, err
+		}
+	} else {
+		progress("direct, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
+		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, nil); err != nil {
+			return nil, err
+		}
+		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
+		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, o.CPUProfile); err != nil {
+			return nil, err
+		}
+		if err := errors.Join(needCalls(rep.Direct), needCalls(rep.Relay)); err != nil {
+			return rep, err
+		}
+		rep.Ratio = rep.Relay.Throughput / rep.Direct.Throughput
+		rep.PacedRate = rep.Relay.Throughput / 2
+		if o.PacedRate > 0 {
+			rep.PacedRate = o.PacedRate
+		}
+		maxOutstanding := max(10*o.Concurrency, 1000)
+		// A short warm-up at the paced rate lets the pools settle to it.
+		pacedWarmup := min(o.Warmup, time.Second)
+		progress("direct, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
+		if rep.PacedDirect, err = pacedLoop(ctx, r.partner, "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration); err != nil {
+			return nil, err
+		}
+		progress("relay, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
+		if rep.PacedRelay, err = pacedLoop(ctx, r.partner, "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration); err != nil {
+			return nil, err
+		}
+		rep.AddedP50MS = rep.PacedRelay.P50MS - rep.PacedDirect.P50MS
+		rep.AddedP99MS = rep.PacedRelay.P99MS - rep.PacedDirect.P99MS
+		for _, ph := range []*Phase{rep.PacedDirect, rep.PacedRelay} {
+			if ph.Skipped > 0 {
+				rep.PacedWarning += fmt.Sprintf("%s could not keep up with %.0f calls/s (%d calls skipped); ", ph.Name, rep.PacedRate, ph.Skipped)
+			}
+		}
+		if rep.PacedWarning != "" {
+			rep.PacedWarning += "the added latency measures a backlog, not the relay: run again on a quieter machine"
+		}
+	}
+	if _, hwm, ok := procStatus(); ok {
+		rep.PeakRSSMiB = mib(hwm)
+	}
+	rep.DuplicateResults = r.relay.duplicates.Load()
+	rep.Setup.LoadAverage[1] = loadAverage()
+
+	if o.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return rep, err
+		}
+	} else {
+		writeTable(out, rep)
+	}
+	if o.MaxRSSMiB > 0 && rep.PeakRSSMiB > o.MaxRSSMiB {
+		return rep, &RSSLimitError{PeakMiB: rep.PeakRSSMiB, LimitMiB: o.MaxRSSMiB}
+	}
+	return rep, nil
+}
+
+// needCalls fails a phase in which no call succeeded: its figures would be
+// meaningless.
+func needCalls(ph *Phase) error {
+	if ph.Calls > 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: no call succeeded in %.1fs (%d failed; first: %s)", ph.Name, ph.Seconds, ph.Errors, ph.FirstError)
+}

@@ -1,0 +1,300 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
+	"github.com/mtlsrelay/mtlsrelay/internal/pki"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+// Names the rig gives the profile and connection the workers use.
+const (
+	benchProfile    = "bench"
+	benchConnection = "bench"
+)
+
+// rig is everything a run starts in-process: an embedded NATS server, a
+// partner demanding a client certificate, the workers, the flow's NATS
+// connection and the direct HTTP client.
+type rig struct {
+	o      Options
+	dir    string
+	ownDir bool
+
+	ns      *server.Server
+	partner *partner.Server
+	workers []*runningWorker
+	flowNC  *nats.Conn
+	results *nats.Subscription
+
+	direct *directCaller
+	relay  *relayCaller
+}
+
+type runningWorker struct {
+	w      *worker.Worker
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startRig starts the rig; on failure it stops what it started.
+func startRig(ctx context.Context, o Options) (r *rig, err error) {
+	r = &rig{o: o, dir: o.Dir}
+	defer func() {
+		if err != nil {
+			r.close()
+			r = nil
+		}
+	}()
+	if r.dir == "" {
+		if r.dir, err = os.MkdirTemp("", "mtlsrelay-bench-"); err != nil {
+			return r, err
+		}
+		r.ownDir = true
+	}
+	if r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"}); err != nil {
+		return r, err
+	}
+
+	profile, err := r.writePKI(o)
+	if err != nil {
+		return r, err
+	}
+	cfgFor := func(name string) (*worker.Config, error) {
+		// Every worker may take all the calls in flight: the bench's
+		// concurrency, not the workers', bounds the load.
+		return worker.ParseConfig([]byte(fmt.Sprintf(`
+worker: {name: %q, concurrency: %d, admin_addr: "off", shutdown_grace: 5s}
+connections:
+  %s: {base_url: "%s/", profile: %s, timeout: %s, max_attempts: 1}
+`, name, o.inflight(), benchConnection, r.partner.URL(), benchProfile, o.CallTimeout)))
+	}
+	for i := range o.Workers {
+		cfg, err := cfgFor(fmt.Sprintf("bench-worker-%d", i+1))
+		if err != nil {
+			return r, fmt.Errorf("bench worker config: %w", err)
+		}
+		cfg.Profiles = map[string]secrets.Profile{benchProfile: profile}
+		if err := r.startWorker(cfg); err != nil {
+			return r, err
+		}
+	}
+	if err := r.waitReady(ctx); err != nil {
+		return r, err
+	}
+
+	if r.flowNC, err = nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench flow")); err != nil {
+		return r, fmt.Errorf("connect the bench flow to NATS: %w", err)
+	}
+	client, err := jobs.NewClient(r.flowNC)
+	if err != nil {
+		return r, err
+	}
+	runID := hex.EncodeToString(randomBytes(4))
+	r.relay = newRelayCaller(client, o, runID)
+	if r.results, err = r.flowNC.Subscribe(r.relay.replyPrefix+">", r.relay.deliver); err != nil {
+		return r, fmt.Errorf("subscribe to results: %w", err)
+	}
+	// Calls in flight bound what can be pending; never drop a result.
+	if err := r.results.SetPendingLimits(-1, -1); err != nil {
+		return r, err
+	}
+
+	// The direct client presents the same profile, resolved by the same
+	// code, with its own session cache, as a second worker would.
+	mat, err := secrets.NewResolver(secrets.DefaultSources(r.dir)).Resolve(ctx, benchProfile, profile)
+	if err != nil {
+		return r, fmt.Errorf("resolve the bench profile for the direct client: %w", err)
+	}
+	r.direct = newDirectCaller(r.partner.URL(), mat, o)
+	return r, nil
+}
+
+// writePKI makes a CA, the partner's server certificate and a client
+// keystore, starts the partner, and returns the profile naming the
+// keystore and truststore files.
+func (r *rig) writePKI(o Options) (secrets.Profile, error) {
+	ca, err := pki.NewCA("mtlsrelay bench CA")
+	if err != nil {
+		return secrets.Profile{}, err
+	}
+	srvLeaf, err := ca.Issue(pki.LeafOptions{CommonName: "localhost", DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	if err != nil {
+		return secrets.Profile{}, err
+	}
+	client, err := ca.Issue(pki.LeafOptions{CommonName: "mtlsrelay-bench-client", Client: true})
+	if err != nil {
+		return secrets.Profile{}, err
+	}
+	password := hex.EncodeToString(randomBytes(16))
+	p12, err := client.PKCS12(password)
+	if err != nil {
+		return secrets.Profile{}, err
+	}
+	keystore, truststore := filepath.Join(r.dir, "client.p12"), filepath.Join(r.dir, "ca.pem")
+	if err := os.WriteFile(keystore, p12, 0o600); err != nil {
+		return secrets.Profile{}, err
+	}
+	if err := os.WriteFile(truststore, ca.CertPEM(), 0o644); err != nil {
+		return secrets.Profile{}, err
+	}
+	if r.partner, err = partner.Start(partner.Options{Certificate: srvLeaf.TLSCertificate(), ClientCAs: ca.Pool(), DisableHTTP2: o.HTTP1}); err != nil {
+		return secrets.Profile{}, err
+	}
+	return secrets.Profile{
+		Keystore:   "file:" + keystore,
+		Password:   "value:" + password,
+		Truststore: "file:" + truststore,
+	}, nil
+}
+
+func (r *rig) startWorker(cfg *worker.Config) error {
+	nc, err := nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench "+cfg.Worker.Name))
+	if err != nil {
+		return fmt.Errorf("connect %s to NATS: %w", cfg.Worker.Name, err)
+	}
+	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.Nop()))
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rw := &runningWorker{w: w, nc: nc, cancel: cancel, done: make(chan error, 1)}
+	go func() { rw.done <- w.Run(ctx) }()
+	r.workers = append(r.workers, rw)
+	return nil
+}
+
+// waitReady waits until every worker consumes, or one of them fails.
+func (r *rig) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ready := 0
+		for _, rw := range r.workers {
+			select {
+			case err := <-rw.done:
+				rw.done <- err
+				return fmt.Errorf("worker %s stopped while starting: %v", rw.w.Name(), err)
+			default:
+			}
+			if rw.w.Ready() {
+				ready++
+			}
+		}
+		if ready == len(r.workers) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d workers were ready after 30s", ready, len(r.workers))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// protocol makes one direct request to learn the negotiated HTTP version.
+func (r *rig) protocol(ctx context.Context) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.partner.URL()+"/bytes?n=0", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := r.direct.client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("probe the partner directly: %w", err)
+	}
+	resp.Body.Close()
+	return resp.Proto, nil
+}
+
+// close stops everything the rig started, in reverse order.
+func (r *rig) close() {
+	if r.results != nil {
+		_ = r.results.Unsubscribe()
+	}
+	if r.flowNC != nil {
+		r.flowNC.Close()
+	}
+	for _, rw := range r.workers {
+		rw.cancel()
+	}
+	for _, rw := range r.workers {
+		select {
+		case <-rw.done:
+		case <-time.After(15 * time.Second):
+		}
+		rw.nc.Close()
+	}
+	if r.direct != nil {
+		r.direct.transport.CloseIdleConnections()
+	}
+	if r.partner != nil {
+		_ = r.partner.Close()
+	}
+	if r.ns != nil {
+		r.ns.Shutdown()
+		r.ns.WaitForShutdown()
+	}
+	if r.ownDir && r.dir != "" {
+		_ = os.RemoveAll(r.dir)
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// requestShape is the one request both paths make.
+type requestShape struct {
+	method  string
+	path    string // relative to the partner's base URL, without query
+	query   map[string][]string
+	body    []byte
+	wantLen int // expected response body length; -1 when unknown
+}
+
+func shapeOf(o Options) requestShape {
+	s := requestShape{method: http.MethodGet, wantLen: -1}
+	if o.BodyBytes > 0 {
+		s.method = http.MethodPost
+		s.body = []byte(strings.Repeat("0123456789abcdef", o.BodyBytes/16+1)[:o.BodyBytes])
+	}
+	switch o.Route {
+	case RouteEcho:
+		s.path = "echo"
+	default:
+		s.path = "bytes"
+		s.query = map[string][]string{"n": {strconv.Itoa(o.ResponseBytes)}}
+		s.wantLen = o.ResponseBytes
+	}
+	return s
+}
+
+// errBadResponse reports a response that is not the expected 200.
+var errBadResponse = errors.New("unexpected response")
