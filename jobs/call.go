@@ -1,12 +1,10 @@
 package jobs
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 )
@@ -92,15 +90,46 @@ type SOAP struct {
 	Body string `json:"body,omitempty"`
 }
 
+// charset is a set of ASCII bytes, checked without regular expressions:
+// these checks run on every call.
+type charset [256]bool
+
+func newCharset(extra string) *charset {
+	var c charset
+	for b := '0'; b <= '9'; b++ {
+		c[b] = true
+	}
+	for b := 'a'; b <= 'z'; b++ {
+		c[b], c[b-'a'+'A'] = true, true
+	}
+	for i := 0; i < len(extra); i++ {
+		c[extra[i]] = true
+	}
+	return &c
+}
+
+// matches reports whether s is 1 to maxLen bytes, all in the set.
+func (c *charset) matches(s string, maxLen int) bool {
+	if len(s) == 0 || len(s) > maxLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !c[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
 var (
-	idPattern         = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
-	connectionPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
-	methodPattern     = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")
+	idChars     = newCharset("._:-")
+	nameChars   = newCharset("_-")
+	methodChars = newCharset("!#$%&'*+.^_`|~-") // RFC 9110 token
 )
 
 // ValidName reports whether name can name a connection or a profile: 1-128
 // chars of [A-Za-z0-9_-], so that it is one subject token and one KV key token.
-func ValidName(name string) bool { return connectionPattern.MatchString(name) }
+func ValidName(name string) bool { return nameChars.matches(name, 128) }
 
 var idempotentMethods = map[string]bool{"GET": true, "HEAD": true, "PUT": true, "DELETE": true, "OPTIONS": true}
 
@@ -114,12 +143,9 @@ func DecodeCall(data []byte, subjectConnection string) (*Call, error) {
 		return nil, Errorf(CodeInvalidCall, "call is %d bytes, over the limit of %d; send large bodies by reference", len(data), MaxCallBytes)
 	}
 	var c Call
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&c); err != nil {
+	// Unmarshal also refuses data after the object.
+	if err := json.Unmarshal(data, &c); err != nil {
 		return nil, Errorf(CodeInvalidCall, "call is not valid JSON: %s", describeJSONError(err))
-	}
-	if dec.More() {
-		return nil, Errorf(CodeInvalidCall, "call has data after its JSON object; send exactly one object")
 	}
 	if err := c.Normalize(subjectConnection); err != nil {
 		return &c, err
@@ -147,7 +173,7 @@ func (c *Call) Normalize(subjectConnection string) error {
 	if c.ID == "" {
 		return Errorf(CodeInvalidCall, "call has no id; set \"id\" to a unique string of 1-128 chars [A-Za-z0-9._:-]")
 	}
-	if !idPattern.MatchString(c.ID) {
+	if !idChars.matches(c.ID, 128) {
 		return Errorf(CodeInvalidCall, "call id is not 1-128 chars of [A-Za-z0-9._:-]")
 	}
 	switch {
@@ -195,7 +221,7 @@ func (c *Call) Normalize(subjectConnection string) error {
 			c.Method = "POST"
 		}
 	}
-	if !methodPattern.MatchString(c.Method) {
+	if !methodChars.matches(c.Method, 32) {
 		return Errorf(CodeInvalidCall, "method must be an HTTP method token such as GET or POST")
 	}
 	c.Method = strings.ToUpper(c.Method)
@@ -267,7 +293,7 @@ func (c *Call) validateTarget() error {
 func (c *Call) validateHeaders() error {
 	n, size := 0, 0
 	for k, vs := range c.Headers {
-		if !methodPattern.MatchString(k) && !validHeaderName(k) {
+		if !validHeaderName(k) {
 			return Errorf(CodeInvalidCall, "header name %q is not a valid HTTP field name", truncate(k, 64))
 		}
 		for _, v := range vs {

@@ -117,13 +117,19 @@ func (c *Connection) TargetURL(call *jobs.Call) (*url.URL, error) {
 	if err != nil {
 		return nil, jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection)
 	}
+	return c.targetURL(call, base)
+}
+
+// targetURL is TargetURL with base_url already parsed (read, never written).
+func (c *Connection) targetURL(call *jobs.Call, base *url.URL) (*url.URL, error) {
 	var u *url.URL
+	var err error
 	if call.URL != "" {
 		u, err = url.Parse(call.URL)
 		if err != nil {
 			return nil, jobs.Errorf(jobs.CodeInvalidCall, "url is not a valid URL")
 		}
-		if !c.HostAllowed(u) {
+		if !c.hostAllowed(u, base) {
 			return nil, jobs.Errorf(jobs.CodeHostNotAllowed,
 				"host %q is not allowed by connection %s; add it to the connection's allow_hosts or use a path under %s",
 				u.Host, call.Connection, c.BaseURL)
@@ -172,11 +178,17 @@ func joinPath(base *url.URL, path string) *url.URL {
 // (case-insensitive), "host:port" also pins the port, and "*.example.com"
 // matches any subdomain of example.com (not example.com itself).
 func (c *Connection) HostAllowed(u *url.URL) bool {
+	base, _ := url.Parse(c.BaseURL)
+	return c.hostAllowed(u, base)
+}
+
+// hostAllowed is HostAllowed with base_url already parsed (nil if invalid).
+func (c *Connection) hostAllowed(u, base *url.URL) bool {
 	host, port := strings.ToLower(u.Hostname()), u.Port()
 	if port == "" {
 		port = "443"
 	}
-	if base, err := url.Parse(c.BaseURL); err == nil {
+	if base != nil {
 		bport := base.Port()
 		if bport == "" {
 			bport = "443"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,19 +15,46 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
-// consume pulls durable calls while slots are free, until ctx ends.
+// consume pulls durable calls while slots are free, until ctx ends. A
+// fixed pool of goroutines, one per slot, runs the calls: their stacks,
+// grown deep by TLS and HTTP/2, are kept from call to call.
 func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
+	concurrency := w.cfg.Worker.Concurrency
+	work := make(chan jetstream.Msg)
+	for range concurrency {
+		go func() {
+			for msg := range work {
+				w.handleDurable(msg)
+				w.slots.Release(1)
+				w.inflight.Done()
+			}
+		}()
+	}
+	// The pool ends once the calls it runs end; Run's shutdown waits for
+	// those (w.inflight) within the grace period.
+	defer close(work)
+
 	batchMax := int64(w.cfg.Worker.FetchBatch)
+	// Under load slots free up one at a time; a pull per freed slot would
+	// cost a request each. Waiting up to a millisecond for a few more slots
+	// turns that into one pull per batch. An idle worker has every slot
+	// free and pulls at once.
+	batchMin := int64(max(1, concurrency/8))
 	errDelay := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		// Wait for one free slot, then take every other free one (up to the
-		// batch size): the pull asks for as many calls as can start now.
 		if err := w.slots.Acquire(ctx, 1); err != nil {
 			return
 		}
 		n := int64(1)
 		for n < batchMax && w.slots.TryAcquire(1) {
 			n++
+		}
+		if n < batchMin {
+			wctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+			for n < batchMin && w.slots.Acquire(wctx, 1) == nil {
+				n++
+			}
+			cancel()
 		}
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		batch, err := cons.Fetch(int(n), jetstream.FetchContext(fctx))
@@ -52,11 +80,7 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 				continue
 			}
 			w.inflight.Add(1)
-			go func() {
-				defer w.inflight.Done()
-				defer w.slots.Release(1)
-				w.handleDurable(msg)
-			}()
+			work <- msg
 		}
 		cancel()
 		w.slots.Release(n - got)
@@ -252,21 +276,26 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 // keepAlive tells JetStream the call is still being worked on every third of
 // AckWait, so a long call is not redelivered to another worker.
 func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
-	every := w.streams.ConsumerConfig().AckWait / 3
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
+	every := w.ackWait / 3
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	mu.Lock()
+	t = time.AfterFunc(every, func() {
+		_ = msg.InProgress()
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(every)
 		}
-	}()
-	return func() { close(done) }
+	})
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
 
 // publishResult publishes res to the call's reply_to with Nats-Msg-Id set to

@@ -31,6 +31,7 @@ import (
 type Executor struct {
 	opts       ExecutorOptions
 	transports *transportCache
+	derived    derivedCache
 }
 
 // NewExecutor returns an executor; zero options mean the defaults.
@@ -90,11 +91,15 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	if leaf == nil && len(mat.Config.Certificates) > 0 {
 		leaf = mat.Config.Certificates[0].Leaf
 	}
-	res.ClientCert = describeLeaf(leaf)
+	res.ClientCert = x.derived.leaf(leaf)
 	if e := checkLeaf(mat.Profile, leaf, start); e != nil {
 		return finish(e)
 	}
-	u, err := conn.TargetURL(call)
+	cd := x.derived.connection(call.Connection, conn)
+	if cd.base == nil {
+		return finish(jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection))
+	}
+	u, err := conn.targetURL(call, cd.base)
 	if err != nil {
 		return finish(jobs.AsError(err))
 	}
@@ -137,7 +142,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		return ClassifyError(err, target)
 	}
 
-	req = req.WithContext(withEgress(req.Context(), newEgressPolicy(call.Connection, conn)))
+	req = req.WithContext(withEgress(req.Context(), cd.egress))
 	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn)}
 	resp, err := client.Do(req)
 	if err != nil {

@@ -43,6 +43,7 @@ type Worker struct {
 	ready    atomic.Bool
 	inflight sync.WaitGroup
 	streams  jobs.StreamOptions
+	ackWait  time.Duration
 
 	observability
 }
@@ -84,6 +85,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	for _, o := range opts {
 		o(w)
 	}
+	w.ackWait = w.streams.ConsumerConfig().AckWait
 	w.log = w.log.With().Str("worker", cfg.Worker.Name).Logger()
 	if w.resolver == nil {
 		w.resolver = secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
