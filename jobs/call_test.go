@@ -1,0 +1,143 @@
+package jobs_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+func TestDecodeCallDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name, json, subject string
+		kind, method        string
+		idempotent          bool
+		conn                string
+	}{
+		{"ok/rest-get-from-subject", `{"id":"a"}`, "partner", jobs.KindREST, "GET", true, "partner"},
+		{"ok/soap-defaults-to-post", `{"id":"a","soap":{"body":"<x/>"}}`, "partner", jobs.KindSOAP, "POST", false, "partner"},
+		{"ok/lower-case-method", `{"id":"a","method":"put"}`, "p", jobs.KindREST, "PUT", true, "p"},
+		{"ok/post-not-idempotent", `{"id":"a","method":"POST"}`, "p", jobs.KindREST, "POST", false, "p"},
+		{"ok/post-declared-idempotent", `{"id":"a","method":"POST","idempotent":true}`, "p", jobs.KindREST, "POST", true, "p"},
+		{"ok/connection-in-body", `{"id":"a:b.c-d_1","connection":"c1"}`, "", jobs.KindREST, "GET", true, "c1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := jobs.DecodeCall([]byte(tc.json), tc.subject)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Kind != tc.kind || c.Method != tc.method || c.IsIdempotent() != tc.idempotent || c.Connection != tc.conn {
+				t.Errorf("got kind=%s method=%s idempotent=%v conn=%s", c.Kind, c.Method, c.IsIdempotent(), c.Connection)
+			}
+			if c.SOAP != nil && c.SOAP.Version != jobs.SOAP11 {
+				t.Errorf("soap version default = %q", c.SOAP.Version)
+			}
+		})
+	}
+}
+
+func TestDecodeCallRejects(t *testing.T) {
+	big := `{"id":"a","body":"` + strings.Repeat("x", jobs.MaxCallBytes) + `"}`
+	manyHeaders := `{"id":"a","headers":{"X":[` + strings.TrimSuffix(strings.Repeat(`"v",`, jobs.MaxHeaders+1), ",") + `]}}`
+	hugeHeader := `{"id":"a","headers":{"X":["` + strings.Repeat("v", jobs.MaxHeaderBytes) + `"]}}`
+	longPath := `{"id":"a","path":"` + strings.Repeat("p", jobs.MaxURLBytes+1) + `"}`
+	for _, tc := range []struct{ name, json, subject, says string }{
+		{"fail/not-json", `{`, "p", "not valid JSON"},
+		{"fail/array", `[]`, "p", "must be"},
+		{"fail/two-objects", `{"id":"a"}{"id":"b"}`, "p", "not valid JSON"},
+		{"fail/wrong-type", `{"id":1}`, "p", `field "id"`},
+		{"fail/no-id", `{}`, "p", "no id"},
+		{"fail/bad-id", `{"id":"has space"}`, "p", "call id"},
+		{"fail/id-too-long", `{"id":"` + strings.Repeat("a", 129) + `"}`, "p", "call id"},
+		{"fail/no-connection", `{"id":"a"}`, "", "names no connection"},
+		{"fail/connection-disagrees-with-subject", `{"id":"a","connection":"other"}`, "p", "must agree"},
+		{"fail/bad-connection-name", `{"id":"a","connection":"a.b"}`, "", "connection name"},
+		{"fail/bad-kind", `{"id":"a","kind":"grpc"}`, "p", "kind must be"},
+		{"fail/rest-with-soap", `{"id":"a","kind":"rest","soap":{"body":"<a/>"}}`, "p", "drop one"},
+		{"fail/soap-without-soap", `{"id":"a","kind":"soap"}`, "p", "soap.body"},
+		{"fail/soap-version", `{"id":"a","soap":{"version":"2.0","body":"<a/>"}}`, "p", "soap.version"},
+		{"fail/soap-with-body", `{"id":"a","soap":{"body":"<a/>"},"body":"x"}`, "p", "drop body"},
+		{"fail/bad-method", `{"id":"a","method":"G ET"}`, "p", "method"},
+		{"fail/both-bodies", `{"id":"a","body":"x","body_base64":"eA=="}`, "p", "both set"},
+		{"fail/path-and-url", `{"id":"a","path":"x","url":"https://h/"}`, "p", "both set"},
+		{"fail/http-url", `{"id":"a","url":"http://h/"}`, "p", "https"},
+		{"fail/relative-url", `{"id":"a","url":"/x"}`, "p", "absolute"},
+		{"fail/url-userinfo", `{"id":"a","url":"https://u:p@h/"}`, "p", "user info"},
+		{"fail/absolute-path", `{"id":"a","path":"https://evil/"}`, "p", "relative"},
+		{"fail/header-crlf", `{"id":"a","headers":{"X":["a\r\nInjected: 1"]}}`, "p", "CR, LF"},
+		{"fail/header-name", `{"id":"a","headers":{"Bad Name":["a"]}}`, "p", "field name"},
+		{"fail/negative-timeout", `{"id":"a","timeout_ms":-1}`, "p", "timeout_ms"},
+		{"fail/too-many-attempts", `{"id":"a","max_attempts":101}`, "p", "max_attempts"},
+		{"fail/reply-to-wildcard", `{"id":"a","reply_to":"mtlsrelay.results.>"}`, "p", "reply_to"},
+		{"fail/call-too-large", big, "p", "over the limit"},
+		{"fail/too-many-header-values", manyHeaders, "p", "header values"},
+		{"fail/headers-too-large", hugeHeader, "p", "headers add up"},
+		{"fail/url-too-long", longPath, "p", "path, url and query"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := jobs.DecodeCall([]byte(tc.json), tc.subject)
+			var je *jobs.Error
+			if !errors.As(err, &je) || je.Code != jobs.CodeInvalidCall {
+				t.Fatalf("err = %v, want invalid_call", err)
+			}
+			if !strings.Contains(je.Message, tc.says) {
+				t.Errorf("message %q does not say %q", je.Message, tc.says)
+			}
+			if je.Retryable {
+				t.Error("invalid_call must not be retryable")
+			}
+		})
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	s := jobs.Subjects{}
+	if got := s.ConnectionOf("mtlsrelay.calls.partner-a"); got != "partner-a" {
+		t.Errorf("ConnectionOf(calls) = %q", got)
+	}
+	if got := s.ConnectionOf("mtlsrelay.rpc.b"); got != "b" {
+		t.Errorf("ConnectionOf(rpc) = %q", got)
+	}
+	if got := (jobs.Subjects{Prefix: "acme.relay"}).Calls("x"); got != "acme.relay.calls.x" {
+		t.Errorf("prefixed Calls = %q", got)
+	}
+	for subj, reserved := range map[string]bool{
+		"mtlsrelay.calls.a": true, "mtlsrelay.rpc.a": true, "mtlsrelay.dead.a": true,
+		"mtlsrelay.results.a": false, "flows.a.results": false,
+	} {
+		if s.Reserved(subj) != reserved {
+			t.Errorf("Reserved(%q) = %v", subj, !reserved)
+		}
+	}
+	for subj, valid := range map[string]bool{
+		"a.b": true, "_INBOX.x": true, "": false, "a..b": false, "a.*": false, "a.>": false, "a b": false, ".a": false,
+	} {
+		if jobs.ValidSubject(subj) != valid {
+			t.Errorf("ValidSubject(%q) = %v", subj, !valid)
+		}
+	}
+}
+
+func TestErrorCodesAreStable(t *testing.T) {
+	// SPEC.md's codes, spelled as flows match them; extensions may follow.
+	spec := []string{"invalid_call", "unknown_connection", "unknown_profile", "host_not_allowed",
+		"secret_unavailable", "keystore_invalid", "keystore_password_wrong", "client_cert_expired",
+		"client_cert_not_yet_valid", "server_cert_untrusted", "server_name_mismatch",
+		"client_cert_rejected", "tls_handshake_failed", "connect_failed", "timeout",
+		"response_too_large", "http_status", "canceled", "internal"}
+	codes := jobs.Codes()
+	for i, want := range spec {
+		if string(codes[i]) != want {
+			t.Errorf("code %d = %q, want %q", i, codes[i], want)
+		}
+	}
+	for _, c := range []jobs.Code{jobs.CodeSecretUnavailable, jobs.CodeConnectFailed, jobs.CodeTimeout, jobs.CodeHTTPStatus, jobs.CodeCircuitOpen} {
+		if !c.Retryable() {
+			t.Errorf("%s should be retryable", c)
+		}
+	}
+	if jobs.CodeKeystoreInvalid.Retryable() || jobs.CodeOutcomeUnknown.Retryable() {
+		t.Error("keystore_invalid and outcome_unknown must not be retryable")
+	}
+}
