@@ -1,0 +1,124 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// runCLI runs the real binary and returns its stdout, stderr and exit code.
+func runCLI(t *testing.T, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(mtlsrelayBinary(t), args...)
+	cmd.Env = append(cmd.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// `mtlsrelay test CONNECTION` explains what it found, and fails when the
+// partner refuses the certificate (TLS 1.3: only a request shows it).
+func TestCLITestConnection(t *testing.T) {
+	p := startPartner(t)
+	rejecting := startPartner(t, clientCAs("other-ca.pem"))
+	cfg := writeConfig(t, `
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_TEST_PASSWORD", truststore: "file:FIX/ca.pem"}
+connections:
+  good: {base_url: "PARTNER/echo", profile: p}
+  refused: {base_url: "REJECTING/echo", profile: p}
+`, "PARTNER", p.URL(), "REJECTING", rejecting.URL())
+	env := []string{"MTLSRELAY_TEST_PASSWORD=" + fixturePassword}
+
+	out, errOut, code := runCLI(t, env, "test", "good", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("test good: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{"keystore", "mtlsrelay-test-client", "days left", "TLS 1.3", "server chain", "accepted: GET"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("test good output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = runCLI(t, env, "test", "refused", "--config", cfg, "--json")
+	if code != 2 {
+		t.Fatalf("test refused: exit %d, want 2\n%s", code, out)
+	}
+	var rep struct {
+		Accepted bool        `json:"accepted"`
+		Error    *jobs.Error `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Accepted || rep.Error == nil || rep.Error.Code != jobs.CodeClientCertRejected {
+		t.Errorf("test refused: %v %+v", err, rep)
+	}
+	assertNoSecrets(t, "test output", out+errOut)
+}
+
+func TestCLIKeystoreInspect(t *testing.T) {
+	env := []string{"KS_PASS=" + fixturePassword}
+	out, errOut, code := runCLI(t, env, "keystore", "inspect", fixture(t, "client-multi.jks"), "--password-env", "KS_PASS")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"format: jks", "alpha", "beta", "valid,", "days left"} {
+		if !strings.Contains(strings.ToLower(out), strings.ToLower(want)) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	_, errOut, code = runCLI(t, []string{"KS_PASS=wrong"}, "keystore", "inspect", fixture(t, "client-openssl.p12"), "--password-env", "KS_PASS")
+	if code == 0 || !strings.Contains(errOut, "keystore_password_wrong") {
+		t.Errorf("wrong password: exit %d, %s", code, errOut)
+	}
+	assertNoSecrets(t, "inspect output", out+errOut)
+}
+
+// `mtlsrelay call` against a running worker: durable with wait, direct,
+// --no-wait, and exit status 2 for a result that is not ok.
+func TestCLICall(t *testing.T) {
+	srv := startNATS(t)
+	p := startPartner(t)
+	startWorker(t, srv.ClientURL(), configYAML(t, `
+worker: {admin_addr: "off"}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: p}
+`, "PARTNER", p.URL()))
+	url := srv.ClientURL()
+	out, errOut, code := runCLI(t, nil, "call", "partner", "--nats", url, "-X", "POST", "--path", "echo", "-H", "X-A: 1", "--query", "q=v", "--data", "hello")
+	if code != 0 {
+		t.Fatalf("call: exit %d %s", code, errOut)
+	}
+	var r jobs.Result
+	if err := json.Unmarshal([]byte(out), &r); err != nil || !r.OK || !strings.Contains(r.Body, `"method":"POST"`) || !strings.Contains(r.Body, "q=v") {
+		t.Errorf("call result: %v %s", err, out)
+	}
+	out, _, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "echo", "--direct")
+	if code != 0 || !strings.Contains(out, `"ok": true`) {
+		t.Errorf("direct: exit %d %s", code, out)
+	}
+	out, _, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "status/404")
+	if code != 2 || !strings.Contains(out, `"status": 404`) {
+		t.Errorf("404: exit %d, want 2\n%s", code, out)
+	}
+	out, _, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "echo", "--no-wait", "--id", "cli-nowait-1")
+	if code != 0 || !strings.Contains(out, `"reply_to": "mtlsrelay.results.cli-nowait-1"`) {
+		t.Errorf("no-wait: exit %d %s", code, out)
+	}
+	out, _, code = runCLI(t, nil, "call", "partner", "--nats", url, "--soap-action", "urn:x", "--path", "soap", "--data", "<a:B xmlns:a=\"urn:a\"/>")
+	if code != 0 || !strings.Contains(out, "urn:x") {
+		t.Errorf("soap: exit %d %s", code, out)
+	}
+}
