@@ -58,6 +58,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/linger"
 )
 
 // Path is the documented path of the GetPassword REST web service.
@@ -130,19 +132,16 @@ type account struct {
 // Server is a running fake CCP. Its methods are safe for concurrent use.
 type Server struct {
 	srv  *http.Server
-	ln   net.Listener
+	ln   *linger.Listener
 	url  string
 	done chan struct{}
 
-	mu        sync.Mutex
-	accounts  []*account
-	apps      map[string]App
-	failure   *Failure
-	latency   time.Duration
-	requests  []Request
-	lingering map[*lingerConn]struct{}
-	closed    bool
-	lingerWG  sync.WaitGroup
+	mu       sync.Mutex
+	accounts []*account
+	apps     map[string]App
+	failure  *Failure
+	latency  time.Duration
+	requests []Request
 }
 
 // Start listens and serves until Close.
@@ -159,9 +158,8 @@ func Start(opts Options) (*Server, error) {
 		errLog = log.New(io.Discard, "", 0)
 	}
 	s := &Server{
-		done:      make(chan struct{}),
-		apps:      map[string]App{},
-		lingering: map[*lingerConn]struct{}{},
+		done: make(chan struct{}),
+		apps: map[string]App{},
 	}
 	tcfg := &tls.Config{
 		Certificates: []tls.Certificate{opts.Certificate},
@@ -184,7 +182,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fakeccp: listen on %s: %w", addr, err)
 	}
-	s.ln = &lingerListener{Listener: ln, s: s}
+	s.ln = linger.New(ln)
 	s.url = "https://" + ln.Addr().String()
 	go func() {
 		defer close(s.done)
@@ -206,13 +204,7 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 func (s *Server) Close() error {
 	err := s.srv.Close()
 	<-s.done
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.lingering {
-		c.Conn.Close()
-	}
-	s.mu.Unlock()
-	s.lingerWG.Wait()
+	s.ln.Shutdown()
 	return err
 }
 
@@ -582,56 +574,4 @@ func (p params) get(name string) string {
 		}
 	}
 	return ""
-}
-
-const lingerTimeout = 2 * time.Second
-
-// lingerListener gives every connection a lingering close.
-type lingerListener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *lingerListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &lingerConn{Conn: c, s: l.s}, nil
-}
-
-// lingerConn closes by sending FIN and reading until the peer closes (or
-// lingerTimeout), so a TLS alert refusing the client's certificate reaches
-// the client instead of being lost to a reset caused by its unread request.
-type lingerConn struct {
-	net.Conn
-	s    *Server
-	once sync.Once
-}
-
-func (c *lingerConn) Close() error {
-	c.once.Do(func() {
-		tcp, ok := c.Conn.(*net.TCPConn)
-		s := c.s
-		s.mu.Lock()
-		if !ok || s.closed {
-			s.mu.Unlock()
-			c.Conn.Close()
-			return
-		}
-		s.lingering[c] = struct{}{}
-		s.lingerWG.Add(1)
-		s.mu.Unlock()
-		_ = tcp.CloseWrite()
-		go func() {
-			defer s.lingerWG.Done()
-			_ = tcp.SetReadDeadline(time.Now().Add(lingerTimeout))
-			_, _ = io.Copy(io.Discard, io.LimitReader(tcp, 1<<20))
-			tcp.Close()
-			s.mu.Lock()
-			delete(s.lingering, c)
-			s.mu.Unlock()
-		}()
-	})
-	return nil
 }

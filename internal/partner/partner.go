@@ -60,6 +60,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/linger"
 )
 
 // Options configure a partner server. Certificate and ClientCAs are required;
@@ -105,20 +107,17 @@ type Counters struct {
 // Server is a running partner server. Its methods are safe for concurrent use.
 type Server struct {
 	srv  *http.Server
-	ln   net.Listener
+	ln   *linger.Listener
 	url  string
 	done chan struct{}
 
-	requests, conns, hellos, handshakes, resumed atomic.Int64
-	inflight, maxInflight                        atomic.Int64
+	requests, hellos, handshakes, resumed atomic.Int64
+	inflight, maxInflight                 atomic.Int64
 
-	mu        sync.Mutex
-	routes    map[string]int64
-	flaky     map[string]int
-	keys      map[string]int64
-	lingering map[*lingerConn]struct{}
-	closed    bool
-	lingerWG  sync.WaitGroup
+	mu     sync.Mutex
+	routes map[string]int64
+	flaky  map[string]int
+	keys   map[string]int64
 }
 
 // Start listens and serves until Close.
@@ -142,10 +141,9 @@ func Start(opts Options) (*Server, error) {
 		errLog = log.New(io.Discard, "", 0)
 	}
 	s := &Server{
-		done:      make(chan struct{}),
-		routes:    make(map[string]int64),
-		flaky:     make(map[string]int),
-		lingering: make(map[*lingerConn]struct{}),
+		done:   make(chan struct{}),
+		routes: make(map[string]int64),
+		flaky:  make(map[string]int),
 	}
 	tcfg := &tls.Config{
 		Certificates: []tls.Certificate{opts.Certificate},
@@ -180,7 +178,7 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partner: listen on %s: %w", addr, err)
 	}
-	s.ln = &lingerListener{Listener: ln, s: s}
+	s.ln = linger.New(ln)
 	s.url = "https://" + ln.Addr().String()
 	go func() {
 		defer close(s.done)
@@ -207,7 +205,7 @@ func (s *Server) Requests() Counters {
 	return Counters{
 		Requests:     s.requests.Load(),
 		Routes:       routes,
-		Connections:  s.conns.Load(),
+		Connections:  s.ln.Accepted(),
 		ClientHellos: s.hellos.Load(),
 		Handshakes:   s.handshakes.Load(),
 		Resumed:      s.resumed.Load(),
@@ -235,65 +233,6 @@ func (s *Server) KeyCounts() map[string]int64 {
 func (s *Server) Close() error {
 	err := s.srv.Close()
 	<-s.done
-	s.mu.Lock()
-	s.closed = true
-	for c := range s.lingering {
-		c.Conn.Close()
-	}
-	s.mu.Unlock()
-	s.lingerWG.Wait()
+	s.ln.Shutdown()
 	return err
-}
-
-const lingerTimeout = 2 * time.Second
-
-// lingerListener counts connections and gives them a lingering close.
-type lingerListener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *lingerListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.s.conns.Add(1)
-	return &lingerConn{Conn: c, s: l.s}, nil
-}
-
-// lingerConn closes by sending FIN and reading until the peer closes (or
-// lingerTimeout), so data already written (a TLS alert) is not discarded by
-// a reset caused by unread client data.
-type lingerConn struct {
-	net.Conn
-	s    *Server
-	once sync.Once
-}
-
-func (c *lingerConn) Close() error {
-	c.once.Do(func() {
-		tcp, ok := c.Conn.(*net.TCPConn)
-		s := c.s
-		s.mu.Lock()
-		if !ok || s.closed {
-			s.mu.Unlock()
-			c.Conn.Close()
-			return
-		}
-		s.lingering[c] = struct{}{}
-		s.lingerWG.Add(1)
-		s.mu.Unlock()
-		_ = tcp.CloseWrite()
-		go func() {
-			defer s.lingerWG.Done()
-			_ = tcp.SetReadDeadline(time.Now().Add(lingerTimeout))
-			_, _ = io.Copy(io.Discard, io.LimitReader(tcp, 1<<20))
-			tcp.Close()
-			s.mu.Lock()
-			delete(s.lingering, c)
-			s.mu.Unlock()
-		}()
-	})
-	return nil
 }
