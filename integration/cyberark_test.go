@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -19,7 +18,6 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // The CyberArk tests run the real worker against internal/fakeccp, a fake
@@ -118,37 +116,6 @@ func startCyberArkRelay(t *testing.T, mutate func(*cyberark.Config)) *cyberArkEn
 	startWorkerWithResolver(t, srv.ClientURL(), cfg, secrets.NewResolver(sources), log)
 	env.nc, env.js = connect(t, srv.ClientURL())
 	return env
-}
-
-// startWorkerWithResolver is startWorker with the worker's resolver and
-// logger given.
-func startWorkerWithResolver(t testing.TB, url, cfgYAML string, res *secrets.Resolver, log zerolog.Logger) *worker.Worker {
-	t.Helper()
-	cfg, err := worker.ParseConfig([]byte(cfgYAML))
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfgYAML)
-	}
-	nc, _ := connect(t, url)
-	w, err := worker.New(cfg, nc, worker.WithResolver(res), worker.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker.Run: %v", err)
-		}
-	})
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if !w.Ready() {
-			return fmt.Errorf("worker not ready")
-		}
-		return nil
-	})
-	return w
 }
 
 // assertNoCyberArkSecrets checks s for the passwords and for any piece of

@@ -24,6 +24,7 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -137,13 +138,29 @@ func (s *syncBuffer) String() string {
 // It stops when the test ends.
 func startWorker(t testing.TB, url, cfgYAML string) (*worker.Worker, *syncBuffer) {
 	t.Helper()
+	logs := &syncBuffer{}
+	nc, _ := connect(t, url)
+	w := runWorker(t, nc, cfgYAML, worker.WithLogger(zerolog.New(logs).Level(zerolog.DebugLevel)))
+	return w, logs
+}
+
+// startWorkerWithResolver is startWorker with the worker's resolver and
+// logger given.
+func startWorkerWithResolver(t testing.TB, url, cfgYAML string, res *secrets.Resolver, log zerolog.Logger) *worker.Worker {
+	t.Helper()
+	nc, _ := connect(t, url)
+	return runWorker(t, nc, cfgYAML, worker.WithResolver(res), worker.WithLogger(log))
+}
+
+// runWorker runs a worker with the YAML config cfgYAML on nc until the test
+// ends, and returns once it is ready.
+func runWorker(t testing.TB, nc *nats.Conn, cfgYAML string, opts ...worker.Option) *worker.Worker {
+	t.Helper()
 	cfg, err := worker.ParseConfig([]byte(cfgYAML))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgYAML)
 	}
-	logs := &syncBuffer{}
-	nc, _ := connect(t, url)
-	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.New(logs).Level(zerolog.DebugLevel)))
+	w, err := worker.New(cfg, nc, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +179,7 @@ func startWorker(t testing.TB, url, cfgYAML string) (*worker.Worker, *syncBuffer
 		}
 		return nil
 	})
-	return w, logs
+	return w
 }
 
 // checkFor polls fn until it returns nil or total passes.

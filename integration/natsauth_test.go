@@ -59,20 +59,7 @@ func runWorkerConfig(t *testing.T, url, cfgYAML string) {
 		t.Fatalf("worker connect: %v", err)
 	}
 	t.Cleanup(nc.Close)
-	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.Nop()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if !w.Ready() {
-			return errorf("worker not ready")
-		}
-		return nil
-	})
+	runWorker(t, nc, cfgYAML, worker.WithLogger(zerolog.Nop()))
 }
 
 const authWorkerConfig = `

@@ -68,29 +68,12 @@ connections:
   panicking:  {base_url: "PARTNER", profile: panicking}
   untrusting: {base_url: "PARTNER", profile: untrusting}
 `, "PARTNER", p.URL(), "INLINE", inline)
-	cfg, err := worker.ParseConfig([]byte(cfgYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
 	sources := secrets.DefaultSources(t.TempDir())
 	sources.Register(secrets.SchemeCyberArk, panicSource{secret: fixturePassword})
 	logs := &syncBuffer{}
 	nc, js := connect(t, srv.ClientURL())
-	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)),
+	w := runWorker(t, nc, cfgYAML, worker.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)),
 		worker.WithResolver(secrets.NewResolver(sources)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if !w.Ready() {
-			return fmt.Errorf("not ready")
-		}
-		return nil
-	})
 
 	var everything strings.Builder
 	for _, conn := range []string{"p12", "legacy", "keytool", "jks", "pem", "pem-enc", "inline", "wrong", "panicking", "untrusting"} {
