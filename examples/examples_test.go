@@ -25,6 +25,8 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/worker"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testutil"
 )
 
 // natscliVersion is the nats CLI that flow.sh is tested with, built from the
@@ -71,55 +73,20 @@ func startRelay(t *testing.T) string {
 	}
 	t.Cleanup(func() { p.Close() })
 
-	cfg, err := worker.ParseConfig([]byte(fmt.Sprintf(`
+	cfg := fmt.Sprintf(`
 worker: {name: examples-worker, concurrency: 8, admin_addr: "off"}
 profiles:
   partner: {keystore: "file:%[1]s/client.p12", password: "file:%[1]s/client.pass", truststore: "file:%[1]s/ca.pem"}
 connections:
   partner-api: {base_url: "%[2]s/", profile: partner, timeout: 10s}
-`, dir, p.URL())))
-	if err != nil {
-		t.Fatal(err)
-	}
+`, dir, p.URL())
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker.Run: %v", err)
-		}
-	})
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if !w.Ready() {
-			return fmt.Errorf("worker not ready")
-		}
-		return nil
-	})
+	testutil.RunWorker(t, nc, cfg, worker.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)))
 	return srv.ClientURL()
-}
-
-// checkFor polls fn until it returns nil or total passes.
-func checkFor(t *testing.T, total, sleep time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(sleep)
-	}
-	t.Fatalf("condition not met within %v: %v", total, err)
 }
 
 // goBuild builds the main package pkg (relative to this folder) into dir.

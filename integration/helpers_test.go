@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
+	"github.com/mtlsrelay/mtlsrelay/internal/testutil"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -116,22 +116,7 @@ func startPartner(t testing.TB, opts ...partnerOptions) *partner.Server {
 }
 
 // syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // startWorker runs an in-process worker with the YAML config cfgYAML on the
 // NATS server at url, logging JSON at debug level into the returned buffer.
@@ -156,44 +141,13 @@ func startWorkerWithResolver(t testing.TB, url, cfgYAML string, res *secrets.Res
 // ends, and returns once it is ready.
 func runWorker(t testing.TB, nc *nats.Conn, cfgYAML string, opts ...worker.Option) *worker.Worker {
 	t.Helper()
-	cfg, err := worker.ParseConfig([]byte(cfgYAML))
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfgYAML)
-	}
-	w, err := worker.New(cfg, nc, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("worker.Run: %v", err)
-		}
-	})
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if !w.Ready() {
-			return fmt.Errorf("worker not ready")
-		}
-		return nil
-	})
-	return w
+	return testutil.RunWorker(t, nc, cfgYAML, opts...)
 }
 
 // checkFor polls fn until it returns nil or total passes.
 func checkFor(t testing.TB, total, sleep time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(sleep)
-	}
-	t.Fatalf("condition not met within %v: %v", total, err)
+	testutil.CheckFor(t, total, sleep, fn)
 }
 
 // callRaw publishes raw call bytes to mtlsrelay.calls.<conn> with plain

@@ -1,13 +1,11 @@
 package cyberark_test
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -16,6 +14,8 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testutil"
 )
 
 // Secret values of the fake vault and the client keystore's password; tests
@@ -29,22 +29,7 @@ const (
 )
 
 // syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 // ccpEnv is a fake CCP over real TLS that requires a client certificate,
 // a client keystore and truststore on disk for it, and a log buffer.

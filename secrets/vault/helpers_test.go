@@ -1,7 +1,6 @@
 package vault_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,8 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testutil"
 )
 
 // fixturePassword is the password of the keystores in secrets/testdata.
@@ -47,22 +47,8 @@ func fixturePath(t testing.TB, name string) string {
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
 // syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects log output from several goroutines.
+type syncBuffer = testutil.SyncBuffer
 
 // env is a Vault with a client and the logs of that client.
 type env struct {
@@ -166,15 +152,7 @@ func wantContains(t testing.TB, s string, subs ...string) {
 // checkFor polls fn until it returns nil or total passes.
 func checkFor(t testing.TB, total, sleep time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(sleep)
-	}
-	t.Fatalf("condition not met within %v: %v", total, err)
+	testutil.CheckFor(t, total, sleep, fn)
 }
 
 func zerologTo(w *syncBuffer) zerolog.Logger { return zerolog.New(w).Level(zerolog.DebugLevel) }
