@@ -118,12 +118,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	w.state, err = openState(sctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, jobs.DefaultResultsMaxAge), w.Name())
-	cancel()
-	if err != nil {
-		return err
-	}
 	sub, err := w.nc.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
@@ -142,13 +136,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// ensureStreams retries until NATS answers, so a worker may start before its
-// cluster is up.
+// ensureStreams creates the streams, the consumer and the call-state bucket,
+// retrying until NATS answers, so a worker may start before its cluster is
+// up.
 func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) {
 	delay := 250 * time.Millisecond
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cons, err := jobs.EnsureStreams(cctx, w.js, w.streams)
+		if err == nil {
+			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, jobs.DefaultResultsMaxAge), w.Name())
+		}
 		cancel()
 		if err == nil {
 			return cons, nil
