@@ -24,7 +24,7 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 	for range concurrency {
 		go func() {
 			for msg := range work {
-				w.handleDurable(msg)
+				w.safeHandle(msg)
 				w.slots.Release(1)
 				w.inflight.Done()
 			}
@@ -88,6 +88,20 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 			w.log.Warn().Err(err).Msg("pull request ended with an error")
 		}
 	}
+}
+
+// safeHandle runs handleDurable and survives a defect in it: the call is
+// handed back (it is not lost), the panic's type is logged (its value may
+// hold call data), and the pool goroutine lives on.
+func (w *Worker) safeHandle(msg jetstream.Msg) {
+	defer func() {
+		if p := recover(); p != nil {
+			w.log.Error().Str("panic_type", fmt.Sprintf("%T", p)).Str("subject", msg.Subject()).
+				Msg("handling a call panicked; handed back for redelivery")
+			_ = msg.NakWithDelay(time.Second)
+		}
+	}()
+	w.handleDurable(msg)
 }
 
 func isFetchEnd(err error) bool {
