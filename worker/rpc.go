@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"fmt"
 	"context"
 	"encoding/json"
 	"time"
@@ -26,6 +27,12 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 	go func() {
 		defer w.inflight.Done()
 		defer w.slots.Release(1)
+		defer func() {
+			if p := recover(); p != nil {
+				// The caller's request times out; its value may hold call data.
+				w.log.Error().Str("panic_type", fmt.Sprintf("%T", p)).Msg("a direct call panicked; no reply sent")
+			}
+		}()
 		w.metrics.inflight.Add(1)
 		defer w.metrics.inflight.Add(-1)
 		ctx, span := w.startCallSpan(w.callCtx, msg.Header, nil, msg.Subject, 0)
