@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"fmt"
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
