@@ -3,6 +3,7 @@ module github.com/mtlsrelay/mtlsrelay
 go 1.26.8
 
 require (
+	github.com/goccy/go-json v0.12.0
 	github.com/hashicorp/vault/api v1.16.0
 	github.com/hashicorp/vault/api/auth/approle v0.9.0
 	github.com/hashicorp/vault/api/auth/kubernetes v0.9.0

@@ -1,9 +1,9 @@
 package jobs
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	json "github.com/goccy/go-json"
 	"net/url"
 	"strings"
 	"unicode/utf8"
@@ -143,14 +143,25 @@ func DecodeCall(data []byte, subjectConnection string) (*Call, error) {
 		return nil, Errorf(CodeInvalidCall, "call is %d bytes, over the limit of %d; send large bodies by reference", len(data), MaxCallBytes)
 	}
 	var c Call
-	// Unmarshal also refuses data after the object.
-	if err := json.Unmarshal(data, &c); err != nil {
+	if err := unmarshalCall(data, &c); err != nil {
 		return nil, Errorf(CodeInvalidCall, "call is not valid JSON: %s", describeJSONError(err))
 	}
 	if err := c.Normalize(subjectConnection); err != nil {
 		return &c, err
 	}
 	return &c, nil
+}
+
+// unmarshalCall decodes data into c. Unmarshal also refuses data after the
+// object. A decoder defect that panics on some input makes that input
+// invalid, never a crash or a call redelivered forever.
+func unmarshalCall(data []byte, c *Call) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the JSON decoder failed on this input (%T)", p)
+		}
+	}()
+	return json.Unmarshal(data, c)
 }
 
 func describeJSONError(err error) string {

@@ -3,6 +3,7 @@ package jobs_test
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
@@ -28,6 +29,21 @@ func FuzzDecodeCall(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte, subjectConn string) {
 		call, err := jobs.DecodeCall(data, subjectConn)
+		// The fast decoder must agree with encoding/json, the reference a
+		// flow's author reads about.
+		if len(data) <= jobs.MaxCallBytes {
+			var std jobs.Call
+			stdErr := json.Unmarshal(data, &std)
+			if stdErr == nil {
+				stdErr = std.Normalize(subjectConn)
+			}
+			if (stdErr == nil) != (err == nil) {
+				t.Fatalf("DecodeCall error %v, encoding/json error %v", err, stdErr)
+			}
+			if err == nil && !reflect.DeepEqual(&std, call) {
+				t.Fatalf("decoders disagree:\n%+v\n%+v", std, *call)
+			}
+		}
 		if err != nil {
 			var je *jobs.Error
 			if !errors.As(err, &je) || je.Code != jobs.CodeInvalidCall {

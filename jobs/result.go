@@ -1,7 +1,7 @@
 package jobs
 
 import (
-	"encoding/json"
+	json "github.com/goccy/go-json"
 	"time"
 	"unicode/utf8"
 )
@@ -96,6 +96,9 @@ func FailedResult(c *Call, err error) *Result {
 	}
 	return r
 }
+
+// EncodeResult is the JSON of a result message, as workers publish it.
+func EncodeResult(r *Result) ([]byte, error) { return json.Marshal(r) }
 
 // DecodeResult parses a result message.
 func DecodeResult(data []byte) (*Result, error) {

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -317,7 +316,7 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 // a subject no stream keeps is delivered to its core subscribers by the same
 // publish.
 func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) error {
-	data, err := json.Marshal(res)
+	data, err := jobs.EncodeResult(res)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -38,7 +37,7 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 		ctx, span := w.startCallSpan(w.callCtx, msg.Header, nil, msg.Subject, 0)
 		defer span.End()
 		res := w.runDirect(ctx, msg)
-		data, err := json.Marshal(res)
+		data, err := jobs.EncodeResult(res)
 		if err != nil {
 			w.log.Error().Err(err).Msg("encoding a direct result failed")
 			return

@@ -83,14 +83,14 @@ func typicalResult() *jobs.Result {
 
 func BenchmarkEncodeResult(b *testing.B) {
 	res := typicalResult()
-	data, err := json.Marshal(res)
+	data, err := jobs.EncodeResult(res)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
-		if _, err := json.Marshal(res); err != nil {
+		if _, err := jobs.EncodeResult(res); err != nil {
 			b.Fatal(err)
 		}
 	}
