@@ -204,7 +204,10 @@ func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() {
+				return // closed on purpose, at shutdown
+			}
 			log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
