@@ -208,7 +208,9 @@ func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
 			PingTimeout:     15 * time.Second,
 		},
 	}
-	if o.DisableHTTP2 {
+	// A partner that renegotiates to ask for the client certificate (old
+	// IIS set-ups) can only do so on HTTP/1.1: HTTP/2 forbids renegotiation.
+	if o.DisableHTTP2 || cfg.Renegotiation != tls.RenegotiateNever {
 		p := new(http.Protocols)
 		p.SetHTTP1(true)
 		tr.Protocols = p

@@ -24,6 +24,7 @@ func TestTransportProtocols(t *testing.T) {
 		name         string
 		server       func(*partner.Options)
 		exec         worker.ExecutorOptions
+		material     func(*tls.Config)
 		wantProtocol string
 		wantTLS      string
 	}{
@@ -31,13 +32,15 @@ func TestTransportProtocols(t *testing.T) {
 		{name: "ok/http1-when-partner-has-no-http2", server: func(o *partner.Options) { o.DisableHTTP2 = true }, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.3"},
 		{name: "ok/http1-when-executor-disables-http2", exec: worker.ExecutorOptions{DisableHTTP2: true}, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.3"},
 		{name: "ok/http2-over-tls12", server: func(o *partner.Options) { o.MaxTLSVersion = tls.VersionTLS12 }, wantProtocol: "HTTP/2.0", wantTLS: "TLS 1.2"},
+		{name: "ok/http1-when-the-profile-allows-renegotiation", server: func(o *partner.Options) { o.MaxTLSVersion = tls.VersionTLS12 },
+			material: func(c *tls.Config) { c.Renegotiation = tls.RenegotiateOnceAsClient }, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.2"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startExecPartner(t, p, tc.server)
 			x := worker.NewExecutor(tc.exec)
 			defer x.Close()
-			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil))
+			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", tc.material))
 			if !out.Result.OK {
 				t.Fatalf("result: %+v", out.Result)
 			}
