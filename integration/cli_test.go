@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"os/exec"
@@ -121,4 +122,28 @@ connections:
 	if code != 0 || !strings.Contains(out, "urn:x") {
 		t.Errorf("soap: exit %d %s", code, out)
 	}
+}
+
+// `mtlsrelay test` also finds a connection and its profile that live only
+// in the registry, sealed password included, as a worker would.
+func TestCLITestConnectionFromRegistry(t *testing.T) {
+	srv := startNATS(t)
+	p := startPartner(t)
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	env := []string{"MTLSRELAY_REGISTRY_KEY=" + key, "KS_PASS=" + fixturePassword}
+	reg := func(args ...string) {
+		t.Helper()
+		args = append(args, "--nats", srv.ClientURL(), "--key-env", "MTLSRELAY_REGISTRY_KEY")
+		if out, errOut, code := runCLI(t, env, args...); code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	reg("profile", "put", "reg-only", "--keystore", fixture(t, "client-openssl.p12"), "--password-env", "KS_PASS", "--truststore", fixture(t, "ca.pem"))
+	reg("connection", "put", "reg-only-api", "--base-url", p.URL()+"/echo", "--profile", "reg-only")
+	cfg := writeConfig(t, "registry: {key: \"env:MTLSRELAY_REGISTRY_KEY\"}\n")
+	out, errOut, code := runCLI(t, env, "test", "reg-only-api", "--config", cfg, "--nats", srv.ClientURL())
+	if code != 0 || !strings.Contains(out, "accepted: GET") {
+		t.Fatalf("test of a registry connection: exit %d\n%s%s", code, out, errOut)
+	}
+	assertNoSecrets(t, "test output", out+errOut)
 }

@@ -1,18 +1,25 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 func newTestCmd() *cobra.Command {
-	var configPath string
+	var configPath, natsURL string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "test CONNECTION",
@@ -29,6 +36,19 @@ func newTestCmd() *cobra.Command {
 				return err
 			}
 			defer closeSources()
+			if natsURL == "" && !cfg.Registry.Disabled {
+				natsURL = cfg.NATS.URL
+			}
+			if natsURL != "" {
+				nc, err := connectNATS(natsURL, cfg, "mtlsrelay test", zerolog.Nop())
+				if err != nil {
+					return err
+				}
+				defer nc.Close()
+				if err := addFromRegistry(cmd.Context(), nc, cfg, sources, cat, args[0]); err != nil {
+					return err
+				}
+			}
 			resolver := secrets.NewResolver(sources)
 			rep := worker.Probe(cmd.Context(), cat, resolver, args[0])
 			if asJSON {
@@ -51,6 +71,54 @@ func newTestCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "YAML config file with the connection and its profile")
+	cmd.Flags().StringVar(&natsURL, "nats", "", "NATS URL, to find the connection and its profile in the registry too (default: nats.url of --config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// addFromRegistry adds connection name and its profile from the registry to
+// cat when the config file does not define them, as a worker would see
+// them, and registers the registry's source for their secrets.
+func addFromRegistry(ctx context.Context, nc *nats.Conn, cfg *worker.Config, sources *secrets.Sources, cat *worker.Catalog, name string) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	reg, err := registry.Open(rctx, js, registry.Options{Sources: sources, Key: cfg.Registry.Key})
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	sources.Register(secrets.SchemeRegistry, reg.Source())
+	cat.Profiles, cat.Connections = maps.Clone(cat.Profiles), maps.Clone(cat.Connections)
+	if cat.Profiles == nil {
+		cat.Profiles = map[string]secrets.Profile{}
+	}
+	if cat.Connections == nil {
+		cat.Connections = map[string]worker.Connection{}
+	}
+	conn, ok := cat.Connections[name]
+	if !ok {
+		e, err := reg.GetConnection(rctx, name)
+		if errors.Is(err, registry.ErrNotFound) {
+			return nil // Probe reports unknown_connection
+		}
+		if err != nil {
+			return err
+		}
+		conn = e.Connection
+		cat.Connections[name] = conn
+	}
+	if _, ok := cat.Profiles[conn.Profile]; !ok {
+		e, err := reg.GetProfile(rctx, conn.Profile)
+		if errors.Is(err, registry.ErrNotFound) {
+			return nil // Probe reports unknown_profile
+		}
+		if err != nil {
+			return err
+		}
+		cat.Profiles[conn.Profile] = e.Profile
+	}
+	return nil
 }
