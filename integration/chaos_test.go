@@ -117,7 +117,13 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	// All calls are published asynchronously at once: let every one of them
+	// be awaiting its ack (the default window of 4,000 stalls on a busy
+	// machine).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*total))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := writeConfig(t, `
 nats: {replicas: 3}
 worker: {concurrency: 32, admin_addr: "off", ack_wait: 3s, retry_base: 100ms, retry_max: 1s, shutdown_grace: 2s}
