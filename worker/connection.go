@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -236,7 +235,3 @@ func (c *Connection) breakerCooldown() time.Duration {
 	}
 	return DefaultBreakerCooldown
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
-
-func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

@@ -23,7 +23,7 @@ const (
 // connLimits are one connection's per-worker limits: calls in flight
 // (max_conns), calls per second (rate_limit), and a circuit breaker.
 type connLimits struct {
-	key     string
+	key     limitSettings
 	slots   chan struct{} // nil: no cap
 	rate    *rate.Limiter // nil: no limit
 	breaker *breaker      // nil: disabled
@@ -60,8 +60,18 @@ func (s *limitSet) get(name string, c *Connection) *connLimits {
 	return l
 }
 
-func limitsKey(c *Connection) string {
-	return time.Duration(c.BreakerCooldown).String() + "/" + itoa(c.MaxConns) + "/" + ftoa(c.RateLimit) + "/" + itoa(c.BreakerFailures)
+// limitSettings are the connection fields its limits are built from; a
+// change of any of them rebuilds the limits. Comparable, so checking it on
+// every call costs no allocation.
+type limitSettings struct {
+	maxConns        int
+	rateLimit       float64
+	breakerFailures int
+	breakerCooldown Duration
+}
+
+func limitsKey(c *Connection) limitSettings {
+	return limitSettings{c.MaxConns, c.RateLimit, c.BreakerFailures, c.BreakerCooldown}
 }
 
 // admission is the verdict on starting a call now.
