@@ -134,7 +134,7 @@ type Server struct {
 	srv  *http.Server
 	ln   *linger.Listener
 	url  string
-	done chan struct{}
+	done <-chan struct{}
 
 	mu       sync.Mutex
 	accounts []*account
@@ -158,7 +158,6 @@ func Start(opts Options) (*Server, error) {
 		errLog = log.New(io.Discard, "", 0)
 	}
 	s := &Server{
-		done: make(chan struct{}),
 		apps: map[string]App{},
 	}
 	tcfg := &tls.Config{
@@ -178,17 +177,12 @@ func Start(opts Options) (*Server, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          errLog,
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, done, err := linger.ServeTLS(s.srv, addr)
 	if err != nil {
-		return nil, fmt.Errorf("fakeccp: listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("fakeccp: %w", err)
 	}
-	s.ln = linger.New(ln)
+	s.ln, s.done = ln, done
 	s.url = "https://" + ln.Addr().String()
-	go func() {
-		defer close(s.done)
-		// ServeTLS returns ErrServerClosed after Close; nothing else to report.
-		_ = s.srv.ServeTLS(s.ln, "", "")
-	}()
 	return s, nil
 }
 

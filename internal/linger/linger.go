@@ -8,8 +8,10 @@
 package linger
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,4 +96,22 @@ func (c *conn) Close() error {
 		}()
 	})
 	return nil
+}
+
+// ServeTLS listens on addr and serves srv over TLS (srv.TLSConfig) on a
+// lingering listener in the background. done is closed once serving has
+// stopped, after srv.Close.
+func ServeTLS(srv *http.Server, addr string) (ln *Listener, done <-chan struct{}, err error) {
+	raw, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	ln = New(raw)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		// ServeTLS returns ErrServerClosed after Close; nothing else to report.
+		_ = srv.ServeTLS(ln, "", "")
+	}()
+	return ln, stopped, nil
 }

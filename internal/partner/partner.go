@@ -55,7 +55,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -109,7 +108,7 @@ type Server struct {
 	srv  *http.Server
 	ln   *linger.Listener
 	url  string
-	done chan struct{}
+	done <-chan struct{}
 
 	requests, hellos, handshakes, resumed atomic.Int64
 	inflight, maxInflight                 atomic.Int64
@@ -141,7 +140,6 @@ func Start(opts Options) (*Server, error) {
 		errLog = log.New(io.Discard, "", 0)
 	}
 	s := &Server{
-		done:   make(chan struct{}),
 		routes: make(map[string]int64),
 		flaky:  make(map[string]int),
 	}
@@ -174,17 +172,12 @@ func Start(opts Options) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          errLog,
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, done, err := linger.ServeTLS(s.srv, addr)
 	if err != nil {
-		return nil, fmt.Errorf("partner: listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("partner: %w", err)
 	}
-	s.ln = linger.New(ln)
+	s.ln, s.done = ln, done
 	s.url = "https://" + ln.Addr().String()
-	go func() {
-		defer close(s.done)
-		// ServeTLS returns ErrServerClosed after Close; nothing else to report.
-		_ = s.srv.ServeTLS(s.ln, "", "")
-	}()
 	return s, nil
 }
 
