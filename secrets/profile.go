@@ -145,10 +145,10 @@ type plainProfile Profile
 
 // redacted returns p with inline references replaced by their redacted form.
 func (p Profile) redacted() plainProfile {
-	p.Keystore = redactRefText(p.Keystore)
-	p.Password = redactRefText(p.Password)
-	p.Truststore = redactRefText(p.Truststore)
-	p.TruststorePassword = redactRefText(p.TruststorePassword)
+	p.Keystore = RedactRef(p.Keystore)
+	p.Password = RedactRef(p.Password)
+	p.Truststore = RedactRef(p.Truststore)
+	p.TruststorePassword = RedactRef(p.TruststorePassword)
 	return plainProfile(p)
 }
 

@@ -234,10 +234,11 @@ func (r Ref) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
 // encoding.TextMarshaler cannot print the inline body either.
 func (r Ref) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
 
-// redactRefText returns a printable form of a reference as written in a
-// profile: its redacted String when it parses, else a placeholder, since an
-// unparseable reference may be a bare password.
-func redactRefText(s string) string {
+// RedactRef returns a printable form of a reference as written in a
+// config: its redacted String when it parses, else a placeholder, since an
+// unparseable reference may be a bare password. Every config type that
+// holds references prints them through it.
+func RedactRef(s string) string {
 	if s == "" {
 		return ""
 	}

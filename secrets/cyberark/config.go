@@ -185,14 +185,7 @@ type plainConfig Config
 // redacted returns c with inline references replaced by their redacted form.
 func (c Config) redacted() plainConfig {
 	for _, f := range []*string{&c.ClientKeystore, &c.ClientPassword, &c.Truststore, &c.TruststorePassword} {
-		if *f == "" {
-			continue
-		}
-		if r, err := secrets.ParseRef(*f); err == nil {
-			*f = r.String()
-		} else {
-			*f = "[invalid reference, redacted]"
-		}
+		*f = secrets.RedactRef(*f)
 	}
 	return plainConfig(c)
 }

@@ -171,22 +171,9 @@ type plainConfig Config
 // redacted returns c with inline references replaced by their redacted form.
 func (c Config) redacted() plainConfig {
 	for _, f := range []*string{&c.Auth.Token, &c.Auth.RoleID, &c.Auth.SecretID} {
-		*f = redactRef(*f)
+		*f = secrets.RedactRef(*f)
 	}
 	return plainConfig(c)
-}
-
-// redactRef prints a reference without inline content; text that does not
-// parse may be a bare secret and is not printed at all.
-func redactRef(s string) string {
-	if s == "" {
-		return ""
-	}
-	r, err := secrets.ParseRef(s)
-	if err != nil {
-		return "[invalid reference, redacted]"
-	}
-	return r.String()
 }
 
 // String prints the configuration with inline references redacted.
