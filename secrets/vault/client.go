@@ -304,25 +304,19 @@ func (c *Client) maintain(ctx context.Context) {
 // in, or ctx ends; it reports whether renewal ended. A token without TTL (a
 // root token) is just kept.
 func (c *Client) watch(ctx context.Context, s *api.Secret) (ended bool) {
-	if s.Auth.LeaseDuration <= 0 {
-		for {
-			select {
-			case <-ctx.Done():
-				return false
-			case <-c.changed:
-				if c.current() != s {
-					return false
-				}
-			}
+	// Without a TTL there is no watcher: its channels stay nil and never fire.
+	var doneCh <-chan error
+	var renewCh <-chan *api.RenewOutput
+	if s.Auth.LeaseDuration > 0 {
+		w, err := c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: s, RenewBehavior: api.RenewBehaviorIgnoreErrors})
+		if err != nil {
+			c.log.Error().Str("error_type", fmt.Sprintf("%T", err)).Msg("cannot watch the Vault token's lifetime; logging in again")
+			return true
 		}
+		go w.Start()
+		defer w.Stop()
+		doneCh, renewCh = w.DoneCh(), w.RenewCh()
 	}
-	w, err := c.api.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: s, RenewBehavior: api.RenewBehaviorIgnoreErrors})
-	if err != nil {
-		c.log.Error().Str("error_type", fmt.Sprintf("%T", err)).Msg("cannot watch the Vault token's lifetime; logging in again")
-		return true
-	}
-	go w.Start()
-	defer w.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -331,14 +325,14 @@ func (c *Client) watch(ctx context.Context, s *api.Secret) (ended bool) {
 			if c.current() != s {
 				return false
 			}
-		case err := <-w.DoneCh():
+		case err := <-doneCh:
 			ev := c.log.Info()
 			if err != nil {
 				ev = c.log.Warn().Err(classify(err, c.addr, op{doing: "renewing its token", path: "auth/token/renew-self", capability: "update"}))
 			}
 			ev.Msg("Vault token renewal ended (max TTL reached or not renewable); logging in again")
 			return true
-		case r := <-w.RenewCh():
+		case r := <-renewCh:
 			ttl := 0
 			if r.Secret != nil && r.Secret.Auth != nil {
 				ttl = r.Secret.Auth.LeaseDuration
