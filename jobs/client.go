@@ -66,6 +66,11 @@ func (c *Client) Enqueue(ctx context.Context, call *Call) (*jetstream.PubAck, er
 	if err != nil {
 		return nil, err
 	}
+	return c.publish(ctx, call, data)
+}
+
+// publish stores a prepared call in MTLSRELAY_CALLS.
+func (c *Client) publish(ctx context.Context, call *Call, data []byte) (*jetstream.PubAck, error) {
 	msg := nats.NewMsg(c.subj.Calls(call.Connection))
 	msg.Data = data
 	msg.Header.Set(HeaderMsgID, call.ID)
@@ -76,7 +81,8 @@ func (c *Client) Enqueue(ctx context.Context, call *Call) (*jetstream.PubAck, er
 // ends. When the wait ends without a live result and the reply subject is
 // kept in MTLSRELAY_RESULTS, the stored result is returned if there is one.
 func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
-	if _, err := c.prepare(call); err != nil {
+	data, err := c.prepare(call)
+	if err != nil {
 		return nil, err
 	}
 	sub, err := c.nc.SubscribeSync(call.ReplyTo)
@@ -84,7 +90,7 @@ func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
 		return nil, err
 	}
 	defer sub.Unsubscribe()
-	if _, err := c.Enqueue(ctx, call); err != nil {
+	if _, err := c.publish(ctx, call, data); err != nil {
 		return nil, err
 	}
 	msg, err := sub.NextMsgWithContext(ctx)
