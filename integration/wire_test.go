@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -79,6 +80,49 @@ func TestWireContractPlainNATS(t *testing.T) {
 		if m.Headers().Get("Mtlsrelay-Call-Id") != "wire-1" {
 			t.Errorf("stored result header Mtlsrelay-Call-Id = %q", m.Headers().Get("Mtlsrelay-Call-Id"))
 		}
+	})
+
+	t.Run("ok/durable-call-result-on-a-core-subject-outside-the-results-stream", func(t *testing.T) {
+		// A flow may reply_to any subject it subscribes to, such as its own
+		// inbox. No stream acknowledges such a publish; the subscriber gets
+		// the result once, at once, and the call is acknowledged.
+		reply := env.nc.NewRespInbox()
+		sub, err := env.nc.SubscribeSync(reply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		msg := nats.NewMsg("mtlsrelay.calls.partner")
+		msg.Header.Set("Nats-Msg-Id", "wire-inbox-1")
+		msg.Data = []byte(`{"id":"wire-inbox-1","path":"echo","reply_to":"` + reply + `"}`)
+		if _, err := env.js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r map[string]any
+		if err := json.Unmarshal(m.Data, &r); err != nil || r["id"] != "wire-inbox-1" || r["ok"] != true {
+			t.Fatalf("result on the inbox: %s (%v)", m.Data, err)
+		}
+		if extra, err := sub.NextMsg(6 * time.Second); err == nil {
+			t.Errorf("a second result was published %s after the call: %s", time.Since(start).Round(time.Millisecond), extra.Data)
+		}
+		cons, err := env.js.Consumer(ctx, "MTLSRELAY_CALLS", "workers")
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.NumAckPending != 0 || info.NumPending != 0 {
+				return fmt.Errorf("consumer still holds calls: %d awaiting ack, %d pending", info.NumAckPending, info.NumPending)
+			}
+			return nil
+		})
 	})
 
 	t.Run("ok/direct-call-over-core-request", func(t *testing.T) {

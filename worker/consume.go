@@ -312,9 +312,12 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 }
 
 // publishResult publishes res to the call's reply_to with Nats-Msg-Id set to
-// the call id. It waits for JetStream's ack when a stream keeps the subject;
-// a subject no stream keeps is delivered to its core subscribers by the same
-// publish.
+// the call id. A subject MTLSRELAY_RESULTS keeps is published through
+// JetStream, waiting for its ack. Any other subject (a flow's inbox) gets a
+// core publish: no stream of ours acks it, and a subscriber would take the
+// publish's reply subject and never answer. It leaves on the connection the
+// call's ack follows, so NATS has the result before it sees the ack; a
+// flow's own stream on that subject still stores it.
 func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) error {
 	data, err := jobs.EncodeResult(res)
 	if err != nil {
@@ -325,6 +328,9 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 	msg.Header.Set(jobs.HeaderMsgID, call.ID)
 	msg.Header.Set(jobs.HeaderCallID, call.ID)
 	w.injectTrace(ctx, msg.Header, in)
+	if !w.subj.IsResult(call.ReplyTo) {
+		return w.nc.PublishMsg(msg)
+	}
 	var lastErr error
 	for i := range 5 {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
