@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +12,7 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	o := bench.DefaultOptions()
-	var cpuProfile string
+	var cpuProfile, memProfile string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
@@ -32,6 +34,11 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 				o.CPUProfile = f
 			}
 			_, err := bench.Run(cmd.Context(), o, os.Stdout)
+			if memProfile != "" {
+				if perr := writeAllocsProfile(memProfile); perr != nil {
+					return errors.Join(err, perr)
+				}
+			}
 			return err
 		},
 	}
@@ -51,5 +58,20 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the relay's measured phase to this file")
+	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the whole run to this file (with --inflight, the relay alone)")
 	return cmd
+}
+
+// writeAllocsProfile writes the allocations made since the process started
+// (pprof "allocs": go tool pprof -sample_index=alloc_objects).
+func writeAllocsProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
