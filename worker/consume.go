@@ -236,16 +236,51 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	return st.Attempts + 1, false
 }
 
-// complete publishes the final result of call, records a non-idempotent
-// call as done, dead-letters a failure, and acknowledges the message.
+// complete publishes the final result of call and, once it is safely
+// published, finishes the call. A result kept in MTLSRELAY_RESULTS goes
+// through the result window: the goroutine is free for the next call while
+// JetStream acknowledges it, and the call is acknowledged after that. Any
+// other reply subject gets a core publish (see publishResult).
 func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
+	w.annotateFinished(ctx, call.Connection, res)
+	out, err := w.resultMsg(ctx, call, res, msg.Headers())
+	if err != nil || !w.subj.IsResult(call.ReplyTo) {
+		if err == nil {
+			err = w.nc.PublishMsg(out)
+		}
+		w.finish(ctx, msg, call, res, err)
+		return
+	}
+	w.inflight.Add(1)
+	w.results.publish(out, func(err error) {
+		if err == nil && call.IsIdempotent() && res.Error == nil {
+			// Nothing left that waits on NATS: finish on the ack's goroutine.
+			w.finish(ctx, msg, call, res, nil)
+			w.inflight.Done()
+			return
+		}
+		go func() {
+			defer w.inflight.Done()
+			if err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("result not acknowledged; publishing it again")
+				err = w.publishJetStream(ctx, out)
+			}
+			w.finish(ctx, msg, call, res, err)
+		}()
+	})
+}
+
+// finish ends a call whose result was published (err nil): metrics, the
+// call recorded as done, a dead letter for a failure, the ack. When the
+// result could not be published (err), the call is handed back instead.
+func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, err error) {
 	log := zerolog.Ctx(ctx)
-	if err := w.publishResult(ctx, call, res, msg.Headers()); err != nil {
+	if err != nil {
 		log.Error().Err(err).Msg("could not publish the result; the call will be redelivered")
 		_ = msg.NakWithDelay(w.retry.backoff(1))
 		return
 	}
-	w.callFinished(ctx, call.Connection, res)
+	w.metrics.finished(w.connLabel(call.Connection), res)
 	if !call.IsIdempotent() {
 		if err := w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
 			log.Warn().Err(err).Msg("could not record the call as done")
@@ -311,29 +346,45 @@ func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
 	}
 }
 
-// publishResult publishes res to the call's reply_to with Nats-Msg-Id set to
-// the call id. A subject MTLSRELAY_RESULTS keeps is published through
+// publishResult publishes res to the call's reply_to and waits until it is
+// safely published. A subject MTLSRELAY_RESULTS keeps is published through
 // JetStream, waiting for its ack. Any other subject (a flow's inbox) gets a
 // core publish: no stream of ours acks it, and a subscriber would take the
 // publish's reply subject and never answer. It leaves on the connection the
 // call's ack follows, so NATS has the result before it sees the ack; a
 // flow's own stream on that subject still stores it.
 func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) error {
-	data, err := jobs.EncodeResult(res)
+	msg, err := w.resultMsg(ctx, call, res, in)
 	if err != nil {
 		return err
+	}
+	if !w.subj.IsResult(call.ReplyTo) {
+		return w.nc.PublishMsg(msg)
+	}
+	return w.publishJetStream(ctx, msg)
+}
+
+// resultMsg is the message carrying res to the call's reply_to, with
+// Nats-Msg-Id set to the call id and the trace context of in.
+func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) (*nats.Msg, error) {
+	data, err := jobs.EncodeResult(res)
+	if err != nil {
+		return nil, err
 	}
 	msg := nats.NewMsg(call.ReplyTo)
 	msg.Data = data
 	msg.Header.Set(jobs.HeaderMsgID, call.ID)
 	msg.Header.Set(jobs.HeaderCallID, call.ID)
 	w.injectTrace(ctx, msg.Header, in)
-	if !w.subj.IsResult(call.ReplyTo) {
-		return w.nc.PublishMsg(msg)
-	}
+	return msg, nil
+}
+
+// publishJetStream publishes msg and waits for JetStream's ack, trying a
+// few times.
+func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg) error {
 	var lastErr error
 	for i := range 5 {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		pctx, cancel := context.WithTimeout(ctx, resultTimeout)
 		_, err := w.js.PublishMsg(pctx, msg)
 		cancel()
 		if err == nil || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {

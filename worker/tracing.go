@@ -138,6 +138,11 @@ func (w *Worker) injectTrace(ctx context.Context, out, in nats.Header) {
 // the call's span.
 func (w *Worker) callFinished(ctx context.Context, connection string, res *jobs.Result) {
 	w.metrics.finished(w.connLabel(connection), res)
+	w.annotateFinished(ctx, connection, res)
+}
+
+// annotateFinished records a call's final result on its span.
+func (w *Worker) annotateFinished(ctx context.Context, connection string, res *jobs.Result) {
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
 		return

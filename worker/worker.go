@@ -33,6 +33,7 @@ type Worker struct {
 	slots    *semaphore.Weighted
 	limits   limitSet
 	state    *stateStore
+	results  *resultWindow
 
 	// callCtx is the parent of every call's context: canceled only when the
 	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
@@ -89,6 +90,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	w.log = w.log.With().Str("worker", cfg.Worker.Name).Logger()
 	if w.resolver == nil {
 		w.resolver = secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
+	}
+	if w.results, err = newResultWindow(nc, max(cfg.Worker.Concurrency, 64)); err != nil {
+		return nil, err
 	}
 	w.exec = NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
 	w.catalog.store(&Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
