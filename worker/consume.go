@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -119,10 +118,11 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	queued := time.Since(meta.Timestamp)
 	call, derr := jobs.DecodeCall(msg.Data(), w.subj.ConnectionOf(msg.Subject()))
-	log := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("delivery", meta.NumDelivered).Logger()
+	lc := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("delivery", meta.NumDelivered)
 	if call != nil {
-		log = log.With().Str("call_id", call.ID).Str("connection", call.Connection).Logger()
+		lc = lc.Str("call_id", call.ID).Str("connection", call.Connection)
 	}
+	log := lc.Logger()
 	ctx := log.WithContext(w.callCtx)
 	w.metrics.inflight.Add(1)
 	defer w.metrics.inflight.Add(-1)
@@ -157,11 +157,11 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		}
 	}
 
-	stopKeepAlive := w.keepAlive(msg)
+	w.held.add(msg)
 	actx, cancel := context.WithCancel(ctx)
 	ao := w.attempt(actx, call, attemptNo, queued, attemptOptions{beforeSend: beforeSend})
 	cancel()
-	stopKeepAlive()
+	w.held.remove(msg)
 
 	if ao.handback > 0 {
 		// No attempt was made: record that, so the redelivery does not
@@ -319,31 +319,6 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	}
 	w.deadLetter(ctx, msg, id, conn, jerr)
 	_ = msg.TermWithReason(string(jerr.Code))
-}
-
-// keepAlive tells JetStream the call is still being worked on every third of
-// AckWait, so a long call is not redelivered to another worker.
-func (w *Worker) keepAlive(msg jetstream.Msg) (stop func()) {
-	every := w.ackWait / 3
-	var t *time.Timer
-	var mu sync.Mutex
-	stopped := false
-	mu.Lock()
-	t = time.AfterFunc(every, func() {
-		_ = msg.InProgress()
-		mu.Lock()
-		defer mu.Unlock()
-		if !stopped {
-			t.Reset(every)
-		}
-	})
-	mu.Unlock()
-	return func() {
-		mu.Lock()
-		stopped = true
-		mu.Unlock()
-		t.Stop()
-	}
 }
 
 // publishResult publishes res to the call's reply_to and waits until it is

@@ -34,6 +34,7 @@ type Worker struct {
 	limits   limitSet
 	state    *stateStore
 	results  *resultWindow
+	held     *heldCalls
 
 	// callCtx is the parent of every call's context: canceled only when the
 	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
@@ -98,6 +99,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	w.catalog.store(&Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
+	w.held = newHeldCalls()
 	return w, nil
 }
 
@@ -128,6 +130,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.ready.Store(true)
 	stopObservability := w.startObservability(ctx, cons)
+	// Until the calls in flight end, after the shutdown grace at the latest.
+	go w.held.keepAlive(w.callCtx, w.ackWait/3)
 	w.log.Info().Int("concurrency", w.cfg.Worker.Concurrency).Str("stream", jobs.StreamCalls).
 		Str("consumer", jobs.ConsumerWorkers).Msg("worker ready")
 
