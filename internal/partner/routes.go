@@ -131,6 +131,9 @@ func (s *Server) slow(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "slow\n")
 }
 
+// chunk is what /bytes writes, over and over: never written to.
+var chunk = []byte(strings.Repeat("x", 4096))
+
 func (s *Server) bytes(w http.ResponseWriter, r *http.Request) {
 	n, err := strconv.Atoi(r.URL.Query().Get("n"))
 	if err != nil || n < 0 || n > 1<<30 {
@@ -143,7 +146,6 @@ func (s *Server) bytes(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
 	w.WriteHeader(http.StatusOK)
-	chunk := []byte(strings.Repeat("x", 4096))
 	for n > 0 {
 		k := min(n, len(chunk))
 		if _, err := w.Write(chunk[:k]); err != nil {
