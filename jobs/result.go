@@ -4,6 +4,7 @@ import (
 	json "github.com/goccy/go-json"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Result is the one final outcome of a call, published to its reply_to.
@@ -72,9 +73,10 @@ type ClientCert struct {
 }
 
 // SetBody stores b as Body when it is valid UTF-8, else as BodyBase64.
+// Either way r keeps b without copying it: b must not change afterwards.
 func (r *Result) SetBody(b []byte) {
 	if utf8.Valid(b) {
-		r.Body, r.BodyBase64 = string(b), nil
+		r.Body, r.BodyBase64 = unsafe.String(unsafe.SliceData(b), len(b)), nil
 		return
 	}
 	r.Body, r.BodyBase64 = "", b

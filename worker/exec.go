@@ -163,7 +163,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		tr.recordTiming(res)
 		return finish(tooLarge(call, target.Host, resp.ContentLength, limit))
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	body, err := readBody(resp.Body, resp.ContentLength, limit)
 	tr.recordTiming(res)
 	if err != nil {
 		return finish(classify(err))
@@ -177,6 +177,19 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	}
 	res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300 && res.SOAPFault == nil
 	return finish(nil)
+}
+
+// readBody reads at most limit+1 bytes of body. When the partner announced
+// the length, the body is read into one buffer of exactly that size, not
+// grown by doubling as io.ReadAll does; net/http ends the body there (a
+// partner sending more is an error of the transport).
+func readBody(body io.Reader, contentLength, limit int64) ([]byte, error) {
+	if contentLength < 0 || contentLength > limit {
+		return io.ReadAll(io.LimitReader(body, limit+1))
+	}
+	b := make([]byte, contentLength)
+	n, err := io.ReadFull(body, b)
+	return b[:n], err
 }
 
 func tooLarge(call *jobs.Call, host string, size, limit int64) *jobs.Error {
