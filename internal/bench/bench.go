@@ -90,8 +90,10 @@ type Options struct {
 	// JSON writes the report as one JSON object instead of a table.
 	JSON bool
 	// CPUProfile, when set, receives a CPU profile (pprof format) of the
-	// relay's measured closed-loop phase.
-	CPUProfile io.Writer
+	// relay's measured closed-loop phase; DirectCPUProfile one of the
+	// direct path's. Samples carry the label "part" (see withPart).
+	CPUProfile       io.Writer
+	DirectCPUProfile io.Writer
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
@@ -336,7 +338,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		}
 	} else {
 		progress("direct, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, nil); err != nil {
+		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, o.DirectCPUProfile); err != nil {
 			return nil, err
 		}
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)

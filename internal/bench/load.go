@@ -83,13 +83,15 @@ func closedLoop(ctx context.Context, p *partner.Server, name string, c caller, i
 	var wg sync.WaitGroup
 	for range inflight {
 		wg.Go(func() {
-			for state.Load() != stopped && ctx.Err() == nil {
-				start := time.Now()
-				st, err := c.call(ctx)
-				if state.Load() == measuring {
-					rec.add(time.Since(start), st, err)
+			withPart(partOf(name), func() {
+				for state.Load() != stopped && ctx.Err() == nil {
+					start := time.Now()
+					st, err := c.call(ctx)
+					if state.Load() == measuring {
+						rec.add(time.Since(start), st, err)
+					}
 				}
-			}
+			})
 		})
 	}
 	abort := func(err error) (*Phase, error) {
@@ -169,10 +171,12 @@ func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, ra
 		outstanding.Add(1)
 		wg.Go(func() {
 			defer outstanding.Add(-1)
-			st, err := c.call(ctx)
-			if measured {
-				rec.add(time.Since(due), st, err)
-			}
+			withPart(partOf(name), func() {
+				st, err := c.call(ctx)
+				if measured {
+					rec.add(time.Since(due), st, err)
+				}
+			})
 		})
 	}
 	if err := sleepCtx(ctx, time.Until(end)); err != nil {

@@ -72,7 +72,10 @@ func startRig(ctx context.Context, o Options) (r *rig, err error) {
 		}
 		r.ownDir = true
 	}
-	if r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"}); err != nil {
+	withPart(partNATS, func() {
+		r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"})
+	})
+	if err != nil {
 		return r, err
 	}
 
@@ -95,7 +98,8 @@ connections:
 			return r, fmt.Errorf("bench worker config: %w", err)
 		}
 		cfg.Profiles = map[string]secrets.Profile{benchProfile: profile}
-		if err := r.startWorker(cfg); err != nil {
+		withPart(partWorker, func() { err = r.startWorker(cfg) })
+		if err != nil {
 			return r, err
 		}
 	}
@@ -103,17 +107,9 @@ connections:
 		return r, err
 	}
 
-	if r.flowNC, err = nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench flow")); err != nil {
-		return r, fmt.Errorf("connect the bench flow to NATS: %w", err)
-	}
-	client, err := jobs.NewClient(r.flowNC)
+	withPart(partFlow, func() { err = r.connectFlow(o) })
 	if err != nil {
 		return r, err
-	}
-	runID := hex.EncodeToString(randomBytes(4))
-	r.relay = newRelayCaller(client, o, runID)
-	if r.results, err = r.flowNC.Subscribe(r.relay.replyPrefix+">", r.relay.deliver); err != nil {
-		return r, fmt.Errorf("subscribe to results: %w", err)
 	}
 	// Calls in flight bound what can be pending; never drop a result.
 	if err := r.results.SetPendingLimits(-1, -1); err != nil {
@@ -128,6 +124,24 @@ connections:
 	}
 	r.direct = newDirectCaller(r.partner.URL(), mat, o)
 	return r, nil
+}
+
+// connectFlow connects the flow to NATS and subscribes to its results.
+func (r *rig) connectFlow(o Options) error {
+	var err error
+	if r.flowNC, err = nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench flow")); err != nil {
+		return fmt.Errorf("connect the bench flow to NATS: %w", err)
+	}
+	client, err := jobs.NewClient(r.flowNC)
+	if err != nil {
+		return err
+	}
+	runID := hex.EncodeToString(randomBytes(4))
+	r.relay = newRelayCaller(client, o, runID)
+	if r.results, err = r.flowNC.Subscribe(r.relay.replyPrefix+">", r.relay.deliver); err != nil {
+		return fmt.Errorf("subscribe to results: %w", err)
+	}
+	return nil
 }
 
 // writePKI makes a CA, the partner's server certificate and a client
@@ -158,7 +172,10 @@ func (r *rig) writePKI(o Options) (secrets.Profile, error) {
 	if err := os.WriteFile(truststore, ca.CertPEM(), 0o644); err != nil {
 		return secrets.Profile{}, err
 	}
-	if r.partner, err = partner.Start(partner.Options{Certificate: srvLeaf.TLSCertificate(), ClientCAs: ca.Pool(), DisableHTTP2: o.HTTP1}); err != nil {
+	withPart(partPartner, func() {
+		r.partner, err = partner.Start(partner.Options{Certificate: srvLeaf.TLSCertificate(), ClientCAs: ca.Pool(), DisableHTTP2: o.HTTP1})
+	})
+	if err != nil {
 		return secrets.Profile{}, err
 	}
 	return secrets.Profile{
@@ -218,12 +235,14 @@ func (r *rig) waitReady(ctx context.Context) error {
 }
 
 // protocol makes one direct request to learn the negotiated HTTP version.
-func (r *rig) protocol(ctx context.Context) (string, error) {
+// Its connection is the direct client's.
+func (r *rig) protocol(ctx context.Context) (proto string, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.partner.URL()+"/bytes?n=0", nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := r.direct.client.Do(req)
+	var resp *http.Response
+	withPart(partDirect, func() { resp, err = r.direct.client.Do(req) })
 	if err != nil {
 		return "", fmt.Errorf("probe the partner directly: %w", err)
 	}

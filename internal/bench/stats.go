@@ -3,8 +3,10 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -183,4 +185,31 @@ func loadAverage() float64 {
 	}
 	v, _ := strconv.ParseFloat(string(fields[0]), 64)
 	return v
+}
+
+// Parts of the process that a CPU profile of a run tells apart, as the pprof
+// label "part": `go tool pprof -tags` gives each part's share. Goroutines
+// inherit the label of the goroutine that starts them, so the NATS server's
+// connection and stream goroutines, the partner's handlers and the HTTP
+// client connections each land in their part; the runtime's own work
+// (garbage collection) carries none.
+const (
+	partNATS    = "nats-server"
+	partPartner = "partner"
+	partWorker  = "worker"
+	partFlow    = "flow"
+	partDirect  = "direct-client"
+)
+
+// withPart runs f with the goroutine labelled part.
+func withPart(part string, f func()) {
+	pprof.Do(context.Background(), pprof.Labels("part", part), func(context.Context) { f() })
+}
+
+// partOf is the part a phase's load goroutines belong to.
+func partOf(path string) string {
+	if path == "direct" {
+		return partDirect
+	}
+	return partFlow
 }
