@@ -5,6 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -139,5 +143,44 @@ func checkPhase(t *testing.T, ph *bench.Phase) {
 	}
 	if ph.PartnerRequests <= 0 || ph.AllocsPerCall <= 0 || ph.BytesPerCall <= 0 {
 		t.Errorf("%s: partner requests %d, allocs/call %v, bytes/call %v", name, ph.PartnerRequests, ph.AllocsPerCall, ph.BytesPerCall)
+	}
+}
+
+// A relay profile's samples carry the part of the process that did the
+// work, so `go tool pprof -tags` splits it (see BENCHMARKS.md).
+func TestRunProfileLabelsParts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "relay.pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bench.Run(ctx, bench.Options{
+		Inflight:   16,
+		Duration:   time.Second,
+		Warmup:     100 * time.Millisecond,
+		Dir:        t.TempDir(),
+		CPUProfile: f,
+	}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "tool", "pprof", "-tags", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go tool pprof -tags: %v\n%s", err, out)
+	}
+	// The "part:" block lists each value with its share: "1.2s (40%): worker".
+	_, block, found := strings.Cut(string(out), "part:")
+	if !found {
+		t.Fatalf("no part label in the profile:\n%s", out)
+	}
+	block, _, _ = strings.Cut(block, "\n\n")
+	for _, part := range []string{"worker", "flow", "partner", "nats-server"} {
+		if !strings.Contains(block, "): "+part+"\n") && !strings.HasSuffix(block, "): "+part) {
+			t.Errorf("no samples labelled part=%s:\n%s", part, block)
+		}
 	}
 }
