@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"io"
 	"os"
 	"runtime/pprof"
 
@@ -13,7 +12,7 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	o := bench.DefaultOptions()
-	var cpuProfile, directCPUProfile, memProfile string
+	var cpuProfile, memProfile string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
@@ -26,19 +25,13 @@ at half the relay's peak rate, TLS handshakes, allocations and peak RSS.
 with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			for _, p := range []struct {
-				path string
-				w    *io.Writer
-			}{{cpuProfile, &o.CPUProfile}, {directCPUProfile, &o.DirectCPUProfile}} {
-				if p.path == "" {
-					continue
-				}
-				f, err := os.Create(p.path)
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
 				if err != nil {
 					return err
 				}
 				defer f.Close()
-				*p.w = f
+				o.CPUProfile = f
 			}
 			_, err := bench.Run(cmd.Context(), o, os.Stdout)
 			if memProfile != "" {
@@ -65,7 +58,7 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the relay's measured closed-loop phase to this file (go tool pprof -tags shows each part's share)")
-	f.StringVar(&directCPUProfile, "direct-cpuprofile", "", "write a CPU profile of the direct path's measured closed-loop phase to this file")
+	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of every measured phase to this folder: direct-closed.pprof, relay-closed.pprof, direct-paced.pprof, relay-paced.pprof")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the whole run to this file (with --inflight, the relay alone)")
 	return cmd
 }

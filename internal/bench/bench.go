@@ -32,6 +32,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"time"
 )
@@ -90,10 +92,13 @@ type Options struct {
 	// JSON writes the report as one JSON object instead of a table.
 	JSON bool
 	// CPUProfile, when set, receives a CPU profile (pprof format) of the
-	// relay's measured closed-loop phase; DirectCPUProfile one of the
-	// direct path's. Samples carry the label "part" (see withPart).
-	CPUProfile       io.Writer
-	DirectCPUProfile io.Writer
+	// relay's measured closed-loop phase. Samples carry the label "part"
+	// (see withPart).
+	CPUProfile io.Writer
+	// ProfileDir, when set, receives a CPU profile of every measured phase:
+	// direct-closed.pprof, relay-closed.pprof, direct-paced.pprof and
+	// relay-paced.pprof. It cannot be combined with CPUProfile.
+	ProfileDir string
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
@@ -146,6 +151,9 @@ func (o Options) validate() error {
 	}
 	if o.Workers > 64 {
 		errs = append(errs, fmt.Errorf("at most 64 workers in one process, not %d", o.Workers))
+	}
+	if o.CPUProfile != nil && o.ProfileDir != "" {
+		errs = append(errs, errors.New("a CPU profile of the relay's closed loop, or a folder of profiles of every phase: not both"))
 	}
 	if o.inflight() > 100000 {
 		errs = append(errs, fmt.Errorf("at most 100000 calls in flight, not %d", o.inflight()))
@@ -304,6 +312,8 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			fmt.Fprintf(out, format+"\n", args...)
 		}
 	}
+	prof := &profiles{relayClosed: o.CPUProfile, dir: o.ProfileDir}
+	defer prof.close()
 	loadStart := loadAverage()
 	r, err := startRig(ctx, o)
 	if err != nil {
@@ -330,7 +340,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	if o.Inflight > 0 {
 		rep.Setup.Mode = "memory-bound"
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Inflight, o.Warmup, o.Duration)
-		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Inflight, o.Warmup, o.Duration, o.CPUProfile); err != nil {
+		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Inflight, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 			return nil, err
 		}
 		if err := needCalls(rep.Relay); err != nil {
@@ -338,11 +348,11 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		}
 	} else {
 		progress("direct, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, o.DirectCPUProfile); err != nil {
+		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, prof.writer("direct", "closed")); err != nil {
 			return nil, err
 		}
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, o.CPUProfile); err != nil {
+		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 			return nil, err
 		}
 		if err := errors.Join(needCalls(rep.Direct), needCalls(rep.Relay)); err != nil {
@@ -357,11 +367,11 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		// A short warm-up at the paced rate lets the pools settle to it.
 		pacedWarmup := min(o.Warmup, time.Second)
 		progress("direct, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-		if rep.PacedDirect, err = pacedLoop(ctx, r.partner, "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration); err != nil {
+		if rep.PacedDirect, err = pacedLoop(ctx, r.partner, "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("direct", "paced")); err != nil {
 			return nil, err
 		}
 		progress("relay, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-		if rep.PacedRelay, err = pacedLoop(ctx, r.partner, "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration); err != nil {
+		if rep.PacedRelay, err = pacedLoop(ctx, r.partner, "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("relay", "paced")); err != nil {
 			return nil, err
 		}
 		rep.AddedP50MS = rep.PacedRelay.P50MS - rep.PacedDirect.P50MS
@@ -381,6 +391,9 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	rep.DuplicateResults = r.relay.duplicates.Load()
 	rep.Setup.LoadAverage[1] = loadAverage()
 
+	if err := prof.close(); err != nil {
+		return rep, fmt.Errorf("CPU profiles: %w", err)
+	}
 	if o.JSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -403,4 +416,41 @@ func needCalls(ph *Phase) error {
 		return nil
 	}
 	return fmt.Errorf("%s: no call succeeded in %.1fs (%d failed; first: %s)", ph.Name, ph.Seconds, ph.Errors, ph.FirstError)
+}
+
+// profiles hands each measured phase the writer for its CPU profile: the
+// relay's closed loop to Options.CPUProfile, or every phase to a file in
+// Options.ProfileDir.
+type profiles struct {
+	relayClosed io.Writer
+	dir         string
+	files       []*os.File
+	err         error
+}
+
+// writer returns where the phase's profile goes, nil for none.
+func (p *profiles) writer(path, loop string) io.Writer {
+	if p.dir == "" {
+		if path == "relay" && loop == "closed" && p.relayClosed != nil {
+			return p.relayClosed
+		}
+		return nil
+	}
+	f, err := os.Create(filepath.Join(p.dir, path+"-"+loop+".pprof"))
+	if err != nil {
+		p.err = errors.Join(p.err, err)
+		return nil
+	}
+	p.files = append(p.files, f)
+	return f
+}
+
+// close closes the profile files and reports the first failure to make or
+// write one.
+func (p *profiles) close() error {
+	for _, f := range p.files {
+		p.err = errors.Join(p.err, f.Close())
+	}
+	p.files = nil
+	return p.err
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -23,8 +22,9 @@ import (
 func TestRunSideBySideReport(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var out bytes.Buffer
+	var out, prof bytes.Buffer
 	rep, err := bench.Run(ctx, bench.Options{
+		CPUProfile:    &prof,
 		Concurrency:   4,
 		Workers:       2,
 		Duration:      250 * time.Millisecond,
@@ -68,6 +68,9 @@ func TestRunSideBySideReport(t *testing.T) {
 	}
 	if runtime.GOOS == "linux" && rep.PeakRSSMiB <= 0 {
 		t.Errorf("peak RSS = %v", rep.PeakRSSMiB)
+	}
+	if prof.Len() == 0 {
+		t.Error("no CPU profile of the relay's closed loop was written")
 	}
 }
 
@@ -146,41 +149,51 @@ func checkPhase(t *testing.T, ph *bench.Phase) {
 	}
 }
 
-// A relay profile's samples carry the part of the process that did the
-// work, so `go tool pprof -tags` splits it (see BENCHMARKS.md).
-func TestRunProfileLabelsParts(t *testing.T) {
+// Every measured phase writes a CPU profile to ProfileDir, and its samples
+// carry the part of the process that did the work, so `go tool pprof -tags`
+// splits it (see BENCHMARKS.md).
+func TestRunProfilesLabelParts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	path := filepath.Join(t.TempDir(), "relay.pprof")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
 	if _, err := bench.Run(ctx, bench.Options{
-		Inflight:   16,
-		Duration:   time.Second,
-		Warmup:     100 * time.Millisecond,
-		Dir:        t.TempDir(),
-		CPUProfile: f,
+		Concurrency: 16,
+		Duration:    time.Second,
+		Warmup:      100 * time.Millisecond,
+		Dir:         t.TempDir(),
+		ProfileDir:  dir,
 	}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("go", "tool", "pprof", "-tags", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go tool pprof -tags: %v\n%s", err, out)
-	}
-	// The "part:" block lists each value with its share: "1.2s (40%): worker".
-	_, block, found := strings.Cut(string(out), "part:")
-	if !found {
-		t.Fatalf("no part label in the profile:\n%s", out)
-	}
-	block, _, _ = strings.Cut(block, "\n\n")
-	for _, part := range []string{"worker", "flow", "partner", "nats-server"} {
-		if !strings.Contains(block, "): "+part+"\n") && !strings.HasSuffix(block, "): "+part) {
-			t.Errorf("no samples labelled part=%s:\n%s", part, block)
+	for profile, parts := range map[string][]string{
+		"relay-closed.pprof":  {"worker", "flow", "partner", "nats-server"},
+		"relay-paced.pprof":   {"worker", "flow", "partner", "nats-server"},
+		"direct-closed.pprof": {"direct-client", "partner"},
+		"direct-paced.pprof":  {"direct-client", "partner"},
+	} {
+		out, err := exec.Command("go", "tool", "pprof", "-tags", filepath.Join(dir, profile)).CombinedOutput()
+		if err != nil {
+			t.Errorf("go tool pprof -tags %s: %v\n%s", profile, err, out)
+			continue
 		}
+		// The "part:" block lists each value with its share: "1.2s (40%): worker".
+		_, block, found := strings.Cut(string(out), "part:")
+		if !found {
+			t.Errorf("%s: no part label:\n%s", profile, out)
+			continue
+		}
+		block, _, _ = strings.Cut(block, "\n\n")
+		for _, part := range parts {
+			if !strings.Contains(block+"\n", "): "+part+"\n") {
+				t.Errorf("%s: no samples labelled part=%s:\n%s", profile, part, block)
+			}
+		}
+	}
+}
+
+func TestRunRefusesTwoProfileDestinations(t *testing.T) {
+	_, err := bench.Run(context.Background(), bench.Options{CPUProfile: io.Discard, ProfileDir: t.TempDir()}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("Run with CPUProfile and ProfileDir: %v, want a refusal", err)
 	}
 }

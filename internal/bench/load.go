@@ -133,7 +133,7 @@ func closedLoop(ctx context.Context, p *partner.Server, name string, c caller, i
 // behind shows in the percentiles. Calls due in the first warmup are not
 // counted. At most maxOutstanding calls run at once; a call due beyond that
 // is skipped and counted.
-func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, rate float64, maxOutstanding int, warmup, duration time.Duration) (*Phase, error) {
+func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, rate float64, maxOutstanding int, warmup, duration time.Duration, profile io.Writer) (*Phase, error) {
 	rec := &recorder{}
 	interval := time.Duration(float64(time.Second) / rate)
 	if interval <= 0 {
@@ -144,7 +144,14 @@ func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, ra
 		skipped     int64
 		wg          sync.WaitGroup
 		win         *window
+		profiling   bool
+		err         error
 	)
+	defer func() {
+		if profiling {
+			pprof.StopCPUProfile()
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	t0 := time.Now()
@@ -161,6 +168,10 @@ func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, ra
 		measured := !due.Before(measureFrom)
 		if measured && win == nil {
 			win = openWindow(p)
+			if profiling, err = startProfile(profile); err != nil {
+				drain(&wg, cancel)
+				return nil, err
+			}
 		}
 		if outstanding.Load() >= int64(maxOutstanding) {
 			if measured {
@@ -185,10 +196,18 @@ func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, ra
 	}
 	if win == nil {
 		win = openWindow(p)
+		if profiling, err = startProfile(profile); err != nil {
+			drain(&wg, cancel)
+			return nil, err
+		}
 	}
 	// Wait for the measured calls, so the window counts their handshakes
 	// and allocations; the rate is over the nominal duration.
 	drain(&wg, cancel)
+	if profiling {
+		pprof.StopCPUProfile()
+		profiling = false
+	}
 	win.close()
 	ph := newPhase(name, "paced", rec, duration)
 	ph.Skipped = skipped
@@ -246,4 +265,16 @@ func newPhase(name, loop string, rec *recorder, d time.Duration) *Phase {
 	}
 	ph.Stages = rec.stageBreakdown()
 	return ph
+}
+
+// startProfile starts a CPU profile into w, if w is set, and reports
+// whether it did.
+func startProfile(w io.Writer) (bool, error) {
+	if w == nil {
+		return false, nil
+	}
+	if err := pprof.StartCPUProfile(w); err != nil {
+		return false, fmt.Errorf("start the CPU profile: %w", err)
+	}
+	return true, nil
 }
