@@ -250,3 +250,23 @@ func configYAML(t testing.TB, tmpl string, repl ...string) string {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// waitCallsSettled waits until consumer "workers" holds no call: every call
+// stored was delivered and acknowledged (or terminated).
+func waitCallsSettled(ctx context.Context, t testing.TB, js jetstream.JetStream, within time.Duration) {
+	t.Helper()
+	cons, err := js.Consumer(ctx, jobs.StreamCalls, jobs.ConsumerWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, within, 50*time.Millisecond, func() error {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != 0 || info.NumPending != 0 {
+			return fmt.Errorf("consumer %s still holds calls: %d awaiting ack, %d pending", jobs.ConsumerWorkers, info.NumAckPending, info.NumPending)
+		}
+		return nil
+	})
+}

@@ -79,14 +79,5 @@ func TestResultNotStoredCallNotAcked(t *testing.T) {
 		}
 		return nil
 	})
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumAckPending != 0 || info.NumPending != 0 {
-			return fmt.Errorf("call still held: %d awaiting ack, %d pending", info.NumAckPending, info.NumPending)
-		}
-		return nil
-	})
+	waitCallsSettled(ctx, t, env.js, 10*time.Second)
 }

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -109,20 +108,7 @@ func TestWireContractPlainNATS(t *testing.T) {
 		if extra, err := sub.NextMsg(6 * time.Second); err == nil {
 			t.Errorf("a second result was published %s after the call: %s", time.Since(start).Round(time.Millisecond), extra.Data)
 		}
-		cons, err := env.js.Consumer(ctx, "MTLSRELAY_CALLS", "workers")
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if info.NumAckPending != 0 || info.NumPending != 0 {
-				return fmt.Errorf("consumer still holds calls: %d awaiting ack, %d pending", info.NumAckPending, info.NumPending)
-			}
-			return nil
-		})
+		waitCallsSettled(ctx, t, env.js, 5*time.Second)
 	})
 
 	t.Run("ok/direct-call-over-core-request", func(t *testing.T) {
