@@ -179,17 +179,36 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	return finish(nil)
 }
 
-// readBody reads at most limit+1 bytes of body. When the partner announced
-// the length, the body is read into one buffer of exactly that size, not
-// grown by doubling as io.ReadAll does; net/http ends the body there (a
-// partner sending more is an error of the transport).
+// readBody reads at most limit+1 bytes of body, to its end. When the
+// partner announced the length, the body is read into one buffer of exactly
+// that size, not grown by doubling as io.ReadAll does; then on to the end of
+// the stream: closing an HTTP/2 body before its END_STREAM resets the
+// stream, and a server that sees resets while its handlers still run takes
+// them for an attack and closes the connection.
 func readBody(body io.Reader, contentLength, limit int64) ([]byte, error) {
 	if contentLength < 0 || contentLength > limit {
 		return io.ReadAll(io.LimitReader(body, limit+1))
 	}
 	b := make([]byte, contentLength)
-	n, err := io.ReadFull(body, b)
-	return b[:n], err
+	if n, err := io.ReadFull(body, b); err != nil {
+		return b[:n], err
+	}
+	var next [1]byte
+	for {
+		n, err := body.Read(next[:])
+		if n > 0 {
+			// More than announced (net/http refuses that for both
+			// protocols): read on, to the limit.
+			rest, err := io.ReadAll(io.LimitReader(body, limit-contentLength))
+			return append(append(b, next[0]), rest...), err
+		}
+		switch {
+		case err == io.EOF:
+			return b, nil
+		case err != nil:
+			return b, err
+		}
+	}
 }
 
 func tooLarge(call *jobs.Call, host string, size, limit int64) *jobs.Error {
