@@ -32,9 +32,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"time"
 )
 
@@ -85,7 +87,11 @@ type Options struct {
 	// be more than the CPU left over can sustain.
 	PacedRate float64
 	// MaxRSSMiB, when positive, makes Run return an *RSSLimitError (after
-	// writing the report) when the process's peak RSS exceeded it.
+	// writing the report) when the process's peak RSS exceeded it. Unless
+	// the environment sets GOMEMLIMIT, the run also sets Go's memory limit
+	// to 80% of it, as a deployed worker's GOMEMLIMIT follows its
+	// container's memory limit (deploy/k8s): the collector then works
+	// harder rather than let garbage push the process over its budget.
 	MaxRSSMiB float64
 	// CallTimeout bounds one call on either path. Zero means 30s.
 	CallTimeout time.Duration
@@ -223,6 +229,9 @@ type Setup struct {
 	// NumCPU/2, other processes competed for the CPUs and the figures are
 	// noisy. The end includes the run's own load.
 	LoadAverage [2]float64 `json:"load_average"`
+	// MemoryLimitMiB is Go's memory limit during the run (GOMEMLIMIT, or
+	// the one MaxRSSMiB sets), absent when there is none.
+	MemoryLimitMiB float64 `json:"memory_limit_mib,omitempty"`
 }
 
 // Phase is one measured phase of one path.
@@ -312,6 +321,10 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			fmt.Fprintf(out, format+"\n", args...)
 		}
 	}
+	if o.MaxRSSMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		prev := debug.SetMemoryLimit(int64(o.MaxRSSMiB * 0.8 * (1 << 20)))
+		defer debug.SetMemoryLimit(prev)
+	}
 	prof := &profiles{relayClosed: o.CPUProfile, dir: o.ProfileDir}
 	defer prof.close()
 	loadStart := loadAverage()
@@ -333,6 +346,9 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		LoadAverage: [2]float64{loadStart},
 	}}
+	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
+		rep.Setup.MemoryLimitMiB = mib(limit)
+	}
 	if o.Route == RouteBytes {
 		rep.Setup.ResponseBytes = o.ResponseBytes
 	}

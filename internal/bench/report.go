@@ -72,7 +72,11 @@ func writeTable(out io.Writer, rep *Report) {
 			fmt.Fprintf(out, "warning: %s\n", rep.PacedWarning)
 		}
 	}
-	fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB\n", rep.PeakRSSMiB)
+	limit := ""
+	if rep.Setup.MemoryLimitMiB > 0 {
+		limit = fmt.Sprintf(", Go memory limit %.0f MiB", rep.Setup.MemoryLimitMiB)
+	}
+	fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
 	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay} {
 		if ph != nil && ph.FirstError != "" {
 			fmt.Fprintf(out, "first error, %s %s: %s\n", ph.Name, ph.Loop, ph.FirstError)
