@@ -507,13 +507,17 @@ func TestObservabilityMicroDiscovery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fleet, err := worker.FleetStatus(ctx, nc, worker.FleetOptions{Wait: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(fleet.Workers) != 0 || fleet.Consumer == nil || fleet.Consumer.Pending != 2 {
-		t.Fatalf("before workers: %d workers, consumer %+v (%s); want none and 2 pending", len(fleet.Workers), fleet.Consumer, fleet.ConsumerError)
-	}
+	// The consumer counts a stored call a moment after the publish's ack.
+	checkFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		fleet, err := worker.FleetStatus(ctx, nc, worker.FleetOptions{Wait: 200 * time.Millisecond})
+		if err != nil {
+			return err
+		}
+		if len(fleet.Workers) != 0 || fleet.Consumer == nil || fleet.Consumer.Pending != 2 {
+			return errorf("before workers: %d workers, consumer %+v (%s); want none and 2 pending", len(fleet.Workers), fleet.Consumer, fleet.ConsumerError)
+		}
+		return nil
+	})
 
 	wa, _ := startWorker(t, env.natsURL, env.cfg("obs-a"))
 	wb, _ := startWorker(t, env.natsURL, env.cfg("obs-b"))
@@ -565,6 +569,7 @@ func TestObservabilityMicroDiscovery(t *testing.T) {
 		t.Fatalf("slow call: %v %s", err, m.Data)
 	}
 
+	var fleet *worker.Fleet
 	checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
 		f, err := worker.FleetStatus(ctx, nc, worker.FleetOptions{})
 		if err != nil {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -55,10 +56,16 @@ func TestWireContractPlainNATS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stored, err := s.GetLastMsgForSubject(ctx, "mtlsrelay.results.flow-a.wire-1")
-		if err != nil {
-			t.Fatalf("result not kept in MTLSRELAY_RESULTS: %v", err)
-		}
+		// The stream stores the result as the subscriber receives it, not
+		// before: on a busy machine the lookup may come first.
+		var stored *jetstream.RawStreamMsg
+		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+			stored, err = s.GetLastMsgForSubject(ctx, "mtlsrelay.results.flow-a.wire-1")
+			if err != nil {
+				return fmt.Errorf("result not kept in MTLSRELAY_RESULTS: %w", err)
+			}
+			return nil
+		})
 		if string(stored.Data) != string(m.Data) || stored.Header.Get("Nats-Msg-Id") != "wire-1" {
 			t.Errorf("stored result differs from the live one or lacks Nats-Msg-Id")
 		}
