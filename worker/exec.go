@@ -142,6 +142,16 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		return ClassifyError(err, target)
 	}
 
+	first, err := pt.first.wait(ctx)
+	if err != nil {
+		tr.recordTiming(res)
+		return finish(classify(fmt.Errorf("waiting for another call to make the first connection to %s: %w", target.Host, err)))
+	}
+	if first {
+		// Done once the response is read: by then a TLS 1.3 session ticket
+		// has arrived, for the calls that dial next to resume.
+		defer func() { pt.first.done(tr.sent()) }()
+	}
 	req = req.WithContext(withEgress(req.Context(), cd.egress))
 	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn)}
 	resp, err := client.Do(req)

@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -419,6 +421,42 @@ func TestParseRetryAfterStatusesOnly(t *testing.T) {
 			}
 			if out.RetryAfter != want {
 				t.Fatalf("retry after %v, want %v", out.RetryAfter, want)
+			}
+		})
+	}
+}
+
+// A worker that starts with a backlog sends many calls to a partner it has
+// no connection to yet. They must not each dial and make a full TLS
+// handshake: one connection is made, and the others share it (HTTP/2) or
+// resume its session (HTTP/1.1).
+func TestFirstCallsShareOneHandshake(t *testing.T) {
+	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			p := newExecPKI(t)
+			srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
+			x := newExecutor(t)
+			conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+			mat := execMaterial(p, "v1", nil)
+			const calls = 100
+			var wg sync.WaitGroup
+			errs := make(chan string, calls)
+			for i := range calls {
+				wg.Go(func() {
+					call := restCall(t, jobs.Call{ID: "first-" + strconv.Itoa(i), Path: "/echo"})
+					if out := x.Attempt(context.Background(), call, conn, mat); !out.Result.OK {
+						errs <- fmt.Sprintf("call %d: %+v", i, out.Result.Error)
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for e := range errs {
+				t.Error(e)
+			}
+			c := srv.Requests()
+			if full := c.Handshakes - c.Resumed; full != 1 {
+				t.Errorf("%d full TLS handshakes (%d connections, %d resumed) for %d simultaneous first calls; want 1", full, c.Connections, c.Resumed, calls)
 			}
 		})
 	}

@@ -83,6 +83,54 @@ type pooledTransport struct {
 	// retired is set once a newer version took this one's place: calls still
 	// running on it finish, then close the connections they leave idle.
 	retired atomic.Bool
+	first   firstConn
+}
+
+// firstConn lets one call make a transport's first connection while the
+// others wait for it. Until a TLS handshake with the partner has been made,
+// every call would dial its own connection: a worker that starts with a
+// backlog would open one per call, each with a full handshake, where one
+// connection serves them all (HTTP/2) or lets the others resume its
+// session (HTTP/1.1).
+type firstConn struct {
+	made atomic.Bool // a call got a connection: no more waiting
+
+	mu     sync.Mutex
+	making chan struct{} // closed when the call making the connection is done
+}
+
+// wait returns when the caller may use the transport. first means the
+// caller is the one to make the first connection: it must call done. A
+// caller whose ctx ends while it waits gets ctx's error.
+func (f *firstConn) wait(ctx context.Context) (first bool, err error) {
+	for !f.made.Load() {
+		f.mu.Lock()
+		if f.making == nil {
+			f.making = make(chan struct{})
+			f.mu.Unlock()
+			return true, nil
+		}
+		making := f.making
+		f.mu.Unlock()
+		select {
+		case <-making:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	return false, nil
+}
+
+// done ends the first caller's turn; connected says whether it got a
+// connection. If not (the partner is down), the next waiter tries.
+func (f *firstConn) done(connected bool) {
+	f.mu.Lock()
+	if connected {
+		f.made.Store(true)
+	}
+	close(f.making)
+	f.making = nil
+	f.mu.Unlock()
 }
 
 // release is called when an attempt is done with t.
