@@ -142,15 +142,20 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		return ClassifyError(err, target)
 	}
 
-	first, err := pt.first.wait(ctx)
+	endFirst, err := pt.first.wait(ctx)
 	if err != nil {
 		tr.recordTiming(res)
 		return finish(classify(fmt.Errorf("waiting for another call to make the first connection to %s: %w", target.Host, err)))
 	}
-	if first {
-		// Done once the response is read: by then a TLS 1.3 session ticket
-		// has arrived, for the calls that dial next to resume.
-		defer func() { pt.first.done(tr.sent()) }()
+	if endFirst != nil {
+		tr.onConn = func(h2 bool) {
+			if h2 {
+				endFirst(true)
+				return
+			}
+			time.AfterFunc(ticketWait, func() { endFirst(true) })
+		}
+		defer func() { endFirst(tr.sent()) }()
 	}
 	req = req.WithContext(withEgress(req.Context(), cd.egress))
 	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn)}
@@ -329,6 +334,10 @@ type tracer struct {
 	gotConn, reused     bool
 	conn                net.Conn
 	tlsVersion          uint16
+
+	// onConn, when set (before the request starts), is told when the
+	// request got its connection and whether it speaks HTTP/2.
+	onConn func(h2 bool)
 }
 
 func (t *tracer) clientTrace() *httptrace.ClientTrace {
@@ -345,12 +354,20 @@ func (t *tracer) clientTrace() *httptrace.ClientTrace {
 			t.mu.Unlock()
 		},
 		GotConn: func(info httptrace.GotConnInfo) {
+			h2 := false
 			t.mu.Lock()
 			t.gotConn, t.reused, t.conn = true, info.Reused, info.Conn
-			if tc, ok := info.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok && t.tlsVersion == 0 {
-				t.tlsVersion = tc.ConnectionState().Version
+			if tc, ok := info.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
+				cs := tc.ConnectionState()
+				if t.tlsVersion == 0 {
+					t.tlsVersion = cs.Version
+				}
+				h2 = cs.NegotiatedProtocol == "h2"
 			}
 			t.mu.Unlock()
+			if t.onConn != nil {
+				t.onConn(h2)
+			}
 		},
 		GotFirstResponseByte: func() { t.mark(&t.firstByte, false) },
 	}

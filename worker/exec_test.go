@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -457,6 +458,50 @@ func TestFirstCallsShareOneHandshake(t *testing.T) {
 			c := srv.Requests()
 			if full := c.Handshakes - c.Resumed; full != 1 {
 				t.Errorf("%d full TLS handshakes (%d connections, %d resumed) for %d simultaneous first calls; want 1", full, c.Connections, c.Resumed, calls)
+			}
+		})
+	}
+}
+
+// The first call lets the others go as soon as its connection is up, not
+// when its response is in: a slow first call does not hold back the calls
+// behind it.
+func TestSlowFirstCallDoesNotHoldOthers(t *testing.T) {
+	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			p := newExecPKI(t)
+			srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
+			x := newExecutor(t)
+			conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+			mat := execMaterial(p, "v1", nil)
+			var slowDone atomic.Bool
+			slow := make(chan *jobs.Result, 1)
+			go func() {
+				out := x.Attempt(context.Background(), restCall(t, jobs.Call{ID: "slow", Path: "/slow?ms=3000"}), conn, mat)
+				slowDone.Store(true)
+				slow <- out.Result
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for srv.Requests().Routes["/slow"] == 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the slow first call never reached the partner")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			var wg sync.WaitGroup
+			for i := range 5 {
+				wg.Go(func() {
+					if out := x.Attempt(context.Background(), restCall(t, jobs.Call{ID: "quick-" + strconv.Itoa(i), Path: "/echo"}), conn, mat); !out.Result.OK {
+						t.Errorf("quick call %d: %+v", i, out.Result.Error)
+					}
+				})
+			}
+			wg.Wait()
+			if slowDone.Load() {
+				t.Error("the quick calls finished only after the slow first call: they waited for its response")
+			}
+			if r := <-slow; !r.OK {
+				t.Errorf("slow call: %+v", r.Error)
 			}
 		})
 	}

@@ -96,42 +96,53 @@ type firstConn struct {
 	made atomic.Bool // a call got a connection: no more waiting
 
 	mu     sync.Mutex
-	making chan struct{} // closed when the call making the connection is done
+	making chan struct{} // closed when the call making the connection lets the others go
 }
 
-// wait returns when the caller may use the transport. first means the
-// caller is the one to make the first connection: it must call done. A
-// caller whose ctx ends while it waits gets ctx's error.
-func (f *firstConn) wait(ctx context.Context) (first bool, err error) {
+// wait returns when the caller may use the transport. When the caller is
+// the one to make the first connection, it gets end, which lets the others
+// go: end(true) once it has a connection, end(false) if it got none (the
+// partner is down: the next waiter tries). end may be called more than
+// once; the first call counts. A caller whose ctx ends while it waits gets
+// ctx's error.
+func (f *firstConn) wait(ctx context.Context) (end func(connected bool), err error) {
 	for !f.made.Load() {
 		f.mu.Lock()
 		if f.making == nil {
-			f.making = make(chan struct{})
+			turn := make(chan struct{})
+			f.making = turn
 			f.mu.Unlock()
-			return true, nil
+			var once sync.Once
+			return func(connected bool) { once.Do(func() { f.end(turn, connected) }) }, nil
 		}
 		making := f.making
 		f.mu.Unlock()
 		select {
 		case <-making:
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
-	return false, nil
+	return nil, nil
 }
 
-// done ends the first caller's turn; connected says whether it got a
-// connection. If not (the partner is down), the next waiter tries.
-func (f *firstConn) done(connected bool) {
+func (f *firstConn) end(turn chan struct{}, connected bool) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	if connected {
 		f.made.Store(true)
 	}
-	close(f.making)
-	f.making = nil
-	f.mu.Unlock()
+	close(turn)
+	if f.making == turn {
+		f.making = nil
+	}
 }
+
+// ticketWait is how long the first call's HTTP/1.1 connection holds the
+// others back once it is up: the TLS 1.3 session ticket arrives just after
+// the handshake, and the calls that dial next resume with it. An HTTP/2
+// connection lets them go at once: they share it.
+const ticketWait = 20 * time.Millisecond
 
 // release is called when an attempt is done with t.
 func (t *pooledTransport) release() {
