@@ -357,7 +357,7 @@ func (t *tracer) clientTrace() *httptrace.ClientTrace {
 			h2 := false
 			t.mu.Lock()
 			t.gotConn, t.reused, t.conn = true, info.Reused, info.Conn
-			if tc, ok := info.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
+			if tc, ok := info.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok && (t.tlsVersion == 0 || t.onConn != nil) {
 				cs := tc.ConnectionState()
 				if t.tlsVersion == 0 {
 					t.tlsVersion = cs.Version
