@@ -427,6 +427,16 @@ func TestParseRetryAfterStatusesOnly(t *testing.T) {
 	}
 }
 
+// coldExecutor is a partner speaking proto ("HTTP/2" or "HTTP/1.1") and an
+// executor with no connection to it yet, with the connection and material
+// to call it.
+func coldExecutor(t *testing.T, proto string) (*partner.Server, *worker.Executor, *worker.Connection, *secrets.Material) {
+	t.Helper()
+	p := newExecPKI(t)
+	srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
+	return srv, newExecutor(t), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil)
+}
+
 // A worker that starts with a backlog sends many calls to a partner it has
 // no connection to yet. They must not each dial and make a full TLS
 // handshake: one connection is made, and the others share it (HTTP/2) or
@@ -434,11 +444,7 @@ func TestParseRetryAfterStatusesOnly(t *testing.T) {
 func TestFirstCallsShareOneHandshake(t *testing.T) {
 	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
 		t.Run(proto, func(t *testing.T) {
-			p := newExecPKI(t)
-			srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
-			x := newExecutor(t)
-			conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
-			mat := execMaterial(p, "v1", nil)
+			srv, x, conn, mat := coldExecutor(t, proto)
 			const calls = 100
 			var wg sync.WaitGroup
 			errs := make(chan string, calls)
@@ -469,11 +475,7 @@ func TestFirstCallsShareOneHandshake(t *testing.T) {
 func TestSlowFirstCallDoesNotHoldOthers(t *testing.T) {
 	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
 		t.Run(proto, func(t *testing.T) {
-			p := newExecPKI(t)
-			srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
-			x := newExecutor(t)
-			conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
-			mat := execMaterial(p, "v1", nil)
+			srv, x, conn, mat := coldExecutor(t, proto)
 			var slowDone atomic.Bool
 			slow := make(chan *jobs.Result, 1)
 			go func() {
