@@ -93,6 +93,10 @@ type Options struct {
 	// container's memory limit (deploy/k8s): the collector then works
 	// harder rather than let garbage push the process over its budget.
 	MaxRSSMiB float64
+	// SkipFloor leaves out the last phase, the queue floor: the relay's
+	// closed loop again with the workers replaced by a responder that does
+	// their JetStream work but no HTTP exchange (see floorResponder).
+	SkipFloor bool
 	// CallTimeout bounds one call on either path. Zero means 30s.
 	CallTimeout time.Duration
 	// JSON writes the report as one JSON object instead of a table.
@@ -185,6 +189,17 @@ type Report struct {
 	Relay  *Phase `json:"relay"`
 	// Ratio is Relay.Throughput / Direct.Throughput.
 	Ratio float64 `json:"ratio,omitempty"`
+	// Floor is the queue floor's closed loop: the flow and the NATS server
+	// as in Relay, the workers replaced by a responder that publishes a
+	// canned result without calling the partner. Nil with SkipFloor and in
+	// the memory-bound mode.
+	Floor *Phase `json:"floor,omitempty"`
+	// RatioBound is Floor.Throughput / (Floor.Throughput +
+	// Direct.Throughput): the ratio the relay would reach if a relayed call
+	// cost the queue floor's work plus the direct call's, with nothing of
+	// the worker's own. Both are CPU-bound on the same CPUs, so time per
+	// call adds up; the relay cannot do better than this.
+	RatioBound float64 `json:"ratio_bound,omitempty"`
 	// PacedRate is the rate of the paced phases: half the relay's
 	// closed-loop throughput unless Options.PacedRate set it.
 	PacedRate   float64 `json:"paced_rate,omitempty"`
@@ -399,6 +414,21 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		}
 		if rep.PacedWarning != "" {
 			rep.PacedWarning += "the added latency measures a backlog, not the relay: run again on a quieter machine"
+		}
+		if !o.SkipFloor {
+			progress("queue floor (workers replaced by a responder that makes no HTTP call), %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
+			if err := r.startFloor(ctx); err != nil {
+				return nil, err
+			}
+			if rep.Floor, err = closedLoop(ctx, r.partner, "floor", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("floor", "closed")); err != nil {
+				return nil, err
+			}
+			if err := needCalls(rep.Floor); err != nil {
+				return rep, err
+			}
+			// The responder's results carry no timings: no stages to show.
+			rep.Floor.Stages = nil
+			rep.RatioBound = rep.Floor.Throughput / (rep.Floor.Throughput + rep.Direct.Throughput)
 		}
 	}
 	if _, hwm, ok := procStatus(); ok {

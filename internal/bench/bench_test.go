@@ -69,6 +69,14 @@ func TestRunSideBySideReport(t *testing.T) {
 	if runtime.GOOS == "linux" && rep.PeakRSSMiB <= 0 {
 		t.Errorf("peak RSS = %v", rep.PeakRSSMiB)
 	}
+	// The queue floor runs the flow and JetStream without workers and
+	// without the partner: a call that reached the partner would mean a
+	// worker still ran.
+	if f := rep.Floor; f == nil || f.Calls <= 0 || f.Errors != 0 || f.PartnerRequests != 0 || f.InFlight != 4 {
+		t.Errorf("queue floor phase: %+v", f)
+	} else if want := f.Throughput / (f.Throughput + rep.Direct.Throughput); rep.RatioBound != want || want >= 1 {
+		t.Errorf("ratio bound = %v, want floor/(floor+direct) = %v", rep.RatioBound, want)
+	}
 	if prof.Len() == 0 {
 		t.Error("no CPU profile of the relay's closed loop was written")
 	}
@@ -101,7 +109,7 @@ func TestRunMemoryBoundOverLimit(t *testing.T) {
 	if rep.Setup.Mode != "memory-bound" || rep.Setup.Protocol != "HTTP/1.1" || rep.Setup.Method != "GET" || rep.Setup.Concurrency != 32 {
 		t.Errorf("setup = %+v", rep.Setup)
 	}
-	if rep.Direct != nil || rep.PacedRelay != nil {
+	if rep.Direct != nil || rep.PacedRelay != nil || rep.Floor != nil {
 		t.Errorf("memory-bound mode ran more than the relay: %+v", rep)
 	}
 	checkPhase(t, rep.Relay)
@@ -170,6 +178,8 @@ func TestRunProfilesLabelParts(t *testing.T) {
 		"relay-paced.pprof":   {"worker", "flow", "partner", "nats-server"},
 		"direct-closed.pprof": {"direct-client", "partner"},
 		"direct-paced.pprof":  {"direct-client", "partner"},
+		// The floor's responder stands in for the worker.
+		"floor-closed.pprof": {"worker", "flow", "nats-server"},
 	} {
 		out, err := exec.Command("go", "tool", "pprof", "-tags", filepath.Join(dir, profile)).CombinedOutput()
 		if err != nil {

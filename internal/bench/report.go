@@ -30,7 +30,7 @@ func writeTable(out io.Writer, rep *Report) {
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tLOOP\tCALLS\tERRORS\tCALLS/S\tP50 MS\tP99 MS\tMAX MS\tCONNS\tFULL HS/1k\tALLOCS/CALL\tKiB/CALL\tCPU µs/CALL\tCORES\tRSS MiB\t")
-	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay} {
+	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay, rep.Floor} {
 		if ph == nil {
 			continue
 		}
@@ -61,6 +61,10 @@ func writeTable(out io.Writer, rep *Report) {
 	} else {
 		fmt.Fprintf(out, "relay throughput: %.0f calls/s with %d calls in flight\n", rep.Relay.Throughput, rep.Relay.InFlight)
 	}
+	if rep.Floor != nil {
+		fmt.Fprintf(out, "queue floor (JetStream work of a relayed call, no HTTP): %.0f calls/s; with the direct call's cost added, the ratio could reach at most %.2f\n",
+			rep.Floor.Throughput, rep.RatioBound)
+	}
 	if rep.PacedRelay != nil {
 		how := "half its peak"
 		if rep.PacedRate != rep.Relay.Throughput/2 {
@@ -77,7 +81,7 @@ func writeTable(out io.Writer, rep *Report) {
 		limit = fmt.Sprintf(", Go memory limit %.0f MiB", rep.Setup.MemoryLimitMiB)
 	}
 	fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
-	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay} {
+	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay, rep.Floor} {
 		if ph != nil && ph.FirstError != "" {
 			fmt.Fprintf(out, "first error, %s %s: %s\n", ph.Name, ph.Loop, ph.FirstError)
 		}

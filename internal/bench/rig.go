@@ -45,6 +45,7 @@ type rig struct {
 	workers []*runningWorker
 	flowNC  *nats.Conn
 	results *nats.Subscription
+	floor   *floorResponder
 
 	direct *directCaller
 	relay  *relayCaller
@@ -250,14 +251,16 @@ func (r *rig) protocol(ctx context.Context) (proto string, err error) {
 	return resp.Proto, nil
 }
 
-// close stops everything the rig started, in reverse order.
-func (r *rig) close() {
-	if r.results != nil {
-		_ = r.results.Unsubscribe()
-	}
-	if r.flowNC != nil {
-		r.flowNC.Close()
-	}
+// startFloor stops the workers and starts a floorResponder on their
+// consumer in their place.
+func (r *rig) startFloor(ctx context.Context) (err error) {
+	r.stopWorkers()
+	withPart(partWorker, func() { r.floor, err = startFloor(ctx, r.ns.ClientURL(), r.o) })
+	return err
+}
+
+// stopWorkers stops the workers, each within its shutdown grace.
+func (r *rig) stopWorkers() {
 	for _, rw := range r.workers {
 		rw.cancel()
 	}
@@ -268,6 +271,21 @@ func (r *rig) close() {
 		}
 		rw.nc.Close()
 	}
+	r.workers = nil
+}
+
+// close stops everything the rig started, in reverse order.
+func (r *rig) close() {
+	if r.results != nil {
+		_ = r.results.Unsubscribe()
+	}
+	if r.flowNC != nil {
+		r.flowNC.Close()
+	}
+	if r.floor != nil {
+		r.floor.close()
+	}
+	r.stopWorkers()
 	if r.direct != nil {
 		r.direct.transport.CloseIdleConnections()
 	}
