@@ -508,3 +508,52 @@ func TestSlowFirstCallDoesNotHoldOthers(t *testing.T) {
 		})
 	}
 }
+
+// While a partner accepts connections but never completes a handshake, the
+// calls waiting for the first connection do not queue behind one try after
+// another until their deadline passes: when the first try fails, each makes
+// its own and reports its own failure.
+func TestFirstConnectionFailureLetsWaitersTry(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	var held sync.WaitGroup
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); ln.Close(); held.Wait() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			held.Go(func() { <-stop; c.Close() }) // silent: no ServerHello
+		}
+	}()
+	x := worker.NewExecutor(worker.ExecutorOptions{TLSHandshakeTimeout: 300 * time.Millisecond})
+	t.Cleanup(x.Close)
+	conn := &worker.Connection{BaseURL: "https://" + ln.Addr().String(), Profile: "partner-a", Timeout: worker.Duration(2 * time.Second)}
+	mat := execMaterial(newExecPKI(t), "v1", nil)
+
+	// Ten calls at 300 ms per try would need 3 s one after another: the
+	// last ones would reach their 2 s deadline waiting, without a try.
+	const calls = 10
+	var wg sync.WaitGroup
+	results := make([]*jobs.Result, calls)
+	for i := range calls {
+		wg.Go(func() {
+			results[i] = x.Attempt(context.Background(), restCall(t, jobs.Call{ID: "silent-" + strconv.Itoa(i), Path: "/echo"}), conn, mat).Result
+		})
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.Error == nil || r.Error.Code != jobs.CodeTimeout || !strings.Contains(r.Error.Message, worker.PhaseTLS) {
+			t.Errorf("call %d: %+v, want a timeout in the TLS handshake", i, r.Error)
+		}
+	}
+	if n := accepted.Load(); n != calls {
+		t.Errorf("the partner saw %d connections for %d calls: each call should make its own try once the first failed", n, calls)
+	}
+}

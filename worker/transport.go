@@ -101,29 +101,33 @@ type firstConn struct {
 
 // wait returns when the caller may use the transport. When the caller is
 // the one to make the first connection, it gets end, which lets the others
-// go: end(true) once it has a connection, end(false) if it got none (the
-// partner is down: the next waiter tries). end may be called more than
-// once; the first call counts. A caller whose ctx ends while it waits gets
-// ctx's error.
+// go: end(true) once it has a connection, end(false) if it got none. After
+// a failure the calls that waited go on together, each making its own
+// attempt and reporting its own failure within its own deadline: queued
+// behind one try after another at an unreachable partner, they would fail
+// with the deadline's timeout instead, without having tried. end may be
+// called more than once; the first call counts. A caller whose ctx ends
+// while it waits gets ctx's error.
 func (f *firstConn) wait(ctx context.Context) (end func(connected bool), err error) {
-	for !f.made.Load() {
-		f.mu.Lock()
-		if f.making == nil {
-			turn := make(chan struct{})
-			f.making = turn
-			f.mu.Unlock()
-			var once sync.Once
-			return func(connected bool) { once.Do(func() { f.end(turn, connected) }) }, nil
-		}
-		making := f.making
-		f.mu.Unlock()
-		select {
-		case <-making:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if f.made.Load() {
+		return nil, nil
 	}
-	return nil, nil
+	f.mu.Lock()
+	if f.making == nil {
+		turn := make(chan struct{})
+		f.making = turn
+		f.mu.Unlock()
+		var once sync.Once
+		return func(connected bool) { once.Do(func() { f.end(turn, connected) }) }, nil
+	}
+	making := f.making
+	f.mu.Unlock()
+	select {
+	case <-making:
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (f *firstConn) end(turn chan struct{}, connected bool) {
