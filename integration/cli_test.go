@@ -122,6 +122,19 @@ connections:
 	if code != 0 || !strings.Contains(out, "urn:x") {
 		t.Errorf("soap: exit %d %s", code, out)
 	}
+	// --progress: the failed first attempt on stderr, the final result on stdout.
+	out, errOut, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "flaky/cli-progress", "--query", "fail=1", "--query", "code=503", "--progress")
+	if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || !r.OK || r.Attempt != 2 || r.Progress {
+		t.Errorf("progress: exit %d, final result %v %s", code, err, out)
+	}
+	var p1 jobs.Result
+	if err := json.Unmarshal([]byte(strings.TrimSpace(errOut)), &p1); err != nil || !p1.Progress || p1.Attempt != 1 || p1.Status != 503 || p1.RetryInMS <= 0 {
+		t.Errorf("progress: stderr should be one progress line for attempt 1: %v\n%s", err, errOut)
+	}
+	_, errOut, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "echo", "--progress", "--direct")
+	if code == 0 || !strings.Contains(errOut, "durable") {
+		t.Errorf("--progress --direct: exit %d, want a refusal naming durable calls: %s", code, errOut)
+	}
 }
 
 // `mtlsrelay test` also finds a connection and its profile that live only

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -259,6 +260,71 @@ func TestREST(t *testing.T) {
 			t.Errorf("flaky: ok=%v attempt=%d error=%+v; want success on attempt 3", r.OK, r.Attempt, r.Error)
 		}
 	})
+	// Progress messages go where the result goes: kept in MTLSRELAY_RESULTS,
+	// or published to a flow's inbox.
+	for name, kept := range map[string]bool{"stored": true, "inbox": false} {
+		t.Run("ok/progress-before-final/"+name, func(t *testing.T) {
+			id := uniqueID(t.Name())
+			reply := "mtlsrelay.results.test." + id
+			if !kept {
+				reply = nats.NewInbox()
+			}
+			sub, err := env.nc.SubscribeSync(reply)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			data, _ := json.Marshal(map[string]any{"id": id, "reply_to": reply, "progress": true, "path": "flaky/" + id + "?fail=2&code=503"})
+			msg := nats.NewMsg("mtlsrelay.calls.partner")
+			msg.Data = data
+			msg.Header.Set("Nats-Msg-Id", id)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := env.js.PublishMsg(ctx, msg); err != nil {
+				t.Fatal(err)
+			}
+			// Two progress messages, attempts 1 and 2, then the final result.
+			for attempt := 1; attempt <= 3; attempt++ {
+				m, err := sub.NextMsgWithContext(ctx)
+				if err != nil {
+					t.Fatalf("message %d: %v", attempt, err)
+				}
+				var r jobs.Result
+				if err := json.Unmarshal(m.Data, &r); err != nil {
+					t.Fatal(err)
+				}
+				if r.Attempt != attempt || m.Header.Get("Mtlsrelay-Call-Id") != id {
+					t.Errorf("message %d: attempt %d, call id header %q", attempt, r.Attempt, m.Header.Get("Mtlsrelay-Call-Id"))
+				}
+				if attempt < 3 {
+					wantID := id + "/progress/" + strconv.Itoa(attempt)
+					if !r.Progress || r.OK || r.Status != 503 || r.RetryInMS <= 0 || r.Error == nil || r.Error.Code != jobs.CodeHTTPStatus ||
+						m.Header.Get("Mtlsrelay-Progress") != strconv.Itoa(attempt) || m.Header.Get("Nats-Msg-Id") != wantID {
+						t.Errorf("progress %d: %+v error %+v, headers %v; want a 503 progress message with Nats-Msg-Id %s", attempt, r, r.Error, m.Header, wantID)
+					}
+					continue
+				}
+				if r.Progress || !r.OK || r.RetryInMS != 0 || m.Header.Get("Mtlsrelay-Progress") != "" || m.Header.Get("Nats-Msg-Id") != id {
+					t.Errorf("final: %+v, headers %v; want the final result with Nats-Msg-Id %s", r, m.Header, id)
+				}
+			}
+			if !kept {
+				return
+			}
+			// All three are kept: the final result was not taken for a duplicate.
+			s, err := env.js.Stream(ctx, "MTLSRELAY_RESULTS")
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := s.Info(ctx, jetstream.WithSubjectFilter(reply))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := info.State.Subjects[reply]; n != 3 {
+				t.Errorf("MTLSRELAY_RESULTS keeps %d messages on %s, want 3", n, reply)
+			}
+		})
+	}
 	t.Run("ok/non-idempotent-post-not-retried-on-502", func(t *testing.T) {
 		r := call(t, env.nc, env.js, "partner", map[string]any{"method": "POST", "path": "status/502"})
 		if r.Status != 502 || r.Attempt != 1 {

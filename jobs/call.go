@@ -75,6 +75,11 @@ type Call struct {
 	ReplyTo string `json:"reply_to,omitempty"`
 	// Metadata is echoed back on the result untouched.
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// Progress asks for a progress message on reply_to after every failed
+	// attempt that will be retried, before the final result (an extension
+	// of SPEC.md, which leaves the form open). Durable calls only: a direct
+	// call's requester takes the first reply. Default false.
+	Progress bool `json:"progress,omitempty"`
 }
 
 // SOAP describes a SOAP request: the worker builds the envelope.

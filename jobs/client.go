@@ -77,10 +77,18 @@ func (c *Client) publish(ctx context.Context, call *Call, data []byte) (*jetstre
 	return c.js.PublishMsg(ctx, msg)
 }
 
-// Call enqueues call and waits for its result on its reply subject until ctx
-// ends. When the wait ends without a live result and the reply subject is
-// kept in MTLSRELAY_RESULTS, the stored result is returned if there is one.
+// Call enqueues call and waits for its final result on its reply subject
+// until ctx ends. When the wait ends without a live result and the reply
+// subject is kept in MTLSRELAY_RESULTS, the stored result is returned if
+// there is a final one. Progress messages (call.Progress) are skipped; see
+// CallProgress.
 func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
+	return c.CallProgress(ctx, call, nil)
+}
+
+// CallProgress is Call, handing each progress message that arrives before
+// the final result to onProgress (which may be nil).
+func (c *Client) CallProgress(ctx context.Context, call *Call, onProgress func(*Result)) (*Result, error) {
 	data, err := c.prepare(call)
 	if err != nil {
 		return nil, err
@@ -93,18 +101,26 @@ func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
 	if _, err := c.publish(ctx, call, data); err != nil {
 		return nil, err
 	}
-	msg, err := sub.NextMsgWithContext(ctx)
-	if err == nil {
-		return DecodeResult(msg.Data)
-	}
-	if c.subj.IsResult(call.ReplyTo) {
-		fallback, cancel := context.WithTimeout(context.Background(), c.nc.Opts.Timeout)
-		defer cancel()
-		if r, serr := c.StoredResult(fallback, call.ReplyTo); serr == nil {
-			return r, nil
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if c.subj.IsResult(call.ReplyTo) {
+				fallback, cancel := context.WithTimeout(context.Background(), c.nc.Opts.Timeout)
+				defer cancel()
+				if r, serr := c.StoredResult(fallback, call.ReplyTo); serr == nil && !r.Progress {
+					return r, nil
+				}
+			}
+			return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
+		}
+		r, err := DecodeResult(msg.Data)
+		if err != nil || !r.Progress {
+			return r, err
+		}
+		if onProgress != nil {
+			onProgress(r)
 		}
 	}
-	return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
 }
 
 // Direct sends call as a core NATS request to <prefix>.rpc.<connection>: no
@@ -130,7 +146,9 @@ func (c *Client) Direct(ctx context.Context, call *Call) (*Result, error) {
 	return DecodeResult(reply.Data)
 }
 
-// StoredResult returns the last result stored in MTLSRELAY_RESULTS on subject.
+// StoredResult returns the last result stored in MTLSRELAY_RESULTS on
+// subject. For a call that asked for progress it may be a progress message
+// (Progress set) while the call is being retried.
 func (c *Client) StoredResult(ctx context.Context, subject string) (*Result, error) {
 	s, err := c.js.Stream(ctx, StreamResults)
 	if err != nil {

@@ -1,6 +1,8 @@
 package jobs
 
 import (
+	"strconv"
+
 	json "github.com/goccy/go-json"
 	"time"
 	"unicode/utf8"
@@ -37,6 +39,12 @@ type Result struct {
 	ClientCert *ClientCert `json:"client_cert,omitempty"`
 	// CompletedAt is when the result was made.
 	CompletedAt time.Time `json:"completed_at"`
+	// Progress marks a progress message, sent only to a call that asked for
+	// progress: the attempt above failed and another follows after
+	// RetryInMS. The final result never has it.
+	Progress bool `json:"progress,omitempty"`
+	// RetryInMS is the delay before the next attempt, on progress messages.
+	RetryInMS int64 `json:"retry_in_ms,omitempty"`
 }
 
 // SOAPFault is a SOAP 1.1 or 1.2 fault, flattened.
@@ -101,6 +109,13 @@ func FailedResult(c *Call, err error) *Result {
 
 // EncodeResult is the JSON of a result message, as workers publish it.
 func EncodeResult(r *Result) ([]byte, error) { return json.Marshal(r) }
+
+// ProgressMsgID is the Nats-Msg-Id of the progress message about a failed
+// attempt of call id. A call id cannot hold "/", so it never equals the
+// final result's (the call id), and JetStream's duplicate window drops a
+// progress message that a redelivery repeats without touching the final
+// result.
+func ProgressMsgID(id string, attempt int) string { return id + "/progress/" + strconv.Itoa(attempt) }
 
 // DecodeResult parses a result message.
 func DecodeResult(data []byte) (*Result, error) {

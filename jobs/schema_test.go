@@ -401,7 +401,11 @@ func TestSchemaResultSamples(t *testing.T) {
 	notFound := *ok
 	notFound.OK, notFound.Status = false, 404
 	valid["go/http-404"] = mustJSON(t, &notFound)
-	valid["json/future-field"] = []byte(`{"id":"x","connection":"c","ok":false,"status":0,"attempt":1,"worker":"w","timing":{"queued_ms":0,"dns_ms":0,"connect_ms":0,"tls_ms":0,"ttfb_ms":0,"total_ms":0},"completed_at":"2026-11-29T14:00:00Z","progress":3}`)
+	valid["json/future-field"] = []byte(`{"id":"x","connection":"c","ok":false,"status":0,"attempt":1,"worker":"w","timing":{"queued_ms":0,"dns_ms":0,"connect_ms":0,"tls_ms":0,"ttfb_ms":0,"total_ms":0},"completed_at":"2026-11-29T14:00:00Z","later_field":3}`)
+	progress := notFound
+	progress.Status, progress.Progress, progress.RetryInMS = 503, true, 250
+	progress.Error = jobs.Errorf(jobs.CodeHTTPStatus, "the partner answered HTTP 503 on attempt 2; retrying in 250ms")
+	valid["go/progress"] = mustJSON(t, &progress)
 	for name, data := range valid {
 		t.Run(name, func(t *testing.T) {
 			if err := resultSchema.Validate(instance(t, data)); err != nil {
@@ -427,6 +431,11 @@ func TestSchemaResultSamples(t *testing.T) {
 			m["error"] = map[string]any{"code": "timeout", "message": "m", "retryable": true}
 		}),
 		"fail/ok-with-500": base(func(m map[string]any) { m["status"] = 500 }),
+		"fail/progress-ok": base(func(m map[string]any) { m["progress"], m["retry_in_ms"] = true, 100 }),
+		"fail/progress-no-retry-in": base(func(m map[string]any) {
+			m["ok"], m["status"], m["progress"] = false, 503, true
+		}),
+		"fail/retry-in-on-final": base(func(m map[string]any) { m["ok"], m["status"], m["retry_in_ms"] = false, 503, 100 }),
 		"fail/unknown-error-code": base(func(m map[string]any) {
 			m["ok"] = false
 			m["error"] = map[string]any{"code": "oops", "message": "m", "retryable": false}

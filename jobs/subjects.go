@@ -25,6 +25,10 @@ const (
 	HeaderCallID = "Mtlsrelay-Call-Id"
 	// HeaderTraceparent carries W3C trace context from call to result.
 	HeaderTraceparent = "traceparent"
+	// HeaderProgress is set on progress messages, to the attempt that
+	// failed, so a flow can tell them from the final result without
+	// decoding. Their Nats-Msg-Id is ProgressMsgID, not the call id.
+	HeaderProgress = "Mtlsrelay-Progress"
 	// HeaderDeadReason carries the reason a dead letter was written.
 	HeaderDeadReason = "Mtlsrelay-Dead-Reason"
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -185,6 +186,9 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	attempts := maxAttempts(call, ao.conn)
 	if retry, delay := w.retry.decide(call, ao.Outcome, attemptNo, attempts); retry {
 		w.callRetried(ctx, call.Connection, res, delay)
+		if call.Progress {
+			w.publishProgress(ctx, call, res, delay, msg.Headers())
+		}
 		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo}); err != nil {
 			log.Warn().Err(err).Msg("could not record the attempt; the retry may count it twice")
 		}
@@ -337,6 +341,32 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 		return w.nc.PublishMsg(msg)
 	}
 	return w.publishJetStream(ctx, msg)
+}
+
+// publishProgress tells a call that asked for progress that the attempt of
+// res failed and another follows after delay. It is best-effort: one try,
+// and a failure is logged; the call is retried all the same.
+func (w *Worker) publishProgress(ctx context.Context, call *jobs.Call, res *jobs.Result, delay time.Duration, in nats.Header) {
+	p := *res
+	p.Progress, p.RetryInMS = true, max(delay.Milliseconds(), 1)
+	if p.Error == nil && retryableStatus(p.Status) {
+		p.Error = jobs.Errorf(jobs.CodeHTTPStatus, "the partner answered HTTP %d on attempt %d; retrying in %s", p.Status, p.Attempt, delay.Round(time.Millisecond))
+	}
+	out, err := w.resultMsg(ctx, call, &p, in)
+	if err == nil {
+		out.Header.Set(jobs.HeaderMsgID, jobs.ProgressMsgID(call.ID, p.Attempt))
+		out.Header.Set(jobs.HeaderProgress, strconv.Itoa(p.Attempt))
+		if w.subj.IsResult(call.ReplyTo) {
+			pctx, cancel := context.WithTimeout(ctx, resultTimeout)
+			_, err = w.js.PublishMsg(pctx, out)
+			cancel()
+		} else {
+			err = w.nc.PublishMsg(out)
+		}
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Int("attempt", p.Attempt).Msg("could not publish the progress message; the call is retried all the same")
+	}
 }
 
 // resultMsg is the message carrying res to the call's reply_to, with

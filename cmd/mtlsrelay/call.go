@@ -23,7 +23,7 @@ func newCallCmd() *cobra.Command {
 	var (
 		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo string
 		headers, query                                                                                []string
-		noWait, direct                                                                                bool
+		noWait, direct, progress                                                                      bool
 		timeout                                                                                       time.Duration
 		maxAttempts                                                                                   int
 	)
@@ -40,6 +40,10 @@ func newCallCmd() *cobra.Command {
 				URL:         absURL,
 				ReplyTo:     replyTo,
 				MaxAttempts: maxAttempts,
+				Progress:    progress,
+			}
+			if progress && direct {
+				return fmt.Errorf("--progress needs a durable call: a direct call has one reply")
 			}
 			if call.ID == "" {
 				call.ID = newID()
@@ -99,7 +103,11 @@ func newCallCmd() *cobra.Command {
 			case direct:
 				res, err = client.Direct(ctx, call)
 			default:
-				res, err = client.Call(ctx, call)
+				res, err = client.CallProgress(ctx, call, func(p *jobs.Result) {
+					// One line per failed attempt, apart from the result.
+					line, _ := json.Marshal(p)
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s\n", line)
+				})
 			}
 			if err != nil {
 				return err
@@ -131,6 +139,7 @@ func newCallCmd() *cobra.Command {
 	f.DurationVar(&timeout, "timeout", 0, "attempt deadline (default: the connection's)")
 	f.BoolVar(&noWait, "no-wait", false, "enqueue and print the id without waiting for the result")
 	f.BoolVar(&direct, "direct", false, "send as a direct (core NATS request) call, not persisted")
+	f.BoolVar(&progress, "progress", false, "ask for a progress message after each failed attempt that is retried, printed to stderr as one JSON line (not with --direct)")
 	return cmd
 }
 
