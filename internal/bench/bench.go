@@ -18,7 +18,10 @@
 //     the relay's percentile minus the direct one at the same load;
 //   - full TLS handshakes and new connections per 1,000 calls, from the
 //     partner's counters;
-//   - allocations and bytes allocated per call and the peak resident set.
+//   - allocations and bytes allocated per call and the peak resident set;
+//   - last, the queue floor: the relay's closed loop with the workers
+//     replaced by a responder that does their JetStream work and no HTTP
+//     exchange, and the ratio bound it implies (Report.RatioBound).
 //
 // Everything shares the process: allocation counts and RSS include the
 // NATS server, the partner and the load generator, and so does the CPU.
