@@ -256,7 +256,7 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 		return
 	}
 	w.inflight.Add(1)
-	w.results.publish(out, func(err error) {
+	w.results.Publish(out, func(err error) {
 		if err == nil && call.IsIdempotent() && res.Error == nil {
 			// Nothing left that waits on NATS: finish on the ack's goroutine.
 			w.finish(ctx, msg, call, res, nil)
@@ -267,7 +267,7 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 			defer w.inflight.Done()
 			if err != nil {
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("result not acknowledged; publishing it again")
-				err = w.publishJetStream(ctx, out)
+				err = w.publishJetStream(ctx, out, resultTries)
 			}
 			w.finish(ctx, msg, call, res, err)
 		}()
@@ -337,10 +337,17 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 	if err != nil {
 		return err
 	}
-	if !w.subj.IsResult(call.ReplyTo) {
+	return w.send(ctx, msg, resultTries)
+}
+
+// send publishes msg: through JetStream, waiting for its ack and trying up
+// to tries times, when MTLSRELAY_RESULTS keeps its subject; else with a
+// core publish (see publishResult).
+func (w *Worker) send(ctx context.Context, msg *nats.Msg, tries int) error {
+	if !w.subj.IsResult(msg.Subject) {
 		return w.nc.PublishMsg(msg)
 	}
-	return w.publishJetStream(ctx, msg)
+	return w.publishJetStream(ctx, msg, tries)
 }
 
 // publishProgress tells a call that asked for progress that the attempt of
@@ -356,13 +363,7 @@ func (w *Worker) publishProgress(ctx context.Context, call *jobs.Call, res *jobs
 	if err == nil {
 		out.Header.Set(jobs.HeaderMsgID, jobs.ProgressMsgID(call.ID, p.Attempt))
 		out.Header.Set(jobs.HeaderProgress, strconv.Itoa(p.Attempt))
-		if w.subj.IsResult(call.ReplyTo) {
-			pctx, cancel := context.WithTimeout(ctx, resultTimeout)
-			_, err = w.js.PublishMsg(pctx, out)
-			cancel()
-		} else {
-			err = w.nc.PublishMsg(out)
-		}
+		err = w.send(ctx, out, 1)
 	}
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Int("attempt", p.Attempt).Msg("could not publish the progress message; the call is retried all the same")
@@ -384,11 +385,20 @@ func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Resul
 	return msg, nil
 }
 
-// publishJetStream publishes msg and waits for JetStream's ack, trying a
-// few times.
-func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg) error {
+// resultTimeout bounds the wait for JetStream's ack of one result, and a
+// publish's wait for room in the full result window (internal/pubwindow):
+// at most max(concurrency, 64) results await their acks at once.
+const resultTimeout = 5 * time.Second
+
+// resultTries is how many times a result is published before its call is
+// handed back.
+const resultTries = 5
+
+// publishJetStream publishes msg and waits for JetStream's ack, trying up
+// to tries times.
+func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, tries int) error {
 	var lastErr error
-	for i := range 5 {
+	for i := range tries {
 		pctx, cancel := context.WithTimeout(ctx, resultTimeout)
 		_, err := w.js.PublishMsg(pctx, msg)
 		cancel()
@@ -396,6 +406,9 @@ func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg) error {
 			return nil
 		}
 		lastErr = err
+		if i == tries-1 {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return lastErr

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/pubwindow"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
@@ -33,7 +34,7 @@ type Worker struct {
 	slots    *semaphore.Weighted
 	limits   limitSet
 	state    *stateStore
-	results  *resultWindow
+	results  *pubwindow.Window
 	held     *heldCalls
 
 	// callCtx is the parent of every call's context: canceled only when the
@@ -92,7 +93,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	if w.resolver == nil {
 		w.resolver = secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
 	}
-	if w.results, err = newResultWindow(nc, max(cfg.Worker.Concurrency, 64)); err != nil {
+	if w.results, err = pubwindow.New(nc, max(cfg.Worker.Concurrency, 64), resultTimeout); err != nil {
 		return nil, err
 	}
 	w.exec = NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	json "github.com/goccy/go-json"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/pubwindow"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -18,8 +18,9 @@ import (
 // exchange: it takes calls from the shared consumer "workers" of
 // MTLSRELAY_CALLS, publishes a result the size of a real one to each call's
 // reply_to through JetStream (Nats-Msg-Id and Mtlsrelay-Call-Id set, as
-// SPEC.md asks), and acknowledges the call when JetStream has acknowledged
-// the result, as the worker does. No partner is called and nothing is
+// SPEC.md asks) through the worker's result window (internal/pubwindow),
+// and acknowledges the call when JetStream has acknowledged the result, as
+// the worker does. No partner is called and nothing is
 // checked: the flow, the NATS server and this responder do only the
 // JetStream work of a relayed call.
 //
@@ -27,11 +28,9 @@ import (
 // JetStream hops alone. A relayed call costs at least that plus an HTTP
 // exchange, and the direct path measures the exchange.
 type floorResponder struct {
-	nc *nats.Conn
-	cc jetstream.ConsumeContext
-
-	mu      sync.Mutex
-	pending map[*nats.Msg]jetstream.Msg // result -> call it answers
+	nc  *nats.Conn
+	cc  jetstream.ConsumeContext
+	win *pubwindow.Window
 	// result is a real result's encoding with the call id left out: the
 	// responder splices each id in.
 	head, tail []byte
@@ -40,7 +39,7 @@ type floorResponder struct {
 // startFloor starts the responder on its own NATS connection. The workers
 // must be stopped first: they share the consumer.
 func startFloor(ctx context.Context, url string, o Options) (*floorResponder, error) {
-	f := &floorResponder{pending: make(map[*nats.Msg]jetstream.Msg, o.inflight())}
+	f := &floorResponder{}
 	if err := f.template(o); err != nil {
 		return nil, err
 	}
@@ -48,11 +47,12 @@ func startFloor(ctx context.Context, url string, o Options) (*floorResponder, er
 	if f.nc, err = nats.Connect(url, nats.Name("mtlsrelay bench floor")); err != nil {
 		return nil, fmt.Errorf("connect the floor responder to NATS: %w", err)
 	}
-	js, err := jetstream.New(f.nc,
-		jetstream.WithPublishAsyncMaxPending(max(o.inflight(), 64)),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) { f.settle(m, true) }),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, _ error) { f.settle(m, false) }),
-	)
+	// The worker's result window, of the worker's size.
+	if f.win, err = pubwindow.New(f.nc, max(o.inflight(), 64), 5*time.Second); err != nil {
+		f.close()
+		return nil, err
+	}
+	js, err := jetstream.New(f.nc)
 	if err != nil {
 		f.close()
 		return nil, err
@@ -62,7 +62,7 @@ func startFloor(ctx context.Context, url string, o Options) (*floorResponder, er
 		f.close()
 		return nil, fmt.Errorf("floor responder: %w", err)
 	}
-	if f.cc, err = cons.Consume(func(m jetstream.Msg) { f.answer(js, m) }, jetstream.PullMaxMessages(max(o.inflight(), 64))); err != nil {
+	if f.cc, err = cons.Consume(f.answer, jetstream.PullMaxMessages(max(o.inflight(), 64))); err != nil {
 		f.close()
 		return nil, fmt.Errorf("floor responder: %w", err)
 	}
@@ -93,8 +93,8 @@ func (f *floorResponder) template(o Options) error {
 }
 
 // answer publishes the result of one call; the call is acked when the
-// result is.
-func (f *floorResponder) answer(js jetstream.JetStream, m jetstream.Msg) {
+// result is, and handed back when it is not.
+func (f *floorResponder) answer(m jetstream.Msg) {
 	var c struct {
 		ID      string `json:"id"`
 		ReplyTo string `json:"reply_to"`
@@ -109,27 +109,13 @@ func (f *floorResponder) answer(js jetstream.JetStream, m jetstream.Msg) {
 		jobs.HeaderMsgID:  {c.ID},
 		jobs.HeaderCallID: {c.ID},
 	}}
-	f.mu.Lock()
-	f.pending[out] = m
-	f.mu.Unlock()
-	if _, err := js.PublishMsgAsync(out, jetstream.WithStallWait(5*time.Second)); err != nil {
-		f.settle(out, false)
-	}
-}
-
-// settle acks the call whose result was stored, or hands it back.
-func (f *floorResponder) settle(out *nats.Msg, stored bool) {
-	f.mu.Lock()
-	m := f.pending[out]
-	delete(f.pending, out)
-	f.mu.Unlock()
-	switch {
-	case m == nil:
-	case stored:
+	f.win.Publish(out, func(err error) {
+		if err != nil {
+			_ = m.Nak()
+			return
+		}
 		_ = m.Ack()
-	default:
-		_ = m.Nak()
-	}
+	})
 }
 
 func (f *floorResponder) close() {
