@@ -1,9 +1,8 @@
 package jobs
 
 import (
-	"strconv"
-
 	json "github.com/goccy/go-json"
+	"strconv"
 	"time"
 	"unicode/utf8"
 	"unsafe"
