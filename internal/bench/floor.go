@@ -17,12 +17,11 @@ import (
 // floorResponder stands in for the workers with everything but the HTTP
 // exchange: it takes calls from the shared consumer "workers" of
 // MTLSRELAY_CALLS, publishes a result the size of a real one to each call's
-// reply_to through JetStream (Nats-Msg-Id and Mtlsrelay-Call-Id set, as
-// SPEC.md asks) through the worker's result window (internal/pubwindow),
-// and acknowledges the call when JetStream has acknowledged the result, as
-// the worker does. No partner is called and nothing is
-// checked: the flow, the NATS server and this responder do only the
-// JetStream work of a relayed call.
+// reply_to through the worker's result window (internal/pubwindow), with
+// Nats-Msg-Id and Mtlsrelay-Call-Id set as SPEC.md asks, and acknowledges
+// the call when JetStream has acknowledged the result, as the worker does.
+// It calls no partner and checks nothing: the flow, the NATS server and
+// this responder do only the JetStream work of a relayed call.
 //
 // Its throughput is the relay's floor on this machine: the cost of SPEC's
 // JetStream hops alone. A relayed call costs at least that plus an HTTP
@@ -31,8 +30,8 @@ type floorResponder struct {
 	nc  *nats.Conn
 	cc  jetstream.ConsumeContext
 	win *pubwindow.Window
-	// result is a real result's encoding with the call id left out: the
-	// responder splices each id in.
+	// head and tail are a real result's encoding before and after its id:
+	// the responder splices each call's id in between.
 	head, tail []byte
 }
 
