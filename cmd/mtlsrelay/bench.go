@@ -52,6 +52,7 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 	f.IntVar(&o.ResponseBytes, "response-bytes", o.ResponseBytes, "response body size of the bytes route")
 	f.BoolVar(&o.NonIdempotent, "non-idempotent", false, "send relay calls without \"idempotent\": true (a POST then records its state in KV)")
 	f.BoolVar(&o.SkipFloor, "skip-floor", false, "leave out the last phase, the queue floor: the relay's closed loop with the workers replaced by a responder that makes no HTTP call")
+	f.StringVar(&o.NATSURL, "nats", "", "run the relay on this NATS server (JetStream on, holding no mtlsrelay streams; they are created and deleted) instead of one in-process, for example on another machine as in production")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
 	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak)")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")

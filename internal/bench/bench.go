@@ -112,6 +112,12 @@ type Options struct {
 	// direct-closed.pprof, relay-closed.pprof, direct-paced.pprof and
 	// relay-paced.pprof. It cannot be combined with CPUProfile.
 	ProfileDir string
+	// NATSURL, when set, runs the relay on that NATS server (JetStream
+	// enabled) instead of one started in-process: the server can then run
+	// on another machine, as in production, and its CPU is not the
+	// relay's. The server must hold none of mtlsrelay's streams and
+	// buckets: the run creates them and deletes them at the end.
+	NATSURL string
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
@@ -242,6 +248,9 @@ type Setup struct {
 	Arch          string  `json:"arch"`
 	NumCPU        int     `json:"num_cpu"`
 	GOMAXPROCS    int     `json:"gomaxprocs"`
+	// NATS is "in-process", or the URL of the external server the run used
+	// (Options.NATSURL), without credentials.
+	NATS string `json:"nats"`
 	// LoadAverage is the machine's 1-minute load average at the start and
 	// at the end of the run (Linux). The start shows what else ran: above
 	// NumCPU/2, other processes competed for the CPUs and the figures are
@@ -361,7 +370,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		BodyBytes: o.BodyBytes, Concurrency: o.inflight(), Workers: o.Workers,
 		Seconds: o.Duration.Seconds(), WarmupSeconds: o.Warmup.Seconds(),
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
-		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), NATS: r.natsName(),
 		LoadAverage: [2]float64{loadStart},
 	}}
 	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {

@@ -13,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/mtlsrelay/mtlsrelay/internal/bench"
+	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 )
 
 // These tests check that a short run produces a sane report; they assert
@@ -45,7 +49,7 @@ func TestRunSideBySideReport(t *testing.T) {
 	if decoded.Relay == nil || decoded.Relay.Calls != rep.Relay.Calls {
 		t.Errorf("JSON output differs from the returned report:\n%s", out.String())
 	}
-	if rep.Setup.Mode != "side-by-side" || rep.Setup.Protocol != "HTTP/2.0" || rep.Setup.Method != "POST" || rep.Setup.Idempotent || rep.Setup.Workers != 2 {
+	if rep.Setup.Mode != "side-by-side" || rep.Setup.Protocol != "HTTP/2.0" || rep.Setup.Method != "POST" || rep.Setup.Idempotent || rep.Setup.Workers != 2 || rep.Setup.NATS != "in-process" {
 		t.Errorf("setup = %+v", rep.Setup)
 	}
 	for _, ph := range []*bench.Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay} {
@@ -205,5 +209,61 @@ func TestRunRefusesTwoProfileDestinations(t *testing.T) {
 	_, err := bench.Run(context.Background(), bench.Options{CPUProfile: io.Discard, ProfileDir: t.TempDir()}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Errorf("Run with CPUProfile and ProfileDir: %v, want a refusal", err)
+	}
+}
+
+// With NATSURL the run uses that server instead of its own, and leaves it
+// as it found it; a server that already holds mtlsrelay's streams is
+// refused, not emptied.
+func TestRunExternalNATS(t *testing.T) {
+	ns, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), ServerName: "bench-external"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	rep, err := bench.Run(ctx, bench.Options{
+		NATSURL:     ns.ClientURL(),
+		Concurrency: 4,
+		Duration:    250 * time.Millisecond,
+		Warmup:      100 * time.Millisecond,
+		Dir:         t.TempDir(),
+	}, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	for _, ph := range []*bench.Phase{rep.Relay, rep.PacedRelay, rep.Floor} {
+		if ph == nil || ph.Calls <= 0 || ph.Errors != 0 {
+			t.Errorf("relay phase on the external server: %+v", ph)
+		}
+	}
+	if want := ns.ClientURL() + " (external)"; rep.Setup.NATS != want || !strings.Contains(out.String(), "NATS server "+want) {
+		t.Errorf("setup.nats = %q, want %q; table:\n%s", rep.Setup.NATS, want, out.String())
+	}
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range js.StreamNames(ctx).Name() {
+		t.Errorf("stream %s left on the external server after the run", name)
+	}
+
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MTLSRELAY_RESULTS", Subjects: []string{"mtlsrelay.results.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bench.Run(ctx, bench.Options{NATSURL: ns.ClientURL(), Duration: 100 * time.Millisecond, Dir: t.TempDir()}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "MTLSRELAY_RESULTS") {
+		t.Errorf("run on a server holding MTLSRELAY_RESULTS: %v, want a refusal naming the stream", err)
+	}
+	if _, err := js.Stream(ctx, "MTLSRELAY_RESULTS"); err != nil {
+		t.Errorf("the refused run touched the server's stream: %v", err)
 	}
 }

@@ -25,8 +25,8 @@ func writeTable(out io.Writer, rep *Report) {
 	}
 	fmt.Fprintf(out, "\nmtlsrelay bench (%s): %s %s %s (%s), %d %s, %d calls in flight\n",
 		s.Mode, s.Protocol, s.Method, s.Route, body, s.Workers, workers, s.Concurrency)
-	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %gs measured per phase after %gs warm-up\n\n",
-		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], s.Seconds, s.WarmupSeconds)
+	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %gs measured per phase after %gs warm-up; NATS server %s\n\n",
+		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], s.Seconds, s.WarmupSeconds, s.NATS)
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tLOOP\tCALLS\tERRORS\tCALLS/S\tP50 MS\tP99 MS\tMAX MS\tCONNS\tFULL HS/1k\tALLOCS/CALL\tKiB/CALL\tCPU µs/CALL\tCORES\tRSS MiB\t")
@@ -92,5 +92,9 @@ func writeTable(out io.Writer, rep *Report) {
 	if s.LoadAverage[0] > float64(s.NumCPU)/2 {
 		fmt.Fprintf(out, "warning: load average %.2f before the run on %d CPUs: other processes competed, the figures are noisy\n", s.LoadAverage[0], s.NumCPU)
 	}
-	fmt.Fprintln(out, "allocations, RSS and CPU are the whole process's: workers, embedded NATS, partner and load generator")
+	nats := "embedded NATS, "
+	if s.NATS != natsInProcess {
+		nats = ""
+	}
+	fmt.Fprintf(out, "allocations, RSS and CPU are the whole process's: workers, %spartner and load generator\n", nats)
 }

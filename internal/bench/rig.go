@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
@@ -41,6 +43,7 @@ type rig struct {
 	ownDir bool
 
 	ns      *server.Server
+	url     string // the NATS server's: the in-process one's or Options.NATSURL
 	partner *partner.Server
 	workers []*runningWorker
 	flowNC  *nats.Conn
@@ -73,11 +76,19 @@ func startRig(ctx context.Context, o Options) (r *rig, err error) {
 		}
 		r.ownDir = true
 	}
-	withPart(partNATS, func() {
-		r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"})
-	})
-	if err != nil {
-		return r, err
+	if o.NATSURL != "" {
+		if err := checkExternalNATS(ctx, o.NATSURL); err != nil {
+			return r, err
+		}
+		r.url = o.NATSURL
+	} else {
+		withPart(partNATS, func() {
+			r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"})
+		})
+		if err != nil {
+			return r, err
+		}
+		r.url = r.ns.ClientURL()
 	}
 
 	profile, err := r.writePKI(o)
@@ -130,7 +141,7 @@ connections:
 // connectFlow connects the flow to NATS and subscribes to its results.
 func (r *rig) connectFlow(o Options) error {
 	var err error
-	if r.flowNC, err = nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench flow")); err != nil {
+	if r.flowNC, err = nats.Connect(r.url, nats.Name("mtlsrelay bench flow")); err != nil {
 		return fmt.Errorf("connect the bench flow to NATS: %w", err)
 	}
 	client, err := jobs.NewClient(r.flowNC)
@@ -187,7 +198,7 @@ func (r *rig) writePKI(o Options) (secrets.Profile, error) {
 }
 
 func (r *rig) startWorker(cfg *worker.Config) error {
-	nc, err := nats.Connect(r.ns.ClientURL(), nats.Name("mtlsrelay bench "+cfg.Worker.Name))
+	nc, err := nats.Connect(r.url, nats.Name("mtlsrelay bench "+cfg.Worker.Name))
 	if err != nil {
 		return fmt.Errorf("connect %s to NATS: %w", cfg.Worker.Name, err)
 	}
@@ -255,7 +266,7 @@ func (r *rig) protocol(ctx context.Context) (proto string, err error) {
 // consumer in their place.
 func (r *rig) startFloor(ctx context.Context) (err error) {
 	r.stopWorkers()
-	withPart(partWorker, func() { r.floor, err = startFloor(ctx, r.ns.ClientURL(), r.o) })
+	withPart(partWorker, func() { r.floor, err = startFloor(ctx, r.url, r.o) })
 	return err
 }
 
@@ -295,9 +306,78 @@ func (r *rig) close() {
 	if r.ns != nil {
 		r.ns.Shutdown()
 		r.ns.WaitForShutdown()
+	} else if r.url != "" {
+		removeBenchStreams(r.url)
 	}
 	if r.ownDir && r.dir != "" {
 		_ = os.RemoveAll(r.dir)
+	}
+}
+
+// natsInProcess is Setup.NATS for a run on the in-process server.
+const natsInProcess = "in-process"
+
+// natsName says which NATS server the run used, for the report: the
+// external server's URL without its credentials.
+func (r *rig) natsName() string {
+	if r.ns != nil {
+		return natsInProcess
+	}
+	u, err := url.Parse(r.url)
+	if err != nil || u.Host == "" {
+		return "external"
+	}
+	return u.Scheme + "://" + u.Host + " (external)"
+}
+
+// benchStreams are the streams a run creates on the NATS server: the three
+// of SPEC.md and the workers' call-state bucket.
+var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket}
+
+// checkExternalNATS makes sure the server at url is one the run may use: it
+// answers, has JetStream, and holds none of the streams a run creates and
+// deletes (a worker's streams there would be the relay's, not the bench's).
+func checkExternalNATS(ctx context.Context, u string) error {
+	nc, err := nats.Connect(u, nats.Name("mtlsrelay bench check"))
+	if err != nil {
+		return fmt.Errorf("connect to the NATS server %s: %w", u, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if _, err := js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("NATS server %s: JetStream is needed: %w", u, err)
+	}
+	for _, name := range benchStreams {
+		_, err := js.Stream(ctx, name)
+		switch {
+		case err == nil:
+			return fmt.Errorf("NATS server %s already holds stream %s: the bench creates and deletes mtlsrelay's streams, so it needs a NATS server of its own (remove the stream if an earlier run left it)", u, name)
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return fmt.Errorf("NATS server %s: look up stream %s: %w", u, name, err)
+		}
+	}
+	return nil
+}
+
+// removeBenchStreams deletes the streams the run created on an external
+// server; a stream that is already gone is fine.
+func removeBenchStreams(u string) {
+	nc, err := nats.Connect(u, nats.Name("mtlsrelay bench cleanup"))
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range benchStreams {
+		_ = js.DeleteStream(ctx, name)
 	}
 }
 
