@@ -16,10 +16,12 @@ func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
-		Long: `Starts an embedded NATS server, a local mTLS partner and in-process workers,
-then measures the same call made directly by a Go HTTP client (the ceiling) and
-through the relay: throughput with a fixed number of calls in flight, latency added
-at half the relay's peak rate, TLS handshakes, allocations and peak RSS.
+		Long: `Starts an embedded NATS server (or uses the one --nats names), a local mTLS
+partner and in-process workers, then measures the same call made directly by a Go
+HTTP client (the ceiling) and through the relay: throughput with a fixed number of
+calls in flight, latency added at half the relay's peak rate, TLS handshakes,
+allocations and peak RSS. A last phase, the queue floor, replaces the workers with a
+responder that makes no HTTP call: the JetStream work alone, and the ratio it allows.
 
 --inflight N selects the memory-bound mode: only the relay, N calls in flight;
 with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.`,
