@@ -101,6 +101,9 @@ connections:
 		t.Fatalf("%d of %d calls got a result (killed after %d)\n%s", len(seen), total, killedAt, secondLogs.String())
 	}
 	// Stored results: exactly one per call id, whatever was delivered live.
+	// A result reaches the subscription as the stream stores it; every call
+	// is acked only once its result is stored, so wait for that first.
+	waitCallsSettled(ctx, t, js, 30*time.Second)
 	s, err := js.Stream(ctx, "MTLSRELAY_RESULTS")
 	if err != nil {
 		t.Fatal(err)
