@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -208,10 +209,15 @@ func TestNATSAccountsExample(t *testing.T) {
 		if err != nil {
 			t.Fatalf("billing cannot open the results stream: %v", err)
 		}
-		m, err := s.GetLastMsgForSubject(ctx, reply)
-		if err != nil {
-			t.Fatalf("billing cannot read its stored result: %v", err)
-		}
+		// The live result can arrive before the stream has stored it.
+		var m *jetstream.RawStreamMsg
+		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			m, err = s.GetLastMsgForSubject(ctx, reply)
+			if err != nil {
+				return fmt.Errorf("billing cannot read its stored result: %w", err)
+			}
+			return nil
+		})
 		var stored jobs.Result
 		if err := json.Unmarshal(m.Data, &stored); err != nil || stored.ID != id {
 			t.Errorf("stored result: %v %+v", err, stored)

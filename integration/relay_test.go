@@ -316,13 +316,17 @@ func TestREST(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			info, err := s.Info(ctx, jetstream.WithSubjectFilter(reply))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n := info.State.Subjects[reply]; n != 3 {
-				t.Errorf("MTLSRELAY_RESULTS keeps %d messages on %s, want 3", n, reply)
-			}
+			// The final result can arrive live before the stream counts it.
+			checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+				info, err := s.Info(ctx, jetstream.WithSubjectFilter(reply))
+				if err != nil {
+					return err
+				}
+				if n := info.State.Subjects[reply]; n != 3 {
+					return fmt.Errorf("MTLSRELAY_RESULTS keeps %d messages on %s, want 3", n, reply)
+				}
+				return nil
+			})
 		})
 	}
 	t.Run("ok/non-idempotent-post-not-retried-on-502", func(t *testing.T) {
