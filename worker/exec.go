@@ -142,7 +142,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		return ClassifyError(err, target)
 	}
 
-	endFirst, err := pt.first.wait(ctx)
+	endFirst, err := pt.first(target.Host).wait(ctx)
 	if err != nil {
 		tr.recordTiming(res)
 		return finish(classify(fmt.Errorf("waiting for another call to make the first connection to %s: %w", target.Host, err)))

@@ -557,3 +557,37 @@ func TestFirstConnectionFailureLetsWaitersTry(t *testing.T) {
 		t.Errorf("the partner saw %d connections for %d calls: each call should make its own try once the first failed", n, calls)
 	}
 }
+
+// A connection whose calls go to several allowed hosts gates each host's
+// first connection: once the base URL's host is connected, a burst of
+// first calls to a second host still makes one full handshake there.
+func TestFirstCallsToSecondHostShareOneHandshake(t *testing.T) {
+	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
+		t.Run(proto, func(t *testing.T) {
+			p := newExecPKI(t)
+			mod := func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" }
+			a, b := startExecPartner(t, p, mod), startExecPartner(t, p, mod)
+			x := newExecutor(t)
+			conn := &worker.Connection{BaseURL: a.URL(), Profile: "partner-a", AllowHosts: []string{"127.0.0.1", "localhost"}}
+			mat := execMaterial(p, "v1", nil)
+			if out := x.Attempt(context.Background(), restCall(t, jobs.Call{ID: "to-a", Path: "/echo"}), conn, mat); !out.Result.OK {
+				t.Fatalf("call to the base URL's host: %+v", out.Result.Error)
+			}
+			const calls = 100
+			var wg sync.WaitGroup
+			for i := range calls {
+				wg.Go(func() {
+					call := restCall(t, jobs.Call{ID: "to-b-" + strconv.Itoa(i), URL: b.URL() + "/echo"})
+					if out := x.Attempt(context.Background(), call, conn, mat); !out.Result.OK {
+						t.Errorf("call %d to the second host: %+v", i, out.Result.Error)
+					}
+				})
+			}
+			wg.Wait()
+			c := b.Requests()
+			if full := c.Handshakes - c.Resumed; full != 1 {
+				t.Errorf("%d full TLS handshakes at the second host (%d connections, %d resumed) for %d simultaneous first calls; want 1", full, c.Connections, c.Resumed, calls)
+			}
+		})
+	}
+}

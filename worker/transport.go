@@ -83,11 +83,23 @@ type pooledTransport struct {
 	// retired is set once a newer version took this one's place: calls still
 	// running on it finish, then close the connections they leave idle.
 	retired atomic.Bool
-	first   firstConn
+	// firsts holds a *firstConn per partner host (host:port): a connection
+	// whose calls may go to several allowed hosts makes each host's first
+	// connection once.
+	firsts sync.Map
 }
 
-// firstConn lets one call make a transport's first connection while the
-// others wait for it. Until a TLS handshake with the partner has been made,
+// first returns the first-connection gate of host.
+func (t *pooledTransport) first(host string) *firstConn {
+	if f, ok := t.firsts.Load(host); ok {
+		return f.(*firstConn)
+	}
+	f, _ := t.firsts.LoadOrStore(host, new(firstConn))
+	return f.(*firstConn)
+}
+
+// firstConn lets one call make a transport's first connection to a host
+// while the others wait for it. Until a TLS handshake with the partner has been made,
 // every call would dial its own connection: a worker that starts with a
 // backlog would open one per call, each with a full handshake, where one
 // connection serves them all (HTTP/2) or lets the others resume its
