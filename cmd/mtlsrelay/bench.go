@@ -62,7 +62,7 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the relay's measured closed-loop phase to this file (go tool pprof -tags shows each part's share)")
-	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of every measured phase to this folder: direct-closed.pprof, relay-closed.pprof, direct-paced.pprof, relay-paced.pprof")
+	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of every measured phase to this folder: direct-closed.pprof, relay-closed.pprof, direct-paced.pprof, relay-paced.pprof, floor-closed.pprof")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the whole run to this file (with --inflight, the relay alone)")
 	return cmd
 }

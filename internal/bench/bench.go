@@ -24,7 +24,8 @@
 //     exchange, and the ratio bound it implies (Report.RatioBound).
 //
 // Everything shares the process: allocation counts and RSS include the
-// NATS server, the partner and the load generator, and so does the CPU.
+// NATS server (unless Options.NATSURL names one elsewhere), the partner and
+// the load generator, and so does the CPU.
 // The direct phase, which has the same partner and generator, shows that
 // baseline.
 package bench
@@ -109,8 +110,9 @@ type Options struct {
 	// (see withPart).
 	CPUProfile io.Writer
 	// ProfileDir, when set, receives a CPU profile of every measured phase:
-	// direct-closed.pprof, relay-closed.pprof, direct-paced.pprof and
-	// relay-paced.pprof. It cannot be combined with CPUProfile.
+	// direct-closed.pprof, relay-closed.pprof, direct-paced.pprof,
+	// relay-paced.pprof and floor-closed.pprof (unless SkipFloor). It
+	// cannot be combined with CPUProfile.
 	ProfileDir string
 	// NATSURL, when set, runs the relay on that NATS server (JetStream
 	// enabled) instead of one started in-process: the server can then run

@@ -30,7 +30,7 @@ func writeTable(out io.Writer, rep *Report) {
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tLOOP\tCALLS\tERRORS\tCALLS/S\tP50 MS\tP99 MS\tMAX MS\tCONNS\tFULL HS/1k\tALLOCS/CALL\tKiB/CALL\tCPU µs/CALL\tCORES\tRSS MiB\t")
-	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay, rep.Floor} {
+	for _, ph := range rep.phases() {
 		if ph == nil {
 			continue
 		}
@@ -81,7 +81,7 @@ func writeTable(out io.Writer, rep *Report) {
 		limit = fmt.Sprintf(", Go memory limit %.0f MiB", rep.Setup.MemoryLimitMiB)
 	}
 	fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
-	for _, ph := range []*Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay, rep.Floor} {
+	for _, ph := range rep.phases() {
 		if ph != nil && ph.FirstError != "" {
 			fmt.Fprintf(out, "first error, %s %s: %s\n", ph.Name, ph.Loop, ph.FirstError)
 		}
@@ -97,4 +97,10 @@ func writeTable(out io.Writer, rep *Report) {
 		nats = ""
 	}
 	fmt.Fprintf(out, "allocations, RSS and CPU are the whole process's: workers, %spartner and load generator\n", nats)
+}
+
+// phases are the report's phases in the order they ran; those that did
+// not run are nil.
+func (r *Report) phases() []*Phase {
+	return []*Phase{r.Direct, r.Relay, r.PacedDirect, r.PacedRelay, r.Floor}
 }
