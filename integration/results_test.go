@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -80,4 +82,136 @@ func TestResultNotStoredCallNotAcked(t *testing.T) {
 		return nil
 	})
 	waitCallsSettled(ctx, t, env.js, 10*time.Second)
+}
+
+// TestResultTooLargeForNATS calls a partner that answers 2,000,000 bytes
+// through a NATS server with its default max_payload (1 MB): the result can
+// never be published. The call must end all the same, at once and with
+// one partner call: a response_too_large result that keeps the partner's
+// status, and a dead letter; before, it was handed back and the partner
+// called again without end.
+func TestResultTooLargeForNATS(t *testing.T) {
+	nc, js, p := startSmallRelay(t)
+	if max := nc.MaxPayload(); max != 1<<20 {
+		t.Fatalf("server max_payload = %d, want the default 1 MiB", max)
+	}
+	for _, tc := range []struct{ name, reply string }{
+		{"stored", "mtlsrelay.results.toolarge.stored"},
+		{"inbox", nats.NewInbox()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := uniqueID(t.Name())
+			data := fmt.Appendf(nil, `{"id":%q,"path":"bytes","query":{"n":["2000000"]},"headers":{"X-Test-Key":[%q]},"reply_to":%q}`, id, id, tc.reply)
+			r := callRaw(t, nc, js, "partner", id, tc.reply, data)
+			if r.OK || r.Error == nil || r.Error.Code != jobs.CodeResponseTooLarge || r.Status != 200 {
+				t.Fatalf("result = ok %v, status %d, error %+v; want response_too_large with status 200", r.OK, r.Status, r.Error)
+			}
+			if !strings.Contains(r.Error.Message, "max_payload") || r.Body != "" {
+				t.Errorf("message %q does not name max_payload, or the body (%d bytes) was kept", r.Error.Message, len(r.Body))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			waitCallsSettled(ctx, t, js, 10*time.Second)
+			dead, err := js.Stream(ctx, jobs.StreamDead)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := dead.GetLastMsgForSubject(ctx, "mtlsrelay.dead.partner")
+			if err != nil || m.Header.Get(jobs.HeaderCallID) != id || !strings.HasPrefix(m.Header.Get(jobs.HeaderDeadReason), "response_too_large") {
+				t.Errorf("dead letter: %v %v", err, m)
+			}
+			if n := p.KeyCounts()[id]; n != 1 {
+				t.Errorf("the partner was called %d times, want 1", n)
+			}
+		})
+	}
+}
+
+// startSmallRelay starts a NATS server with its defaults, an mTLS partner
+// and a worker with one connection, "partner", to it.
+func startSmallRelay(t *testing.T) (*nats.Conn, jetstream.JetStream, *partner.Server) {
+	t.Helper()
+	srv := startNATS(t)
+	p := startPartner(t)
+	startWorker(t, srv.ClientURL(), configYAML(t, `
+worker: {concurrency: 4, admin_addr: "off"}
+registry: {disabled: true}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: p}
+`, "PARTNER", p.URL()))
+	nc, js := connect(t, srv.ClientURL())
+	return nc, js, p
+}
+
+// TestResultWaitsForAStream removes MTLSRELAY_RESULTS, so that no stream
+// captures results: each publish is answered "no responders", as while a
+// stream elects a new leader. The worker must keep its result and its
+// call until a stream stores the result, and call the partner once.
+// Before, "no responders" counted as success: the call was acknowledged
+// and its result lost.
+func TestResultWaitsForAStream(t *testing.T) {
+	_, js, p := startSmallRelay(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := js.Stream(ctx, jobs.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := results.CachedInfo().Config
+	if err := js.DeleteStream(ctx, jobs.StreamResults); err != nil {
+		t.Fatal(err)
+	}
+
+	id := uniqueID(t.Name())
+	reply := "mtlsrelay.results.nostream." + id
+	msg := nats.NewMsg("mtlsrelay.calls.partner")
+	msg.Header.Set("Nats-Msg-Id", id)
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"path":"echo","headers":{%q:[%q]},"reply_to":%q}`, id, partner.KeyHeader, id, reply)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	// The partner answered; its result now meets "no responders". Leave
+	// the worker a second of them (a leader election lasts several).
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if p.KeyCounts()[id] == 0 {
+			return fmt.Errorf("the partner has not seen call %s yet", id)
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	cons, err := js.Consumer(ctx, jobs.StreamCalls, jobs.ConsumerWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending+int(info.NumPending) != 1 {
+		t.Fatalf("call acknowledged although no stream stored its result: %d awaiting ack, %d pending", info.NumAckPending, info.NumPending)
+	}
+
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			return err
+		}
+		m, err := s.GetLastMsgForSubject(ctx, reply)
+		if err != nil {
+			return fmt.Errorf("no stored result yet: %w", err)
+		}
+		if m.Header.Get(jobs.HeaderCallID) != id {
+			return fmt.Errorf("stored result is for %q", m.Header.Get(jobs.HeaderCallID))
+		}
+		return nil
+	})
+	waitCallsSettled(ctx, t, js, 10*time.Second)
+	if n := p.KeyCounts()[id]; n != 1 {
+		t.Errorf("the partner was called %d times, want once", n)
+	}
 }

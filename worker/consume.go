@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,7 +39,7 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 	// turns that into one pull per batch. An idle worker has every slot
 	// free and pulls at once.
 	batchMin := int64(max(1, concurrency/8))
-	errDelay := 100 * time.Millisecond
+	var pulls pullBackoff
 	for ctx.Err() == nil {
 		if err := w.slots.Acquire(ctx, 1); err != nil {
 			return
@@ -60,15 +60,9 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 		if err != nil {
 			cancel()
 			w.slots.Release(n)
-			w.log.Warn().Err(err).Msg("fetching calls failed; retrying")
-			select {
-			case <-ctx.Done():
-			case <-time.After(errDelay):
-			}
-			errDelay = min(errDelay*2, 5*time.Second)
+			w.pullFailed(ctx, &pulls, err)
 			continue
 		}
-		errDelay = 100 * time.Millisecond
 		var got int64
 		for msg := range batch.Messages() {
 			got++
@@ -84,9 +78,69 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 		cancel()
 		w.slots.Release(n - got)
 		if err := batch.Error(); err != nil && !isFetchEnd(err) && ctx.Err() == nil {
-			w.log.Warn().Err(err).Msg("pull request ended with an error")
+			// No responders, a consumer without a leader, a leadership
+			// change: pulling at once again would spin.
+			w.pullFailed(ctx, &pulls, err)
+			continue
+		}
+		if failures, down := pulls.succeeded(time.Now()); failures > 0 {
+			w.log.Info().Int("failed_pulls", failures).Dur("for", down.Round(time.Millisecond)).
+				Msg("pulling calls works again")
 		}
 	}
+}
+
+// pullFailed waits before the next pull, longer after each failure in a
+// row, and logs the first failure of a run: the condition, not each try.
+func (w *Worker) pullFailed(ctx context.Context, pulls *pullBackoff, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	delay, first := pulls.failed(time.Now())
+	if first {
+		w.log.Warn().Err(err).Str("consumer", jobs.ConsumerWorkers).
+			Msg("pulling calls fails; trying again with backoff until the consumer answers (a NATS node lost, a leader election, NATS down)")
+	} else {
+		w.log.Debug().Err(err).Dur("retry_in", delay).Msg("pulling calls still fails")
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(delay):
+	}
+}
+
+// pullBackoff paces the pull loop while pulls fail: from 100 ms, doubling
+// to at most 5 s, with equal jitter so a fleet of workers does not pull in
+// step when the consumer's new leader comes up.
+type pullBackoff struct {
+	failures int
+	since    time.Time
+}
+
+// failed records a failed pull at now and returns how long to wait before
+// the next, and whether it is the first failure since pulls last worked.
+func (b *pullBackoff) failed(now time.Time) (delay time.Duration, first bool) {
+	if b.failures == 0 {
+		b.since = now
+	}
+	b.failures++
+	d := 100 * time.Millisecond
+	for i := 1; i < b.failures && d < 5*time.Second; i++ {
+		d *= 2
+	}
+	d = min(d, 5*time.Second)
+	return d/2 + rand.N(d/2+1), b.failures == 1
+}
+
+// succeeded records a pull that worked at now. It returns how many pulls
+// had failed in a row before, and for how long; 0 when none had.
+func (b *pullBackoff) succeeded(now time.Time) (failures int, down time.Duration) {
+	failures, down = b.failures, now.Sub(b.since)
+	b.failures = 0
+	if failures == 0 {
+		down = 0
+	}
+	return failures, down
 }
 
 // safeHandle runs handleDurable and survives a defect in it: the call is
@@ -97,7 +151,7 @@ func (w *Worker) safeHandle(msg jetstream.Msg) {
 		if p := recover(); p != nil {
 			w.log.Error().Str("panic_type", fmt.Sprintf("%T", p)).Str("subject", msg.Subject()).
 				Msg("handling a call panicked; handed back for redelivery")
-			_ = msg.NakWithDelay(time.Second)
+			w.handBack(msg, time.Second)
 		}
 	}()
 	w.handleDurable(msg)
@@ -108,8 +162,35 @@ func isFetchEnd(err error) bool {
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoHeartbeat)
 }
 
+// handBack returns msg to JetStream, to be delivered again after delay (at
+// once when 0). The call is no longer held: InProgress stops for it.
+func (w *Worker) handBack(msg jetstream.Msg, delay time.Duration) {
+	w.held.remove(msg)
+	// A Nak that NATS loses (a leader election) is as good as one that
+	// arrives late: the call comes back after AckWait instead.
+	if delay > 0 {
+		_ = msg.NakWithDelay(delay)
+	} else {
+		_ = msg.Nak()
+	}
+}
+
+// acknowledge ends msg: its call is over and its result stored.
+func (w *Worker) acknowledge(ctx context.Context, msg jetstream.Msg) {
+	w.held.remove(msg)
+	// An ack that NATS loses brings the call back after AckWait; recall
+	// then finds its stored result and acknowledges again without calling
+	// the partner.
+	if err := msg.Ack(); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("ack failed; the redelivery will find the stored result")
+	}
+}
+
 // handleDurable processes one delivery of a durable call: decode, attempt,
-// then retry through NakWithDelay or publish the final result and ack.
+// then retry through NakWithDelay or publish the final result and ack. From
+// the moment it is taken until it is acknowledged or handed back, the call
+// is held: kept alive with InProgress, also while its result waits for a
+// stream that elects a new leader.
 func (w *Worker) handleDurable(msg jetstream.Msg) {
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -117,6 +198,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	w.held.add(msg)
 	queued := time.Since(meta.Timestamp)
 	call, derr := jobs.DecodeCall(msg.Data(), w.subj.ConnectionOf(msg.Subject()))
 	lc := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("delivery", meta.NumDelivered)
@@ -145,7 +227,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		return
 	}
 
-	attemptNo, done := w.recall(ctx, msg, call, int(meta.NumDelivered))
+	attemptNo, done := w.recall(ctx, msg, call, meta)
 	if done {
 		return
 	}
@@ -158,11 +240,9 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		}
 	}
 
-	w.held.add(msg)
 	actx, cancel := context.WithCancel(ctx)
 	ao := w.attempt(actx, call, attemptNo, queued, attemptOptions{beforeSend: beforeSend})
 	cancel()
-	w.held.remove(msg)
 
 	if ao.handback > 0 {
 		// No attempt was made: record that, so the redelivery does not
@@ -171,7 +251,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 			log.Warn().Err(err).Msg("could not record a hand-back")
 		}
 		log.Debug().Dur("retry_in", ao.handback).Msg("connection saturated or rate-limited; call handed back")
-		_ = msg.NakWithDelay(ao.handback)
+		w.handBack(msg, ao.handback)
 		return
 	}
 	res := ao.Result
@@ -180,7 +260,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		// A non-idempotent call keeps its in-flight marker: the partner may
 		// have seen it, so the redelivery reports outcome_unknown.
 		log.Info().Msg("call interrupted by shutdown; handed back")
-		_ = msg.Nak()
+		w.handBack(msg, 0)
 		return
 	}
 	attempts := maxAttempts(call, ao.conn)
@@ -197,7 +277,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 			ev = ev.Str("code", string(res.Error.Code))
 		}
 		ev.Msg("attempt failed; retrying")
-		_ = msg.NakWithDelay(delay)
+		w.handBack(msg, delay)
 		return
 	}
 	finalize(res, attempts)
@@ -207,17 +287,34 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 // recall reads what earlier deliveries of call did, when it matters: on a
 // redelivery, and for every non-idempotent call (its id may have completed
 // already). It returns the attempt number to make, or done when the call
-// needs nothing more (already completed, or its outcome is unknown and was
-// reported).
-func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call, deliveries int) (attempt int, done bool) {
+// needs nothing more (already completed, its result kept from a delivery
+// that could not publish it, or its outcome is unknown and was reported).
+func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call, meta *jetstream.MsgMetadata) (attempt int, done bool) {
+	deliveries := int(meta.NumDelivered)
 	if deliveries <= 1 && call.IsIdempotent() {
 		return 1, false
 	}
 	log := zerolog.Ctx(ctx)
+	if deliveries > 1 {
+		// A redelivery may follow an ack that NATS lost (a leader
+		// election, a worker that died between storing the result and
+		// acking): then the result is stored already.
+		stored, err := w.storedResult(ctx, call, meta.Timestamp)
+		if err != nil {
+			log.Warn().Err(err).Msg("could not look for the call's stored result; handing it back")
+			w.handBack(msg, jitter(time.Second))
+			return 0, true
+		}
+		if stored != nil {
+			log.Info().Msg("the call's result is stored already; acknowledged without calling the partner again")
+			w.settle(ctx, msg, call, stored)
+			return 0, true
+		}
+	}
 	st, err := w.state.get(ctx, call.ID)
 	if err != nil {
 		log.Warn().Err(err).Msg("could not read the call's state; handing it back")
-		_ = msg.NakWithDelay(jitter(time.Second))
+		w.handBack(msg, jitter(time.Second))
 		return 0, true
 	}
 	switch {
@@ -227,8 +324,16 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 		return deliveries, false
 	case st.Done:
 		log.Info().Msg("call already completed; acknowledged without calling the partner again")
-		_ = msg.Ack()
+		w.acknowledge(ctx, msg)
 		return 0, true
+	case st.Result != nil:
+		res, err := jobs.DecodeResult(st.Result)
+		if err == nil {
+			log.Info().Msg("publishing the result an earlier delivery could not publish, without calling the partner again")
+			w.complete(ctx, msg, call, res)
+			return 0, true
+		}
+		log.Warn().Err(err).Msg("the kept result does not decode; making the call again")
 	case st.Inflight:
 		res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeOutcomeUnknown,
 			"worker %s stopped while this non-idempotent %s may have reached the partner; it is not repeated: check with the partner whether it took effect",
@@ -240,11 +345,12 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	return st.Attempts + 1, false
 }
 
-// complete publishes the final result of call and, once it is safely
-// published, finishes the call. A result kept in MTLSRELAY_RESULTS goes
-// through the result window: the goroutine is free for the next call while
-// JetStream acknowledges it, and the call is acknowledged after that. Any
-// other reply subject gets a core publish (see publishResult).
+// complete publishes the final result of call and, once it is stored,
+// finishes the call. A result kept in MTLSRELAY_RESULTS goes through the
+// result window: the goroutine is free for the next call while JetStream
+// acknowledges it, and the call is acknowledged after that; while no
+// stream answers, it is published again (publishJetStream). Any other
+// reply subject gets a core publish (see publishResult).
 func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
 	w.annotateFinished(ctx, call.Connection, res)
 	out, err := w.resultMsg(ctx, call, res, msg.Headers())
@@ -265,9 +371,10 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 		}
 		go func() {
 			defer w.inflight.Done()
-			if err != nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("result not acknowledged; publishing it again")
-				err = w.publishJetStream(ctx, out, resultTries)
+			if err != nil && !neverPublishable(err) {
+				zerolog.Ctx(ctx).Warn().Err(err).Str("fault", classifyPublish(err).String()).
+					Msg("result not acknowledged by a stream; publishing it again")
+				err = w.publishJetStream(ctx, out, resultPatience)
 			}
 			w.finish(ctx, msg, call, res, err)
 		}()
@@ -275,33 +382,72 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 }
 
 // finish ends a call whose result was published (err nil): metrics, the
-// call recorded as done, a dead letter for a failure, the ack. When the
-// result could not be published (err), the call is handed back instead.
+// call recorded as done, a dead letter for a failure, the ack. A result
+// that can never be published (too large for NATS) is replaced by a small
+// one that says so. When the result could not be published for a reason
+// that may pass, the result is kept in the call's state and the call is
+// handed back: the redelivery publishes the kept result.
 func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, err error) {
 	log := zerolog.Ctx(ctx)
 	if err != nil {
-		log.Error().Err(err).Msg("could not publish the result; the call will be redelivered")
-		_ = msg.NakWithDelay(w.retry.backoff(1))
+		if neverPublishable(err) && !withoutResponse(res) {
+			log.Error().Err(err).Msg("the result is too large for NATS; publishing a result without the response instead")
+			data, _ := jobs.EncodeResult(res)
+			w.complete(ctx, msg, call, tooLargeResult(res, len(data), w.nc.MaxPayload()))
+			return
+		}
+		log.Error().Err(err).Msg("could not publish the result; the call is handed back and its result kept for the redelivery")
+		w.keepResult(ctx, call, res)
+		w.handBack(msg, w.retry.backoff(1))
 		return
+	}
+	w.settle(ctx, msg, call, res)
+}
+
+// settle ends a call whose final result res is stored: metrics, the call
+// recorded as done, a dead letter for a failure, the ack. A dead letter
+// that cannot be stored hands the call back instead of acking it; the
+// redelivery finds the stored result and settles again.
+func (w *Worker) settle(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
+	log := zerolog.Ctx(ctx)
+	if res.Error != nil {
+		if err := w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error); err != nil && !neverPublishable(err) {
+			log.Error().Err(err).Msg("could not store the dead letter; the call is handed back")
+			w.handBack(msg, w.retry.backoff(1))
+			return
+		} else if err != nil {
+			log.Error().Err(err).Msg("the dead letter is too large for NATS; the call ends without one")
+		}
 	}
 	w.metrics.finished(w.connLabel(call.Connection), res)
 	if !call.IsIdempotent() {
 		if err := w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
-			log.Warn().Err(err).Msg("could not record the call as done")
+			log.Warn().Err(err).Msg("could not record the call as done; a redelivery finds its stored result instead")
 		}
 	}
-	if res.Error != nil {
-		w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error)
-	}
-	if err := msg.Ack(); err != nil {
-		log.Warn().Err(err).Msg("ack failed; a redelivery will be de-duplicated by call id")
-	}
+	w.acknowledge(ctx, msg)
 	logResult(*log, res)
+}
+
+// keepResult records res in the call's state, so that a redelivery
+// publishes it instead of calling the partner again. It is best effort: a
+// result larger than NATS takes in one message, or a state bucket that is
+// down too, leaves the redelivery to call again (an idempotent call) or
+// to report outcome_unknown (a non-idempotent one).
+func (w *Worker) keepResult(ctx context.Context, call *jobs.Call, res *jobs.Result) {
+	data, err := jobs.EncodeResult(res)
+	if err == nil {
+		err = w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Result: data})
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not keep the unpublished result; the redelivery makes the call again")
+	}
 }
 
 // reject ends a call that cannot be processed: a result when it has a usable
 // reply_to, a dead letter with the raw bytes always, and Term so it is
-// never delivered again.
+// never delivered again. When either cannot be stored, the call is handed
+// back instead, to be rejected again.
 func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call, err error, meta *jetstream.MsgMetadata) {
 	log := zerolog.Ctx(ctx)
 	jerr := jobs.AsError(err)
@@ -313,132 +459,25 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	if !jobs.ValidName(conn) {
 		conn = "_invalid"
 	}
-	w.callFinished(ctx, conn, &jobs.Result{ID: id, Error: jerr, Attempt: int(meta.NumDelivered)})
 	if call != nil && call.ReplyTo != "" && jobs.ValidSubject(call.ReplyTo) && !w.subj.Reserved(call.ReplyTo) {
 		res := jobs.FailedResult(call, jerr)
 		res.Attempt, res.Worker = int(meta.NumDelivered), w.Name()
-		if perr := w.publishResult(ctx, call, res, msg.Headers()); perr != nil {
-			log.Error().Err(perr).Msg("could not publish the rejection result")
+		if perr := w.publishResult(ctx, call, res, msg.Headers()); perr != nil && !neverPublishable(perr) {
+			log.Error().Err(perr).Msg("could not publish the rejection result; the call is handed back")
+			w.handBack(msg, w.retry.backoff(1))
+			return
+		} else if perr != nil {
+			log.Error().Err(perr).Msg("the rejection result is too large for NATS; only the dead letter is stored")
 		}
 	}
-	w.deadLetter(ctx, msg, id, conn, jerr)
+	if derr := w.deadLetter(ctx, msg, id, conn, jerr); derr != nil && !neverPublishable(derr) {
+		log.Error().Err(derr).Msg("could not store the dead letter of a rejected call; the call is handed back")
+		w.handBack(msg, w.retry.backoff(1))
+		return
+	} else if derr != nil {
+		log.Error().Err(derr).Msg("the dead letter is too large for NATS; the call ends without one")
+	}
+	w.callFinished(ctx, conn, &jobs.Result{ID: id, Error: jerr, Attempt: int(meta.NumDelivered)})
+	w.held.remove(msg)
 	_ = msg.TermWithReason(string(jerr.Code))
-}
-
-// publishResult publishes res to the call's reply_to and waits until it is
-// safely published. A subject MTLSRELAY_RESULTS keeps is published through
-// JetStream, waiting for its ack. Any other subject (a flow's inbox) gets a
-// core publish: no stream of ours acks it, and a subscriber would take the
-// publish's reply subject and never answer. It leaves on the connection the
-// call's ack follows, so NATS has the result before it sees the ack; a
-// flow's own stream on that subject still stores it.
-func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) error {
-	msg, err := w.resultMsg(ctx, call, res, in)
-	if err != nil {
-		return err
-	}
-	return w.send(ctx, msg, resultTries)
-}
-
-// send publishes msg: through JetStream, waiting for its ack and trying up
-// to tries times, when MTLSRELAY_RESULTS keeps its subject; else with a
-// core publish (see publishResult).
-func (w *Worker) send(ctx context.Context, msg *nats.Msg, tries int) error {
-	if !w.subj.IsResult(msg.Subject) {
-		return w.nc.PublishMsg(msg)
-	}
-	return w.publishJetStream(ctx, msg, tries)
-}
-
-// publishProgress tells a call that asked for progress that the attempt of
-// res failed and another follows after delay. It is best-effort: one try,
-// and a failure is logged; the call is retried all the same.
-func (w *Worker) publishProgress(ctx context.Context, call *jobs.Call, res *jobs.Result, delay time.Duration, in nats.Header) {
-	p := *res
-	p.Progress, p.RetryInMS = true, max(delay.Milliseconds(), 1)
-	if p.Error == nil && retryableStatus(p.Status) {
-		p.Error = jobs.Errorf(jobs.CodeHTTPStatus, "the partner answered HTTP %d on attempt %d; retrying in %s", p.Status, p.Attempt, delay.Round(time.Millisecond))
-	}
-	out, err := w.resultMsg(ctx, call, &p, in)
-	if err == nil {
-		out.Header.Set(jobs.HeaderMsgID, jobs.ProgressMsgID(call.ID, p.Attempt))
-		out.Header.Set(jobs.HeaderProgress, strconv.Itoa(p.Attempt))
-		err = w.send(ctx, out, 1)
-	}
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Int("attempt", p.Attempt).Msg("could not publish the progress message; the call is retried all the same")
-	}
-}
-
-// resultMsg is the message carrying res to the call's reply_to, with
-// Nats-Msg-Id set to the call id and the trace context of in.
-func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) (*nats.Msg, error) {
-	data, err := jobs.EncodeResult(res)
-	if err != nil {
-		return nil, err
-	}
-	msg := nats.NewMsg(call.ReplyTo)
-	msg.Data = data
-	msg.Header.Set(jobs.HeaderMsgID, call.ID)
-	msg.Header.Set(jobs.HeaderCallID, call.ID)
-	w.injectTrace(ctx, msg.Header, in)
-	return msg, nil
-}
-
-// resultTimeout bounds the wait for JetStream's ack of one result, and a
-// publish's wait for room in the full result window (internal/pubwindow):
-// at most max(concurrency, 64) results await their acks at once.
-const resultTimeout = 5 * time.Second
-
-// resultTries is how many times a result is published before its call is
-// handed back.
-const resultTries = 5
-
-// publishJetStream publishes msg and waits for JetStream's ack, trying up
-// to tries times.
-func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, tries int) error {
-	var lastErr error
-	for i := range tries {
-		pctx, cancel := context.WithTimeout(ctx, resultTimeout)
-		_, err := w.js.PublishMsg(pctx, msg)
-		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
-			return nil
-		}
-		lastErr = err
-		if i == tries-1 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return lastErr
-		case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
-		}
-	}
-	return lastErr
-}
-
-// deadLetter publishes the call's raw bytes to <prefix>.dead.<connection>,
-// with the reason in headers.
-func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn string, reason *jobs.Error) {
-	w.metrics.deadLettered(w.connLabel(conn), reason.Code)
-	msg := nats.NewMsg(w.subj.Dead(conn))
-	msg.Data = in.Data()
-	msg.Header.Set(jobs.HeaderMsgID, id)
-	msg.Header.Set(jobs.HeaderCallID, id)
-	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
-	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := w.js.PublishMsg(pctx, msg); err != nil {
-		zerolog.Ctx(ctx).Error().Err(err).Msg("could not publish dead letter")
-	}
-}
-
-func logResult(log zerolog.Logger, res *jobs.Result) {
-	ev := log.Info()
-	if res.Error != nil {
-		ev = log.Warn().Str("code", string(res.Error.Code)).Str("error", res.Error.Message)
-	}
-	ev.Bool("ok", res.OK).Int("status", res.Status).Float64("total_ms", res.Timing.TotalMS).Msg("call completed")
 }

@@ -31,6 +31,10 @@ type callState struct {
 	// Done is set once the final result of a non-idempotent call was
 	// published; a redelivery that finds it set only acknowledges.
 	Done bool `json:"done,omitempty"`
+	// Result is the final result of a delivery that could not publish it
+	// (no stream answered for as long as it tried): the redelivery
+	// publishes it instead of calling the partner again.
+	Result json.RawMessage `json:"result,omitempty"`
 	// Worker names the worker that wrote the state.
 	Worker string `json:"worker,omitempty"`
 }

@@ -37,6 +37,10 @@ type Worker struct {
 	results  *pubwindow.Window
 	held     *heldCalls
 
+	// resultsS is MTLSRELAY_RESULTS, looked up once (resultsStream).
+	resultsMu sync.Mutex
+	resultsS  jetstream.Stream
+
 	// callCtx is the parent of every call's context: canceled only when the
 	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
 	callCtx    context.Context

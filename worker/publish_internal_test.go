@@ -1,0 +1,133 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/pubwindow"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// Every error a result's publish can meet maps to one decision; "no stream
+// answered" is never success.
+func TestClassifyPublish(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want publishFault
+	}{
+		{"no-responders", nats.ErrNoResponders, faultNoAnswer},
+		{"no-stream-response", jetstream.ErrNoStreamResponse, faultNoAnswer},
+		{"ack-timeout", context.DeadlineExceeded, faultNoAnswer},
+		{"nats-timeout", nats.ErrTimeout, faultNoAnswer},
+		{"reconnecting", nats.ErrConnectionReconnecting, faultNoAnswer},
+		{"async-ack-timeout", jetstream.ErrAsyncPublishTimeout, faultNoAnswer},
+		{"window-full", pubwindow.ErrFull, faultNoAnswer},
+		{"cluster-unavailable", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, faultNoAnswer},
+		{"wrapped-no-responders", fmt.Errorf("publish: %w", nats.ErrNoResponders), faultNoAnswer},
+		{"stream-sealed", &jetstream.APIError{Code: 400, ErrorCode: 10109, Description: "invalid operation on sealed stream"}, faultRefused},
+		{"stream-full", &jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, faultRefused},
+		{"insufficient-resources", &jetstream.APIError{Code: 503, ErrorCode: 10023, Description: "insufficient resources"}, faultRefused},
+		{"max-payload", nats.ErrMaxPayload, faultTooLarge},
+		{"wrapped-max-payload", fmt.Errorf("publish to x: %w", nats.ErrMaxPayload), faultTooLarge},
+		{"max-msg-size", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamMessageExceedsMaximum, Description: "message size exceeds maximum allowed"}, faultTooLarge},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := classifyPublish(tc.err); got != tc.want {
+				t.Errorf("classifyPublish(%v) = %s, want %s", tc.err, got, tc.want)
+			}
+			if got, want := neverPublishable(tc.err), tc.want == faultTooLarge; got != want {
+				t.Errorf("neverPublishable(%v) = %v, want %v", tc.err, got, want)
+			}
+		})
+	}
+	if neverPublishable(nil) {
+		t.Error("neverPublishable(nil) = true")
+	}
+}
+
+func TestPublishBackoff(t *testing.T) {
+	for try := 1; try <= 12; try++ {
+		full := min(100*time.Millisecond<<(try-1), 2*time.Second)
+		for range 50 {
+			d := publishBackoff(try)
+			if d < full/2 || d > full {
+				t.Fatalf("publishBackoff(%d) = %s, want within [%s, %s]", try, d, full/2, full)
+			}
+		}
+	}
+}
+
+// The pull loop waits longer after each failed pull, at most 5 s, says
+// which failure is the first of a run (the one logged), and starts over
+// once a pull works.
+func TestPullBackoff(t *testing.T) {
+	var b pullBackoff
+	t0 := time.Unix(1000, 0)
+	if n, down := b.succeeded(t0); n != 0 || down != 0 {
+		t.Fatalf("succeeded with no failure = %d, %s; want 0, 0", n, down)
+	}
+	for i := 1; i <= 10; i++ {
+		d, first := b.failed(t0.Add(time.Duration(i) * time.Second))
+		full := min(100*time.Millisecond<<(i-1), 5*time.Second)
+		if d < full/2 || d > full {
+			t.Errorf("failure %d: delay %s, want within [%s, %s]", i, d, full/2, full)
+		}
+		if first != (i == 1) {
+			t.Errorf("failure %d: first = %v", i, first)
+		}
+	}
+	n, down := b.succeeded(t0.Add(30 * time.Second))
+	if n != 10 || down != 29*time.Second {
+		t.Errorf("succeeded after 10 failures = %d, %s; want 10, 29s", n, down)
+	}
+	if _, first := b.failed(t0.Add(40 * time.Second)); !first {
+		t.Error("the first failure after a working pull is not reported as first")
+	}
+	if d, _ := b.failed(t0.Add(41 * time.Second)); d > 200*time.Millisecond {
+		t.Errorf("second failure of a new run waits %s; the backoff did not start over", d)
+	}
+}
+
+// A result too large for NATS is replaced by one that keeps the call's
+// echo and the partner's status, drops the response, and says what to
+// change; it is small whatever the response was.
+func TestTooLargeResult(t *testing.T) {
+	res := &jobs.Result{
+		ID: "big-1", Connection: "partner", Metadata: map[string]string{"flow": "f"}, OK: true, Status: 200,
+		Headers: map[string][]string{"Content-Type": {"text/plain"}}, Body: strings.Repeat("x", 2_000_000), Attempt: 1, Worker: "w1",
+	}
+	out := tooLargeResult(res, 2_000_345, 1<<20)
+	if out.OK || out.Error == nil || out.Error.Code != jobs.CodeResponseTooLarge || out.Error.Retryable {
+		t.Fatalf("result = ok %v, error %+v; want a response_too_large that is not retried", out.OK, out.Error)
+	}
+	for _, want := range []string{"2000345 bytes", "max_payload 1048576", "HTTP 200", "max_response_bytes"} {
+		if !strings.Contains(out.Error.Message, want) {
+			t.Errorf("message %q does not say %q", out.Error.Message, want)
+		}
+	}
+	if out.ID != "big-1" || out.Connection != "partner" || out.Metadata["flow"] != "f" || out.Status != 200 || out.Attempt != 1 {
+		t.Errorf("the call's echo or the status is lost: %+v", out)
+	}
+	if !withoutResponse(out) || withoutResponse(res) {
+		t.Errorf("withoutResponse: replacement %v (want true), original %v (want false)", withoutResponse(out), withoutResponse(res))
+	}
+	if !res.OK || len(res.Body) != 2_000_000 {
+		t.Error("tooLargeResult changed the original result")
+	}
+	data, err := jobs.EncodeResult(out)
+	if err != nil || len(data) > 4096 {
+		t.Errorf("replacement encodes to %d bytes (%v); want a small message", len(data), err)
+	}
+	if errors.Is(out.Error, nats.ErrMaxPayload) {
+		t.Error("the wire error wraps a NATS error")
+	}
+}
