@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -131,47 +130,17 @@ connections:
 	}
 
 	// Stored results: read the whole results stream, count per call id.
-	stored := map[string]int{}
+	waitResultsStored(t, js, total, 2*time.Minute, func() string { return "" })
 	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	checkFor(t, 2*time.Minute, 200*time.Millisecond, func() error {
-		s, err := js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			return err
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.State.Msgs < total {
-			return fmt.Errorf("%d of %d results stored", info.State.Msgs, total)
-		}
-		return nil
-	})
-	cons, err := js.OrderedConsumer(ctx, jobs.StreamResults, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for len(stored) < total {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var r jobs.Result
-			if err := json.Unmarshal(m.Data(), &r); err != nil {
-				t.Fatal(err)
-			}
+	stored := map[string]int{}
+	for id, rs := range readStoredResults(ctx, t, js) {
+		for _, r := range rs {
 			if !r.OK {
 				t.Errorf("call %s failed: %+v", r.ID, r.Error)
 			}
-			stored[r.ID]++
 		}
-		if n == 0 {
-			break
-		}
+		stored[id] = len(rs)
 	}
 	lost, dupStored, dupLive, partnerTwice := 0, 0, 0, 0
 	keys := p.KeyCounts()

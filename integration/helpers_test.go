@@ -260,6 +260,10 @@ func waitCallsSettled(ctx context.Context, t testing.TB, js jetstream.JetStream,
 		t.Fatal(err)
 	}
 	checkFor(t, within, 50*time.Millisecond, func() error {
+		// A request that went to a NATS node just killed is never
+		// answered: each look has its own deadline.
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
 		info, err := cons.Info(ctx)
 		if err != nil {
 			return err

@@ -129,25 +129,11 @@ connections:
 	killed := time.Now()
 	t.Logf("killed %s (leader of %v) at %d live results", victim, victimLeads, len(seen))
 
+	waitResultsStored(t, js, total, 3*time.Minute, func() string {
+		return fmt.Sprintf("%s after the kill; worker log:\n%s", time.Since(killed).Round(time.Second), tail(logs(), 40))
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	checkFor(t, 3*time.Minute, 250*time.Millisecond, func() error {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			return err
-		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.State.Msgs < total {
-			return fmt.Errorf("%d of %d results stored %s after the kill; worker log:\n%s",
-				info.State.Msgs, total, time.Since(killed).Round(time.Second), tail(logs(), 40))
-		}
-		return nil
-	})
 	waitCallsSettled(ctx, t, js, time.Minute)
 	t.Logf("every result stored %s after the kill", time.Since(killed).Round(100*time.Millisecond))
 
@@ -190,6 +176,30 @@ connections:
 		t.Errorf("the worker logged %d lines about pulling calls; want a few (one per change of state):\n%s",
 			pullLines, tail(logs(), 20))
 	}
+}
+
+// waitResultsStored waits until MTLSRELAY_RESULTS holds at least total
+// messages; detail says more when it does not within the time given.
+func waitResultsStored(t *testing.T, js jetstream.JetStream, total uint64, within time.Duration, detail func() string) {
+	t.Helper()
+	checkFor(t, within, 250*time.Millisecond, func() error {
+		// Each look has its own deadline: a request that went to a node
+		// just killed is never answered.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs < total {
+			return fmt.Errorf("%d of %d results stored %s", info.State.Msgs, total, detail())
+		}
+		return nil
+	})
 }
 
 // readStoredResults reads all of MTLSRELAY_RESULTS, keyed by call id.

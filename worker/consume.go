@@ -40,7 +40,24 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 	// free and pulls at once.
 	batchMin := int64(max(1, concurrency/8))
 	var pulls pullBackoff
+	paused := false
 	for ctx.Err() == nil {
+		if n := w.resultsWaiting.Load(); n > 0 {
+			if !paused {
+				w.log.Warn().Int64("results_waiting", n).
+					Msg("results wait for a stream to store them; taking no more calls until they are stored")
+				paused = true
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if paused {
+			w.log.Info().Msg("results are stored again; taking calls")
+			paused = false
+		}
 		if err := w.slots.Acquire(ctx, 1); err != nil {
 			return
 		}
@@ -77,10 +94,16 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 		}
 		cancel()
 		w.slots.Release(n - got)
-		if err := batch.Error(); err != nil && !isFetchEnd(err) && ctx.Err() == nil {
+		berr := batch.Error()
+		if berr != nil && !isFetchEnd(berr) && ctx.Err() == nil {
 			// No responders, a consumer without a leader, a leadership
 			// change: pulling at once again would spin.
-			w.pullFailed(ctx, &pulls, err)
+			w.pullFailed(ctx, &pulls, berr)
+			continue
+		}
+		if got == 0 && berr != nil {
+			// An empty pull that expired says nothing of the consumer: a
+			// pull sent to a leader that just died expires the same way.
 			continue
 		}
 		if failures, down := pulls.succeeded(time.Now()); failures > 0 {
@@ -307,7 +330,7 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 		}
 		if stored != nil {
 			log.Info().Msg("the call's result is stored already; acknowledged without calling the partner again")
-			w.settle(ctx, msg, call, stored)
+			w.settle(ctx, msg, call, stored, true)
 			return 0, true
 		}
 	}
@@ -317,24 +340,26 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 		w.handBack(msg, jitter(time.Second))
 		return 0, true
 	}
-	switch {
-	case st == nil:
+	if st == nil {
 		// Nothing recorded: every earlier delivery may have been an attempt
 		// (a worker died before it could record anything).
 		return deliveries, false
-	case st.Done:
+	}
+	if st.Done {
 		log.Info().Msg("call already completed; acknowledged without calling the partner again")
 		w.acknowledge(ctx, msg)
 		return 0, true
-	case st.Result != nil:
+	}
+	if st.Result != nil && st.ResultSeq == meta.Sequence.Stream {
 		res, err := jobs.DecodeResult(st.Result)
 		if err == nil {
 			log.Info().Msg("publishing the result an earlier delivery could not publish, without calling the partner again")
 			w.complete(ctx, msg, call, res)
 			return 0, true
 		}
-		log.Warn().Err(err).Msg("the kept result does not decode; making the call again")
-	case st.Inflight:
+		log.Warn().Err(err).Msg("the kept result does not decode")
+	}
+	if st.Inflight {
 		res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeOutcomeUnknown,
 			"worker %s stopped while this non-idempotent %s may have reached the partner; it is not repeated: check with the partner whether it took effect",
 			st.Worker, call.Method))
@@ -374,74 +399,115 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 			if err != nil && !neverPublishable(err) {
 				zerolog.Ctx(ctx).Warn().Err(err).Str("fault", classifyPublish(err).String()).
 					Msg("result not acknowledged by a stream; publishing it again")
-				err = w.publishJetStream(ctx, out, resultPatience)
+				// While results wait for a stream, the pull loop takes no
+				// more calls: their results would wait too.
+				w.resultsWaiting.Add(1)
+				_, err = w.publishJetStream(ctx, out, resultPatience)
+				w.resultsWaiting.Add(-1)
 			}
 			w.finish(ctx, msg, call, res, err)
 		}()
 	})
 }
 
-// finish ends a call whose result was published (err nil): metrics, the
-// call recorded as done, a dead letter for a failure, the ack. A result
-// that can never be published (too large for NATS) is replaced by a small
-// one that says so. When the result could not be published for a reason
+// finish ends a call whose result was published (err nil): see settle. A
+// result that can never be published (too large for NATS) is replaced by a
+// small one that says so; should even that not fit, the call ends with its
+// dead letter alone. When the result could not be published for a reason
 // that may pass, the result is kept in the call's state and the call is
 // handed back: the redelivery publishes the kept result.
 func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, err error) {
 	log := zerolog.Ctx(ctx)
-	if err != nil {
-		if neverPublishable(err) && !withoutResponse(res) {
-			log.Error().Err(err).Msg("the result is too large for NATS; publishing a result without the response instead")
-			data, _ := jobs.EncodeResult(res)
-			w.complete(ctx, msg, call, tooLargeResult(res, len(data), w.nc.MaxPayload()))
-			return
-		}
+	switch {
+	case err == nil:
+		w.settle(ctx, msg, call, res, false)
+	case neverPublishable(err) && !withoutResponse(res):
+		log.Error().Err(err).Msg("the result is too large for NATS; publishing a result without the response instead")
+		data, _ := jobs.EncodeResult(res)
+		w.complete(ctx, msg, call, tooLargeResult(res, len(data), w.nc.MaxPayload()))
+	case neverPublishable(err) && res.Metadata != nil:
+		log.Error().Err(err).Msg("the result is too large for NATS even without the response; publishing it without the call's metadata")
+		trimmed := *res
+		trimmed.Metadata = nil
+		w.complete(ctx, msg, call, &trimmed)
+	case neverPublishable(err):
+		log.Error().Err(err).Msg("no result of this call fits in a NATS message; it ends with its dead letter only")
+		w.settle(ctx, msg, call, res, false)
+	default:
 		log.Error().Err(err).Msg("could not publish the result; the call is handed back and its result kept for the redelivery")
-		w.keepResult(ctx, call, res)
+		w.keepResult(ctx, msg, call, res)
 		w.handBack(msg, w.retry.backoff(1))
-		return
 	}
-	w.settle(ctx, msg, call, res)
 }
 
-// settle ends a call whose final result res is stored: metrics, the call
-// recorded as done, a dead letter for a failure, the ack. A dead letter
-// that cannot be stored hands the call back instead of acking it; the
-// redelivery finds the stored result and settles again.
-func (w *Worker) settle(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
+// settle ends a call whose final result res is stored (or, for a result
+// too large for NATS, can never be): a dead letter for a failure, metrics,
+// the call recorded as done, the ack. A dead letter that cannot be stored
+// hands the call back instead of acking it, with the result kept: the
+// redelivery stores the dead letter without calling the partner again.
+// replay marks a call settled again on a redelivery: the delivery that
+// stored its result may have counted it already.
+func (w *Worker) settle(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, replay bool) {
 	log := zerolog.Ctx(ctx)
 	if res.Error != nil {
 		if err := w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error); err != nil && !neverPublishable(err) {
-			log.Error().Err(err).Msg("could not store the dead letter; the call is handed back")
+			log.Error().Err(err).Msg("could not store the dead letter; the call is handed back with its result kept")
+			w.keepResult(ctx, msg, call, res)
 			w.handBack(msg, w.retry.backoff(1))
 			return
 		} else if err != nil {
 			log.Error().Err(err).Msg("the dead letter is too large for NATS; the call ends without one")
 		}
 	}
-	w.metrics.finished(w.connLabel(call.Connection), res)
+	if !replay {
+		w.metrics.finished(w.connLabel(call.Connection), res)
+	}
 	if !call.IsIdempotent() {
-		if err := w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
+		sctx, cancel := stateContext(ctx)
+		defer cancel()
+		if err := w.state.put(sctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
 			log.Warn().Err(err).Msg("could not record the call as done; a redelivery finds its stored result instead")
 		}
 	}
 	w.acknowledge(ctx, msg)
-	logResult(*log, res)
+	if !replay {
+		logResult(*log, res)
+	}
 }
 
-// keepResult records res in the call's state, so that a redelivery
-// publishes it instead of calling the partner again. It is best effort: a
-// result larger than NATS takes in one message, or a state bucket that is
-// down too, leaves the redelivery to call again (an idempotent call) or
-// to report outcome_unknown (a non-idempotent one).
-func (w *Worker) keepResult(ctx context.Context, call *jobs.Call, res *jobs.Result) {
+// keepResult records res in the call's state, tied to this call's stream
+// sequence, so that its redelivery publishes it instead of calling the
+// partner again (and a call that uses the id again later does not get it).
+// A non-idempotent call keeps its in-flight marker beside it. It is best
+// effort: a result larger than NATS takes in one message, or a state
+// bucket that is down too, leaves the redelivery to call again (an
+// idempotent call) or to report outcome_unknown (a non-idempotent one).
+func (w *Worker) keepResult(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result) {
+	log := zerolog.Ctx(ctx)
+	meta, err := msg.Metadata()
+	if err != nil {
+		log.Warn().Err(err).Msg("could not keep the unpublished result; the redelivery makes the call again")
+		return
+	}
 	data, err := jobs.EncodeResult(res)
 	if err == nil {
-		err = w.state.put(ctx, call.ID, callState{Attempts: res.Attempt, Result: data})
+		// Shutdown may have canceled ctx: keeping the result is what lets
+		// the redelivery do without the partner.
+		sctx, cancel := stateContext(ctx)
+		defer cancel()
+		err = w.state.put(sctx, call.ID, callState{
+			Attempts: res.Attempt, Inflight: !call.IsIdempotent(), Result: data, ResultSeq: meta.Sequence.Stream,
+		})
 	}
 	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not keep the unpublished result; the redelivery makes the call again")
+		log.Warn().Err(err).Msg("could not keep the unpublished result; the redelivery makes the call again")
 	}
+}
+
+// stateContext bounds a call-state write that must happen even when ctx
+// was canceled by shutdown.
+func stateContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), resultTimeout)
 }
 
 // reject ends a call that cannot be processed: a result when it has a usable

@@ -112,37 +112,66 @@ func publishBackoff(try int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// publishJetStream publishes msg and waits for a stream's ack (a PubAck).
-// It publishes msg again, with the same Nats-Msg-Id so that a stored copy
-// is not stored twice, while no stream answers and patience lasts, or
-// while the stream refuses it and refusedPatience lasts; a message that is
-// too large is not tried again, and its error says so
-// (neverPublishable). patience 0 makes one try.
-func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, patience time.Duration) error {
+// publishJetStream publishes msg and waits for a stream's ack, with the
+// worker's JetStream context: see publishUntilStored. patience 0 makes
+// one try.
+func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, patience time.Duration) (*jetstream.PubAck, error) {
+	return publishUntilStored(ctx, w.js, msg, publishPolicy{
+		noAnswer: patience,
+		refused:  min(patience, refusedPatience),
+		backoff:  publishBackoff,
+		timeout:  resultTimeout,
+	})
+}
+
+// publisher is the part of jetstream.JetStream that publishes.
+type publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// publishPolicy says how long a publish is tried again, by kind of fault.
+type publishPolicy struct {
+	// noAnswer is how long to keep trying while no stream answers.
+	noAnswer time.Duration
+	// refused is how long to keep trying while the stream refuses.
+	refused time.Duration
+	// backoff is the delay before try number try+1.
+	backoff func(try int) time.Duration
+	// timeout bounds the wait for one ack.
+	timeout time.Duration
+}
+
+// publishUntilStored publishes msg and waits for a stream's ack (a
+// PubAck): only that is success. It publishes msg again, with the same
+// Nats-Msg-Id so that a stored copy is not stored twice, while no stream
+// answers and pol.noAnswer lasts, or while the stream refuses it and
+// pol.refused lasts. A message too large for NATS is not tried again, and
+// its error says so (neverPublishable).
+func publishUntilStored(ctx context.Context, js publisher, msg *nats.Msg, pol publishPolicy) (*jetstream.PubAck, error) {
 	start := time.Now()
 	for try := 1; ; try++ {
-		pctx, cancel := context.WithTimeout(ctx, resultTimeout)
-		_, err := w.js.PublishMsg(pctx, msg)
+		pctx, cancel := context.WithTimeout(ctx, pol.timeout)
+		ack, err := js.PublishMsg(pctx, msg)
 		cancel()
 		if err == nil {
-			return nil
+			return ack, nil
 		}
 		fault := classifyPublish(err)
 		if fault == faultTooLarge {
-			return fmt.Errorf("publish to %s: %w", msg.Subject, err)
+			return nil, fmt.Errorf("publish to %s: %w", msg.Subject, err)
 		}
-		limit := patience
+		limit := pol.noAnswer
 		if fault == faultRefused {
-			limit = min(patience, refusedPatience)
+			limit = pol.refused
 		}
-		delay := publishBackoff(try)
+		delay := pol.backoff(try)
 		if time.Since(start)+delay > limit {
-			return fmt.Errorf("publish to %s: %s after %d tries in %s: %w",
+			return nil, fmt.Errorf("publish to %s: %s after %d tries in %s: %w",
 				msg.Subject, fault, try, time.Since(start).Round(time.Millisecond), err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("publish to %s: %w (last try: %w)", msg.Subject, ctx.Err(), err)
+			return nil, fmt.Errorf("publish to %s: %w (last try: %w)", msg.Subject, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 	}
@@ -176,7 +205,8 @@ func (w *Worker) send(ctx context.Context, msg *nats.Msg, patience time.Duration
 	if !w.subj.IsResult(msg.Subject) {
 		return w.nc.PublishMsg(msg)
 	}
-	return w.publishJetStream(ctx, msg, patience)
+	_, err := w.publishJetStream(ctx, msg, patience)
+	return err
 }
 
 // publishProgress tells a call that asked for progress that the attempt of
@@ -225,18 +255,23 @@ func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn stri
 	msg.Header.Set(jobs.HeaderCallID, id)
 	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
 	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())
-	if err := w.publishJetStream(ctx, msg, resultPatience); err != nil {
+	ack, err := w.publishJetStream(ctx, msg, resultPatience)
+	if err != nil {
 		return err
 	}
-	w.metrics.deadLettered(w.connLabel(conn), reason.Code)
+	if !ack.Duplicate {
+		// A dead letter stored again by a redelivery is counted once.
+		w.metrics.deadLettered(w.connLabel(conn), reason.Code)
+	}
 	return nil
 }
 
 // storedResult returns the final result of call that MTLSRELAY_RESULTS
 // already keeps on its reply_to, or nil when there is none: a reply_to
 // outside the stream, no message on it, the last one another call's, a
-// progress message, or one stored before the call was enqueued (an id
-// used again after the duplicate window). An error means it cannot tell.
+// progress message, or one stored well before the call was enqueued (an
+// id used again after the duplicate window). An error means it cannot
+// tell.
 func (w *Worker) storedResult(ctx context.Context, call *jobs.Call, enqueued time.Time) (*jobs.Result, error) {
 	if !w.subj.IsResult(call.ReplyTo) {
 		return nil, nil
@@ -254,7 +289,11 @@ func (w *Worker) storedResult(ctx context.Context, call *jobs.Call, enqueued tim
 	if err != nil {
 		return nil, fmt.Errorf("read the last message on %s: %w", call.ReplyTo, err)
 	}
-	if m.Header.Get(jobs.HeaderCallID) != call.ID || m.Header.Get(jobs.HeaderProgress) != "" || m.Time.Before(enqueued) {
+	// The two times come from two servers' clocks (the leaders of the
+	// calls and the results streams): a minute's leeway keeps a small skew
+	// from hiding a genuine result, and a call id used again is at least
+	// the duplicate window (2 min) younger than its earlier result.
+	if m.Header.Get(jobs.HeaderCallID) != call.ID || m.Header.Get(jobs.HeaderProgress) != "" || m.Time.Before(enqueued.Add(-time.Minute)) {
 		return nil, nil
 	}
 	res, err := jobs.DecodeResult(m.Data)

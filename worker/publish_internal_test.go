@@ -131,3 +131,83 @@ func TestTooLargeResult(t *testing.T) {
 		t.Error("the wire error wraps a NATS error")
 	}
 }
+
+// scriptedPublisher answers publishes with errs in turn, then with a
+// PubAck; it counts the tries.
+type scriptedPublisher struct {
+	errs  []error
+	tries int
+}
+
+func (p *scriptedPublisher) PublishMsg(ctx context.Context, _ *nats.Msg, _ ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	p.tries++
+	if p.tries <= len(p.errs) {
+		return nil, p.errs[p.tries-1]
+	}
+	return &jetstream.PubAck{Stream: "MTLSRELAY_RESULTS", Sequence: uint64(p.tries)}, nil
+}
+
+// forever repeats err n times: more tries than any patience allows here.
+func forever(err error) []error {
+	out := make([]error, 10000)
+	for i := range out {
+		out[i] = err
+	}
+	return out
+}
+
+// publishUntilStored succeeds on a PubAck and nothing else: "no responders"
+// and "no stream response" (what a stream answers while it elects a
+// leader) are tried again until patience ends, then reported; a refusal
+// gets the shorter patience; a message too large is tried once.
+func TestPublishUntilStored(t *testing.T) {
+	pol := publishPolicy{
+		noAnswer: 200 * time.Millisecond,
+		refused:  20 * time.Millisecond,
+		backoff:  func(int) time.Duration { return time.Millisecond },
+		timeout:  time.Second,
+	}
+	sealed := &jetstream.APIError{Code: 400, ErrorCode: 10109, Description: "invalid operation on sealed stream"}
+	cases := []struct {
+		name      string
+		errs      []error
+		wantErr   error // nil: stored
+		wantTries func(int) bool
+	}{
+		{"stored-at-once", nil, nil, func(n int) bool { return n == 1 }},
+		{"stored-after-an-election", []error{nats.ErrNoResponders, jetstream.ErrNoStreamResponse, context.DeadlineExceeded, nats.ErrNoResponders}, nil, func(n int) bool { return n == 5 }},
+		{"no-responders-never-success", forever(nats.ErrNoResponders), nats.ErrNoResponders, func(n int) bool { return n > 20 }},
+		{"no-stream-response-never-success", forever(jetstream.ErrNoStreamResponse), jetstream.ErrNoStreamResponse, func(n int) bool { return n > 20 }},
+		{"refused-gives-up-sooner", forever(sealed), sealed, func(n int) bool { return n > 1 && n < 40 }},
+		{"too-large-tried-once", forever(nats.ErrMaxPayload), nats.ErrMaxPayload, func(n int) bool { return n == 1 }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &scriptedPublisher{errs: tc.errs}
+			ack, err := publishUntilStored(context.Background(), p, nats.NewMsg("mtlsrelay.results.x"), pol)
+			switch {
+			case tc.wantErr == nil && (err != nil || ack == nil):
+				t.Fatalf("err = %v, ack = %v; want stored", err, ack)
+			case tc.wantErr != nil && (err == nil || !errors.Is(err, tc.wantErr)):
+				t.Fatalf("err = %v; want one that wraps %v", err, tc.wantErr)
+			}
+			if !tc.wantTries(p.tries) {
+				t.Errorf("%d tries", p.tries)
+			}
+			if tc.wantErr != nil && neverPublishable(err) != errors.Is(tc.wantErr, nats.ErrMaxPayload) {
+				t.Errorf("neverPublishable(%v) = %v", err, neverPublishable(err))
+			}
+		})
+	}
+	t.Run("shutdown-ends-the-wait", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &scriptedPublisher{errs: forever(nats.ErrNoResponders)}
+		slow := pol
+		slow.noAnswer, slow.backoff = time.Hour, func(int) time.Duration { return 10 * time.Millisecond }
+		time.AfterFunc(50*time.Millisecond, cancel)
+		_, err := publishUntilStored(ctx, p, nats.NewMsg("mtlsrelay.results.x"), slow)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v; want context.Canceled", err)
+		}
+	})
+}

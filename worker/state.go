@@ -35,6 +35,9 @@ type callState struct {
 	// (no stream answered for as long as it tried): the redelivery
 	// publishes it instead of calling the partner again.
 	Result json.RawMessage `json:"result,omitempty"`
+	// ResultSeq is the calls-stream sequence of the call Result belongs
+	// to: a later call that uses the same id does not get it.
+	ResultSeq uint64 `json:"result_seq,omitempty"`
 	// Worker names the worker that wrote the state.
 	Worker string `json:"worker,omitempty"`
 }

@@ -37,6 +37,10 @@ type Worker struct {
 	results  *pubwindow.Window
 	held     *heldCalls
 
+	// resultsWaiting counts results published again while no stream
+	// stores them; the pull loop takes no calls while it is above 0.
+	resultsWaiting atomic.Int64
+
 	// resultsS is MTLSRELAY_RESULTS, looked up once (resultsStream).
 	resultsMu sync.Mutex
 	resultsS  jetstream.Stream
