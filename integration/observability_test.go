@@ -31,6 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/streams"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -490,7 +491,7 @@ func TestObservabilityMicroDiscovery(t *testing.T) {
 	ctx := context.Background()
 
 	// No worker yet: calls wait in the consumer.
-	if _, err := jobs.EnsureStreams(ctx, js, jobs.StreamOptions{AckWait: 5 * time.Second}); err != nil {
+	if _, err := streams.Ensure(ctx, js, streams.Options{AckWait: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	var replies []*nats.Subscription

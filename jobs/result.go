@@ -1,11 +1,11 @@
 package jobs
 
 import (
+	"bytes"
 	json "github.com/goccy/go-json"
 	"strconv"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 )
 
 // Result is the one final outcome of a call, published to its reply_to.
@@ -79,14 +79,14 @@ type ClientCert struct {
 	NotAfter time.Time `json:"not_after"`
 }
 
-// SetBody stores b as Body when it is valid UTF-8, else as BodyBase64.
-// Either way r keeps b without copying it: b must not change afterwards.
+// SetBody stores a copy of b as Body when it is valid UTF-8, else as
+// BodyBase64.
 func (r *Result) SetBody(b []byte) {
 	if utf8.Valid(b) {
-		r.Body, r.BodyBase64 = unsafe.String(unsafe.SliceData(b), len(b)), nil
+		r.Body, r.BodyBase64 = string(b), nil
 		return
 	}
-	r.Body, r.BodyBase64 = "", b
+	r.Body, r.BodyBase64 = "", bytes.Clone(b)
 }
 
 // ResponseBody returns the body bytes, whichever field holds them.

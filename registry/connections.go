@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mtlsrelay/mtlsrelay/worker"
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 )
 
 // ConnectionEntry is a connection as the registry holds it.
@@ -18,7 +18,7 @@ type ConnectionEntry struct {
 	// Name is the connection's name.
 	Name string `json:"name"`
 	// Connection is its definition.
-	Connection worker.Connection `json:"connection"`
+	Connection catalog.Connection `json:"connection"`
 	// Revision and Updated are those of the KV entry.
 	Revision uint64    `json:"revision"`
 	Updated  time.Time `json:"updated"`
@@ -27,7 +27,7 @@ type ConnectionEntry struct {
 // PutConnection checks c with Connection.Validate and stores it as
 // connections.<name>. Its profile may be one of the registry or of the
 // workers' config files, so it need not exist in the registry.
-func (r *Registry) PutConnection(ctx context.Context, name string, c worker.Connection) error {
+func (r *Registry) PutConnection(ctx context.Context, name string, c catalog.Connection) error {
 	if err := checkName("connection", name); err != nil {
 		return err
 	}
@@ -91,7 +91,7 @@ func (r *Registry) DeleteConnection(ctx context.Context, name string) error {
 
 // connectionEntry decodes and validates the KV entry of connection name.
 func connectionEntry(name string, e jetstream.KeyValueEntry) (*ConnectionEntry, error) {
-	var c worker.Connection
+	var c catalog.Connection
 	dec := json.NewDecoder(bytes.NewReader(e.Value()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {

@@ -147,9 +147,6 @@ func openBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jets
 	return kv, nil
 }
 
-// HasKey reports whether the registry was given an encryption key.
-func (r *Registry) HasKey() bool { return !r.key.ref.IsZero() }
-
 // checkName checks a profile or connection name: it becomes a KV key token.
 func checkName(kind, name string) error {
 	if !jobs.ValidName(name) {

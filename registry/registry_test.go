@@ -18,12 +18,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // fixturePassword is the password of the keystores in secrets/testdata.
@@ -357,8 +357,8 @@ func TestConnectionLifecycle(t *testing.T) {
 	js := startJS(t)
 	reg := openRegistry(t, js, "")
 	ctx := context.Background()
-	c := worker.Connection{BaseURL: "https://api.example:8443/v1/", Profile: "p", AllowHosts: []string{"h.example"},
-		Timeout: worker.Duration(5 * time.Second), MaxAttempts: 3}
+	c := catalog.Connection{BaseURL: "https://api.example:8443/v1/", Profile: "p", AllowHosts: []string{"h.example"},
+		Timeout: catalog.Duration(5 * time.Second), MaxAttempts: 3}
 	if err := reg.PutConnection(ctx, "api", c); err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func TestConnectionLifecycle(t *testing.T) {
 	if e.Connection.BaseURL != c.BaseURL || e.Connection.Timeout != c.Timeout || e.Connection.AllowHosts[0] != "h.example" {
 		t.Errorf("got %+v, want %+v", e.Connection, c)
 	}
-	if err := reg.PutConnection(ctx, "plain", worker.Connection{BaseURL: "http://api.example/", Profile: "p"}); err == nil ||
+	if err := reg.PutConnection(ctx, "plain", catalog.Connection{BaseURL: "http://api.example/", Profile: "p"}); err == nil ||
 		!strings.Contains(err.Error(), "https") {
 		t.Errorf("an http base_url was accepted: %v", err)
 	}
@@ -390,7 +390,7 @@ func TestWatch(t *testing.T) {
 	reg := openRegistry(t, js, newKey(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	conn := worker.Connection{BaseURL: "https://api.example/", Profile: "p"}
+	conn := catalog.Connection{BaseURL: "https://api.example/", Profile: "p"}
 	if err := reg.PutConnection(ctx, "before", conn); err != nil {
 		t.Fatal(err)
 	}
@@ -448,10 +448,10 @@ func TestWatch(t *testing.T) {
 
 func TestMergeConfigWins(t *testing.T) {
 	cfgProfiles := map[string]secrets.Profile{"shared": {Keystore: "file:/etc/a.p12"}}
-	cfgConns := map[string]worker.Connection{"api": {BaseURL: "https://config.example/", Profile: "shared"}}
+	cfgConns := map[string]catalog.Connection{"api": {BaseURL: "https://config.example/", Profile: "shared"}}
 	snap := registry.Snapshot{
 		Profiles: map[string]secrets.Profile{"shared": {Keystore: "registry:keystores/shared"}, "extra": {Keystore: "registry:keystores/extra"}},
-		Connections: map[string]worker.Connection{
+		Connections: map[string]catalog.Connection{
 			"api":   {BaseURL: "https://registry.example/", Profile: "extra"},
 			"other": {BaseURL: "https://other.example/", Profile: "extra"},
 		},

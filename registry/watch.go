@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // Snapshot is the registry's profiles and connections at one moment, as
@@ -21,7 +21,7 @@ type Snapshot struct {
 	// Profiles by name.
 	Profiles map[string]secrets.Profile
 	// Connections by name.
-	Connections map[string]worker.Connection
+	Connections map[string]catalog.Connection
 	// Revision is the highest KV revision the snapshot reflects.
 	Revision uint64
 }
@@ -61,7 +61,7 @@ func (r *Registry) watchOnce(ctx context.Context, fn func(Snapshot)) error {
 		return kvError(err, "watch")
 	}
 	defer func() { _ = w.Stop() }()
-	snap := Snapshot{Profiles: map[string]secrets.Profile{}, Connections: map[string]worker.Connection{}}
+	snap := Snapshot{Profiles: map[string]secrets.Profile{}, Connections: map[string]catalog.Connection{}}
 	deliver := func() {
 		fn(Snapshot{Profiles: maps.Clone(snap.Profiles), Connections: maps.Clone(snap.Connections), Revision: snap.Revision})
 	}
@@ -133,10 +133,10 @@ func apply(snap *Snapshot, e jetstream.KeyValueEntry, log *zerolog.Logger) {
 // cfgProfiles and cfgConnections and whose registry holds snap. The config
 // file wins for the names it defines: each registry entry it shadows is
 // logged on log.
-func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]worker.Connection, snap Snapshot, log zerolog.Logger) *worker.Catalog {
-	c := &worker.Catalog{
+func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]catalog.Connection, snap Snapshot, log zerolog.Logger) *catalog.Catalog {
+	c := &catalog.Catalog{
 		Profiles:    make(map[string]secrets.Profile, len(cfgProfiles)+len(snap.Profiles)),
-		Connections: make(map[string]worker.Connection, len(cfgConnections)+len(snap.Connections)),
+		Connections: make(map[string]catalog.Connection, len(cfgConnections)+len(snap.Connections)),
 	}
 	maps.Copy(c.Profiles, cfgProfiles)
 	maps.Copy(c.Connections, cfgConnections)

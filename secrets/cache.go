@@ -31,11 +31,10 @@ const DefaultRefreshInterval = time.Second
 //     Material exists, the Resolver keeps serving it and logs a warning
 //     through zerolog.Ctx(ctx).
 type Resolver struct {
-	sources          *Sources
-	now              func() time.Time
-	refreshInterval  time.Duration
-	sessionCacheSize int
-	observers        []func(LoadEvent)
+	sources         *Sources
+	now             func() time.Time
+	refreshInterval time.Duration
+	observers       []func(LoadEvent)
 
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -53,15 +52,9 @@ type LoadEvent struct {
 	Err      error
 }
 
-// WithLoadObserver adds f, called synchronously after every keystore load
+// AddLoadObserver adds f, called synchronously after every keystore load
 // (see LoadEvent) while the profile is locked: f must be quick and must not
-// call the Resolver.
-func WithLoadObserver(f func(LoadEvent)) Option {
-	return func(r *Resolver) { r.observers = append(r.observers, f) }
-}
-
-// AddLoadObserver adds f as WithLoadObserver does, to a Resolver in use;
-// loads already under way may not report to f.
+// call the Resolver. Loads already under way may not report to f.
 func (r *Resolver) AddLoadObserver(f func(LoadEvent)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -90,10 +83,6 @@ func WithClock(now func() time.Time) Option { return func(r *Resolver) { r.now =
 func WithRefreshInterval(d time.Duration) Option {
 	return func(r *Resolver) { r.refreshInterval = d }
 }
-
-// WithSessionCacheSize sets the capacity of each Material's TLS session
-// cache. Zero or less means crypto/tls's default (64).
-func WithSessionCacheSize(n int) Option { return func(r *Resolver) { r.sessionCacheSize = n } }
 
 // NewResolver returns a Resolver fetching secrets through sources.
 func NewResolver(sources *Sources, opts ...Option) *Resolver {

@@ -71,7 +71,7 @@ func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]S
 		MinVersion:         minVersion,
 		Renegotiation:      renegotiation,
 		ServerName:         p.ServerName,
-		ClientSessionCache: tls.NewLRUClientSessionCache(r.sessionCacheSize),
+		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 	}
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		return &cert, nil

@@ -3,36 +3,14 @@ package worker
 import (
 	"sync/atomic"
 
-	"github.com/mtlsrelay/mtlsrelay/jobs"
-	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 )
 
-// Catalog is an immutable set of profiles and connections. The worker holds
-// the current one in an atomic pointer, so a change (a registry update, say)
-// swaps it whole and a call sees one consistent view.
-type Catalog struct {
-	Profiles    map[string]secrets.Profile
-	Connections map[string]Connection
+// catalogHolder holds the catalog in use; SetCatalog swaps it whole.
+type catalogHolder struct {
+	p atomic.Pointer[catalog.Catalog]
 }
 
-// lookup returns the connection of call and its profile, or
-// unknown_connection / unknown_profile.
-func (c *Catalog) lookup(name string) (*Connection, *secrets.Profile, error) {
-	conn, ok := c.Connections[name]
-	if !ok {
-		return nil, nil, jobs.Errorf(jobs.CodeUnknownConnection,
-			"no connection named %q in the worker's config or the registry; define it or fix the call's connection", name)
-	}
-	prof, ok := c.Profiles[conn.Profile]
-	if !ok {
-		return nil, nil, jobs.Errorf(jobs.CodeUnknownProfile,
-			"connection %s uses profile %q, which is not defined in the worker's config or the registry", name, conn.Profile)
-	}
-	return &conn, &prof, nil
-}
+func (h *catalogHolder) load() *catalog.Catalog { return h.p.Load() }
 
-type catalogHolder struct{ p atomic.Pointer[Catalog] }
-
-func (h *catalogHolder) load() *Catalog { return h.p.Load() }
-
-func (h *catalogHolder) store(c *Catalog) { h.p.Store(c) }
+func (h *catalogHolder) store(c *catalog.Catalog) { h.p.Store(c) }

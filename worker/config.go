@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
 	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
@@ -29,7 +30,7 @@ type Config struct {
 	// Profiles are the mTLS profiles by name ("keystore in the agent's config file").
 	Profiles map[string]secrets.Profile `yaml:"profiles"`
 	// Connections are the partner endpoints by name.
-	Connections map[string]Connection `yaml:"connections"`
+	Connections map[string]catalog.Connection `yaml:"connections"`
 	// Vault, when set, enables vault: and vault-pki: secret references
 	// (docs/SECRETS-VAULT.md).
 	Vault *vault.Config `yaml:"vault"`
@@ -56,7 +57,7 @@ type NATSConfig struct {
 	// Replicas of the streams the worker creates; default 1 (3 on a cluster).
 	Replicas int `yaml:"replicas"`
 	// ResultsMaxAge is how long MTLSRELAY_RESULTS keeps results; default 24h.
-	ResultsMaxAge Duration `yaml:"results_max_age"`
+	ResultsMaxAge catalog.Duration `yaml:"results_max_age"`
 	// CredsFile is a NATS credentials file (JWT + NKey seed), for servers
 	// in operator mode.
 	CredsFile string `yaml:"creds_file"`
@@ -107,15 +108,15 @@ type WorkerConfig struct {
 	AdminAddr string `yaml:"admin_addr"`
 	// AckWait is how long JetStream waits for a worker's ack before
 	// redelivering; running calls are kept alive with InProgress. Default 30s.
-	AckWait Duration `yaml:"ack_wait"`
+	AckWait catalog.Duration `yaml:"ack_wait"`
 	// RetryBase is the first retry delay, doubled per attempt with jitter;
 	// default 1s.
-	RetryBase Duration `yaml:"retry_base"`
+	RetryBase catalog.Duration `yaml:"retry_base"`
 	// RetryMax caps a retry delay, Retry-After included; default 5m.
-	RetryMax Duration `yaml:"retry_max"`
+	RetryMax catalog.Duration `yaml:"retry_max"`
 	// ShutdownGrace is how long calls in flight may run after SIGTERM
 	// before they are handed back; default 25s.
-	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	ShutdownGrace catalog.Duration `yaml:"shutdown_grace"`
 	// FetchBatch caps how many calls one pull asks for; default Concurrency.
 	FetchBatch int `yaml:"fetch_batch"`
 	// CertExpiryWarnDays is how many days before a profile's client
@@ -198,13 +199,13 @@ func (c *Config) applyDefaults() {
 		w.AdminAddr = DefaultAdminAddr
 	}
 	if w.RetryBase <= 0 {
-		w.RetryBase = Duration(DefaultRetryBase)
+		w.RetryBase = catalog.Duration(DefaultRetryBase)
 	}
 	if w.RetryMax <= 0 {
-		w.RetryMax = Duration(DefaultRetryMax)
+		w.RetryMax = catalog.Duration(DefaultRetryMax)
 	}
 	if w.ShutdownGrace <= 0 {
-		w.ShutdownGrace = Duration(DefaultShutdownGrace)
+		w.ShutdownGrace = catalog.Duration(DefaultShutdownGrace)
 	}
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency

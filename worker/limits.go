@@ -8,13 +8,12 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
 // Defaults of a connection's circuit breaker.
 const (
-	DefaultBreakerFailures = 5
-	DefaultBreakerCooldown = 30 * time.Second
 	// maxRateWait is the longest a call waits in the worker for its
 	// connection's rate limit; longer waits hand the call back to JetStream.
 	maxRateWait = 250 * time.Millisecond
@@ -36,7 +35,7 @@ type limitSet struct {
 	m  map[string]*connLimits
 }
 
-func (s *limitSet) get(name string, c *Connection) *connLimits {
+func (s *limitSet) get(name string, c *catalog.Connection) *connLimits {
 	key := limitsKey(c)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -50,8 +49,8 @@ func (s *limitSet) get(name string, c *Connection) *connLimits {
 	if c.RateLimit > 0 {
 		l.rate = rate.NewLimiter(rate.Limit(c.RateLimit), max(1, int(c.RateLimit)))
 	}
-	if failures := c.breakerFailures(); failures > 0 {
-		l.breaker = &breaker{threshold: failures, cooldown: c.breakerCooldown()}
+	if failures, cooldown := c.Breaker(); failures > 0 {
+		l.breaker = &breaker{threshold: failures, cooldown: cooldown}
 	}
 	if s.m == nil {
 		s.m = map[string]*connLimits{}
@@ -67,10 +66,10 @@ type limitSettings struct {
 	maxConns        int
 	rateLimit       float64
 	breakerFailures int
-	breakerCooldown Duration
+	breakerCooldown catalog.Duration
 }
 
-func limitsKey(c *Connection) limitSettings {
+func limitsKey(c *catalog.Connection) limitSettings {
 	return limitSettings{c.MaxConns, c.RateLimit, c.BreakerFailures, c.BreakerCooldown}
 }
 

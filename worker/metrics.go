@@ -167,10 +167,6 @@ func (w *Worker) MetricsHandler() http.Handler {
 	})
 }
 
-// MetricsRegistry returns the worker's Prometheus registry, so an embedding
-// program can gather it or register its own collectors.
-func (w *Worker) MetricsRegistry() *prometheus.Registry { return w.metrics.reg }
-
 type promLogger struct{ w *Worker }
 
 func (l promLogger) Println(v ...any) {

@@ -8,7 +8,9 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -49,9 +51,9 @@ func (r *ProbeReport) fail(name string, err error) *ProbeReport {
 // certificate's validity, a TLS handshake (version, server chain), and a GET
 // of the base URL that shows whether the partner accepts the client
 // certificate (with TLS 1.3 a refusal only shows once a request is made).
-func Probe(ctx context.Context, cat *Catalog, resolver *secrets.Resolver, name string) *ProbeReport {
+func Probe(ctx context.Context, cat *catalog.Catalog, resolver *secrets.Resolver, name string) *ProbeReport {
 	r := &ProbeReport{Connection: name}
-	conn, prof, err := cat.lookup(name)
+	conn, prof, err := cat.Lookup(name)
 	if err != nil {
 		return r.fail("connection", err)
 	}
@@ -68,7 +70,7 @@ func Probe(ctx context.Context, cat *Catalog, resolver *secrets.Resolver, name s
 		int(time.Until(leaf.NotAfter).Hours()/24))
 
 	u, _ := url.Parse(conn.BaseURL)
-	host := hostPort(u)
+	host := outbound.HostPort(u)
 	cfg := mat.Config.Clone()
 	if cfg.ServerName == "" {
 		cfg.ServerName = u.Hostname()
@@ -76,7 +78,7 @@ func Probe(ctx context.Context, cat *Catalog, resolver *secrets.Resolver, name s
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: conn.AttemptTimeout(nil)}, Config: cfg}
 	raw, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return r.fail("tls", ClassifyError(err, Target{Host: host, Profile: conn.Profile, SystemRoots: cfg.RootCAs == nil, Phase: PhaseTLS, FreshConn: true}))
+		return r.fail("tls", outbound.ClassifyError(err, outbound.Target{Host: host, Profile: conn.Profile, SystemRoots: cfg.RootCAs == nil, Phase: outbound.PhaseTLS, FreshConn: true}))
 	}
 	tc := raw.(*tls.Conn)
 	st := tc.ConnectionState()
@@ -86,7 +88,7 @@ func Probe(ctx context.Context, cat *Catalog, resolver *secrets.Resolver, name s
 		r.step("server chain", true, "[%d] %s, issued by %s, valid until %s", i, c.Subject, c.Issuer, c.NotAfter.UTC().Format(time.DateOnly))
 	}
 
-	x := NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: 1})
+	x := outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: 1})
 	defer x.Close()
 	out := x.Attempt(ctx, &jobs.Call{ID: "mtlsrelay-test", Connection: name, Method: "GET"}, conn, mat)
 	if out.Result.Error != nil {

@@ -7,14 +7,16 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // attemptOutcome is what one try at a call produced.
 type attemptOutcome struct {
-	Outcome
+	outbound.Outcome
 	// conn is the call's connection, nil when it is unknown.
-	conn *Connection
+	conn *catalog.Connection
 	// handback > 0 means no attempt was made (the connection is saturated
 	// or rate-limited, or a marker could not be written): hand the call
 	// back for this long.
@@ -42,7 +44,7 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 		if p := recover(); p != nil {
 			// The panic value may hold call data: log its type only.
 			log.Error().Str("panic_type", fmt.Sprintf("%T", p)).Msg("attempt panicked; reporting internal error")
-			ao = attemptOutcome{Outcome: Outcome{Result: jobs.FailedResult(call, jobs.Errorf(jobs.CodeInternal, "mtlsrelay failed while making this call; see the worker log"))}, conn: ao.conn}
+			ao = attemptOutcome{Outcome: outbound.Outcome{Result: jobs.FailedResult(call, jobs.Errorf(jobs.CodeInternal, "mtlsrelay failed while making this call; see the worker log"))}, conn: ao.conn}
 		}
 		if ao.Result != nil {
 			ao.Result.Attempt = n
@@ -51,9 +53,9 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 		}
 	}()
 	fail := func(err error) attemptOutcome {
-		return attemptOutcome{Outcome: Outcome{Result: jobs.FailedResult(call, err)}, conn: ao.conn}
+		return attemptOutcome{Outcome: outbound.Outcome{Result: jobs.FailedResult(call, err)}, conn: ao.conn}
 	}
-	conn, prof, err := w.catalog.load().lookup(call.Connection)
+	conn, prof, err := w.catalog.load().Lookup(call.Connection)
 	if err != nil {
 		return fail(err)
 	}
@@ -66,9 +68,10 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 	adm := lim.admit(ctx, time.Now(), o.block)
 	switch {
 	case adm.breakerWait > 0:
+		failures, cooldown := conn.Breaker()
 		res := fail(jobs.Errorf(jobs.CodeCircuitOpen,
 			"connection %s failed %d times in a row, so this worker stops calling it for %s; check that the partner is up",
-			call.Connection, conn.breakerFailures(), conn.breakerCooldown()))
+			call.Connection, failures, cooldown))
 		res.RetryAfter = adm.breakerWait
 		return res
 	case adm.release == nil:
@@ -89,12 +92,12 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 
 // maxAttempts returns how many attempts call may have on conn (nil when
 // the connection is unknown).
-func maxAttempts(call *jobs.Call, conn *Connection) int {
+func maxAttempts(call *jobs.Call, conn *catalog.Connection) int {
 	if conn != nil {
 		return conn.Attempts(call)
 	}
 	if call.MaxAttempts > 0 {
 		return call.MaxAttempts
 	}
-	return DefaultMaxAttempts
+	return catalog.DefaultMaxAttempts
 }

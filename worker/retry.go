@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // retryPolicy decides whether a failed attempt is tried again and when.
@@ -27,7 +28,7 @@ func retryableStatus(status int) bool {
 // connect_failed, timeout, secret_unavailable and 429/502/503/504; a
 // non-idempotent call only when the request certainly did not reach the
 // server or the server answered 429 or 503.
-func (p retryPolicy) decide(call *jobs.Call, out Outcome, attempt, maxAttempts int) (bool, time.Duration) {
+func (p retryPolicy) decide(call *jobs.Call, out outbound.Outcome, attempt, maxAttempts int) (bool, time.Duration) {
 	if attempt >= maxAttempts {
 		return false, 0
 	}

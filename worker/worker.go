@@ -14,8 +14,11 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/pubwindow"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/streams"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -27,7 +30,7 @@ type Worker struct {
 	js       jetstream.JetStream
 	subj     jobs.Subjects
 	log      zerolog.Logger
-	exec     *Executor
+	exec     *outbound.Executor
 	resolver *secrets.Resolver
 	catalog  catalogHolder
 	retry    retryPolicy
@@ -53,7 +56,7 @@ type Worker struct {
 	stopping atomic.Bool
 	ready    atomic.Bool
 	inflight sync.WaitGroup
-	streams  jobs.StreamOptions
+	streams  streams.Options
 	ackWait  time.Duration
 
 	observability
@@ -68,8 +71,6 @@ func WithLogger(l zerolog.Logger) Option { return func(w *Worker) { w.log = l } 
 // WithResolver sets the profile resolver (default: file, env and inline sources).
 func WithResolver(r *secrets.Resolver) Option { return func(w *Worker) { w.resolver = r } }
 
-// WithStreamOptions overrides the stream and consumer settings derived from cfg.
-func WithStreamOptions(o jobs.StreamOptions) Option { return func(w *Worker) { w.streams = o } }
 
 // New returns a worker for cfg on the NATS connection nc. It does not start
 // consuming: call Run.
@@ -87,7 +88,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
 	}
-	w.streams = jobs.StreamOptions{
+	w.streams = streams.Options{
 		Subjects:      w.subj,
 		Replicas:      cfg.NATS.Replicas,
 		ResultsMaxAge: cfg.NATS.ResultsMaxAge.D(),
@@ -104,8 +105,8 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	if w.results, err = pubwindow.New(nc, max(cfg.Worker.Concurrency, 64), resultTimeout); err != nil {
 		return nil, err
 	}
-	w.exec = NewExecutor(ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
-	w.catalog.store(&Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
+	w.exec = outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
+	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
 	w.held = newHeldCalls()
@@ -114,7 +115,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 
 // SetCatalog replaces the profiles and connections in use; calls already
 // running keep the view they started with.
-func (w *Worker) SetCatalog(c *Catalog) { w.catalog.store(c) }
+func (w *Worker) SetCatalog(c *catalog.Catalog) { w.catalog.store(c) }
 
 // Name returns the worker's name.
 func (w *Worker) Name() string { return w.cfg.Worker.Name }
@@ -160,9 +161,9 @@ func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) 
 	delay := 250 * time.Millisecond
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := jobs.EnsureStreams(cctx, w.js, w.streams)
+		cons, err := streams.Ensure(cctx, w.js, w.streams)
 		if err == nil {
-			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, jobs.DefaultResultsMaxAge), w.Name())
+			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.Name())
 		}
 		cancel()
 		if err == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -86,7 +87,7 @@ func newCallCmd() *cobra.Command {
 				return err
 			}
 			defer nc.Close()
-			client, err := jobs.NewClient(nc, jobs.WithSubjects(jobs.Subjects{Prefix: prefix}))
+			client, err := client.New(nc, client.WithSubjects(jobs.Subjects{Prefix: prefix}))
 			if err != nil {
 				return err
 			}

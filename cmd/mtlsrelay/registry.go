@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -330,7 +331,7 @@ func newConnectionCmd() *cobra.Command {
 
 func newConnectionPutCmd(rf *registryFlags) *cobra.Command {
 	var (
-		c       worker.Connection
+		c       catalog.Connection
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
@@ -339,7 +340,7 @@ func newConnectionPutCmd(rf *registryFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			c.Timeout = worker.Duration(timeout)
+			c.Timeout = catalog.Duration(timeout)
 			return rf.withRegistry(cmd, func(ctx context.Context, reg *registry.Registry) error {
 				if err := reg.PutConnection(ctx, name, c); err != nil {
 					return err

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -30,7 +31,7 @@ func newTestCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cat := &worker.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections}
+			cat := &catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections}
 			sources, closeSources, err := secretSources(cmd.Context(), cfg, zerolog.Nop())
 			if err != nil {
 				return err
@@ -79,7 +80,7 @@ func newTestCmd() *cobra.Command {
 // addFromRegistry adds connection name and its profile from the registry to
 // cat when the config file does not define them, as a worker would see
 // them, and registers the registry's source for their secrets.
-func addFromRegistry(ctx context.Context, nc *nats.Conn, cfg *worker.Config, sources *secrets.Sources, cat *worker.Catalog, name string) error {
+func addFromRegistry(ctx context.Context, nc *nats.Conn, cfg *worker.Config, sources *secrets.Sources, cat *catalog.Catalog, name string) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
@@ -96,7 +97,7 @@ func addFromRegistry(ctx context.Context, nc *nats.Conn, cfg *worker.Config, sou
 		cat.Profiles = map[string]secrets.Profile{}
 	}
 	if cat.Connections == nil {
-		cat.Connections = map[string]worker.Connection{}
+		cat.Connections = map[string]catalog.Connection{}
 	}
 	conn, ok := cat.Connections[name]
 	if !ok {

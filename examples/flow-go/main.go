@@ -32,6 +32,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
 )
 
 // options are the flow's flags.
@@ -91,7 +92,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 	defer nc.Close()
 	subj := jobs.Subjects{Prefix: o.Prefix}
-	client, err := jobs.NewClient(nc, jobs.WithSubjects(subj))
+	relay, err := client.New(nc, client.WithSubjects(subj))
 	if err != nil {
 		return err
 	}
@@ -117,7 +118,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	// the ordered consumer starts at the beginning of MTLSRELAY_RESULTS, so
 	// a result stored before this point, or while the flow was away, is
 	// still delivered. A result seen twice (a redelivery) is counted once.
-	stopConsuming, err := client.ConsumeResults(ctx, jobs.ResultsOptions{Filter: runResults + ".>"}, func(r *jobs.Result) error {
+	stopConsuming, err := relay.ConsumeResults(ctx, client.ResultsOptions{Filter: runResults + ".>"}, func(r *jobs.Result) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if !pending[r.ID] {
@@ -149,7 +150,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 			ReplyTo:    runResults + "." + id,
 			Metadata:   map[string]string{"flow": "flow-go", "run": runID, "n": strconv.Itoa(i)},
 		}
-		if _, err := client.Enqueue(ctx, call); err != nil {
+		if _, err := relay.Enqueue(ctx, call); err != nil {
 			return fmt.Errorf("enqueue %s: %w", id, err)
 		}
 	}

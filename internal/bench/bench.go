@@ -6,7 +6,7 @@
 // the worker's TLS settings: the same profile's client certificate,
 // truststore and session cache, HTTP/2 when the partner offers it, the same
 // keep-alive pool size. The relay is the same request enqueued with
-// jobs.Client.Enqueue, executed by the workers, its result read from a core
+// client.Client.Enqueue, executed by the workers, its result read from a core
 // subscription on its reply subject (kept in MTLSRELAY_RESULTS).
 //
 // A run measures, for each path:

@@ -17,8 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // caller makes one call and returns when its outcome is known: nil for the
@@ -46,18 +47,18 @@ type directCaller struct {
 }
 
 // newDirectCaller builds an HTTP client configured as the worker's
-// transport is (worker/transport.go): the profile's tls.Config (client
+// transport is (outbound/transport.go): the profile's tls.Config (client
 // certificate, truststore, session cache), HTTP/2 when the partner offers
 // it, a keep-alive pool as large as the calls in flight, no redirects.
 func newDirectCaller(baseURL string, mat *secrets.Material, o Options) *directCaller {
-	dialer := &net.Dialer{Timeout: worker.DefaultDialTimeout, KeepAlive: 30 * time.Second}
+	dialer := &net.Dialer{Timeout: outbound.DefaultDialTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		DialContext:            dialer.DialContext,
 		TLSClientConfig:        mat.Config.Clone(),
-		TLSHandshakeTimeout:    worker.DefaultTLSHandshakeTimeout,
+		TLSHandshakeTimeout:    outbound.DefaultTLSHandshakeTimeout,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConnsPerHost:    o.inflight(),
-		IdleConnTimeout:        worker.DefaultIdleConnTimeout,
+		IdleConnTimeout:        outbound.DefaultIdleConnTimeout,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
 		HTTP2: &http.HTTP2Config{
@@ -97,7 +98,7 @@ func (d *directCaller) do(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set("User-Agent", worker.DefaultUserAgent)
+	req.Header.Set("User-Agent", outbound.DefaultUserAgent)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
@@ -119,12 +120,12 @@ func (d *directCaller) do(ctx context.Context) error {
 	return nil
 }
 
-// relayCaller enqueues the call on JetStream with jobs.Client.Enqueue and
+// relayCaller enqueues the call on JetStream with client.Client.Enqueue and
 // waits for its result, which a core subscription on the run's result
 // subjects hands over. Each call id is counted once: a second result for
 // an id (a redelivery) finds no waiter and is dropped.
 type relayCaller struct {
-	client      *jobs.Client
+	client      *client.Client
 	runID       string
 	replyPrefix string // <prefix>.results.bench.<run>.
 	shape       requestShape
@@ -137,7 +138,7 @@ type relayCaller struct {
 	duplicates atomic.Int64
 }
 
-func newRelayCaller(client *jobs.Client, o Options, runID string) *relayCaller {
+func newRelayCaller(client *client.Client, o Options, runID string) *relayCaller {
 	r := &relayCaller{
 		client:      client,
 		runID:       runID,

@@ -24,6 +24,7 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
@@ -144,7 +145,7 @@ func (r *rig) connectFlow(o Options) error {
 	if r.flowNC, err = nats.Connect(r.url, nats.Name("mtlsrelay bench flow")); err != nil {
 		return fmt.Errorf("connect the bench flow to NATS: %w", err)
 	}
-	client, err := jobs.NewClient(r.flowNC)
+	client, err := client.New(r.flowNC)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -149,7 +150,7 @@ connections:
 	defer func() { stopWorker(); <-done }()
 	say("4. worker %q consumes %s.calls.> and serves %s.rpc.>", w.Name(), jobs.DefaultPrefix, jobs.DefaultPrefix)
 
-	client, err := jobs.NewClient(nc)
+	client, err := client.New(nc)
 	if err != nil {
 		return nil, err
 	}

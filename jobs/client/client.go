@@ -1,4 +1,7 @@
-package jobs
+// Package client is what a Go flow uses to hand calls to mtlsrelay and read
+// their results over NATS. It speaks only the wire contract of package
+// jobs, so anything it does a plain NATS client can do too.
+package client
 
 import (
 	"context"
@@ -8,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
 // Client is what a flow uses to hand calls to mtlsrelay and read results. It
@@ -16,17 +21,17 @@ import (
 type Client struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	subj Subjects
+	subj jobs.Subjects
 }
 
-// ClientOption configures a Client.
-type ClientOption func(*Client)
+// Option configures a Client.
+type Option func(*Client)
 
 // WithSubjects sets the subject prefix (default "mtlsrelay").
-func WithSubjects(s Subjects) ClientOption { return func(c *Client) { c.subj = s } }
+func WithSubjects(s jobs.Subjects) Option { return func(c *Client) { c.subj = s } }
 
-// NewClient returns a Client on an established NATS connection.
-func NewClient(nc *nats.Conn, opts ...ClientOption) (*Client, error) {
+// New returns a Client on an established NATS connection.
+func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -39,20 +44,20 @@ func NewClient(nc *nats.Conn, opts ...ClientOption) (*Client, error) {
 }
 
 // Subjects returns the subjects the client uses.
-func (c *Client) Subjects() Subjects { return c.subj }
+func (c *Client) Subjects() jobs.Subjects { return c.subj }
 
-func (c *Client) prepare(call *Call) ([]byte, error) {
+func (c *Client) prepare(call *jobs.Call) ([]byte, error) {
 	if err := call.Normalize(""); err != nil {
 		return nil, err
 	}
 	if call.ReplyTo == "" {
 		call.ReplyTo = c.subj.Result(call.ID)
-		if !ValidSubject(call.ReplyTo) {
-			return nil, Errorf(CodeInvalidCall, "call id %q does not make a valid result subject; set reply_to", call.ID)
+		if !jobs.ValidSubject(call.ReplyTo) {
+			return nil, jobs.Errorf(jobs.CodeInvalidCall, "call id %q does not make a valid result subject; set reply_to", call.ID)
 		}
 	}
 	if c.subj.Reserved(call.ReplyTo) {
-		return nil, Errorf(CodeInvalidCall, "reply_to %q is a subject mtlsrelay consumes; use one under %s", call.ReplyTo, c.subj.ResultsAll())
+		return nil, jobs.Errorf(jobs.CodeInvalidCall, "reply_to %q is a subject mtlsrelay consumes; use one under %s", call.ReplyTo, c.subj.ResultsAll())
 	}
 	return json.Marshal(call)
 }
@@ -61,7 +66,7 @@ func (c *Client) prepare(call *Call) ([]byte, error) {
 // Nats-Msg-Id set to its id, so a repeated Enqueue of the same id within the
 // duplicate window is stored once. A call without reply_to gets
 // <prefix>.results.<id>, kept in MTLSRELAY_RESULTS.
-func (c *Client) Enqueue(ctx context.Context, call *Call) (*jetstream.PubAck, error) {
+func (c *Client) Enqueue(ctx context.Context, call *jobs.Call) (*jetstream.PubAck, error) {
 	data, err := c.prepare(call)
 	if err != nil {
 		return nil, err
@@ -70,10 +75,10 @@ func (c *Client) Enqueue(ctx context.Context, call *Call) (*jetstream.PubAck, er
 }
 
 // publish stores a prepared call in MTLSRELAY_CALLS.
-func (c *Client) publish(ctx context.Context, call *Call, data []byte) (*jetstream.PubAck, error) {
+func (c *Client) publish(ctx context.Context, call *jobs.Call, data []byte) (*jetstream.PubAck, error) {
 	msg := nats.NewMsg(c.subj.Calls(call.Connection))
 	msg.Data = data
-	msg.Header.Set(HeaderMsgID, call.ID)
+	msg.Header.Set(jobs.HeaderMsgID, call.ID)
 	return c.js.PublishMsg(ctx, msg)
 }
 
@@ -82,13 +87,13 @@ func (c *Client) publish(ctx context.Context, call *Call, data []byte) (*jetstre
 // subject is kept in MTLSRELAY_RESULTS, the stored result is returned if
 // there is a final one. Progress messages (call.Progress) are skipped; see
 // CallProgress.
-func (c *Client) Call(ctx context.Context, call *Call) (*Result, error) {
+func (c *Client) Call(ctx context.Context, call *jobs.Call) (*jobs.Result, error) {
 	return c.CallProgress(ctx, call, nil)
 }
 
 // CallProgress is Call, handing each progress message that arrives before
 // the final result to onProgress (which may be nil).
-func (c *Client) CallProgress(ctx context.Context, call *Call, onProgress func(*Result)) (*Result, error) {
+func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress func(*jobs.Result)) (*jobs.Result, error) {
 	data, err := c.prepare(call)
 	if err != nil {
 		return nil, err
@@ -113,7 +118,7 @@ func (c *Client) CallProgress(ctx context.Context, call *Call, onProgress func(*
 			}
 			return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
 		}
-		r, err := DecodeResult(msg.Data)
+		r, err := jobs.DecodeResult(msg.Data)
 		if err != nil || !r.Progress {
 			return r, err
 		}
@@ -125,7 +130,7 @@ func (c *Client) CallProgress(ctx context.Context, call *Call, onProgress func(*
 
 // Direct sends call as a core NATS request to <prefix>.rpc.<connection>: no
 // persistence, lowest latency; the result is the reply. ctx bounds the wait.
-func (c *Client) Direct(ctx context.Context, call *Call) (*Result, error) {
+func (c *Client) Direct(ctx context.Context, call *jobs.Call) (*jobs.Result, error) {
 	if err := call.Normalize(""); err != nil {
 		return nil, err
 	}
@@ -135,7 +140,7 @@ func (c *Client) Direct(ctx context.Context, call *Call) (*Result, error) {
 	}
 	msg := nats.NewMsg(c.subj.RPC(call.Connection))
 	msg.Data = data
-	msg.Header.Set(HeaderCallID, call.ID)
+	msg.Header.Set(jobs.HeaderCallID, call.ID)
 	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
@@ -143,14 +148,14 @@ func (c *Client) Direct(ctx context.Context, call *Call) (*Result, error) {
 		}
 		return nil, err
 	}
-	return DecodeResult(reply.Data)
+	return jobs.DecodeResult(reply.Data)
 }
 
 // StoredResult returns the last result stored in MTLSRELAY_RESULTS on
 // subject. For a call that asked for progress it may be a progress message
 // (Progress set) while the call is being retried.
-func (c *Client) StoredResult(ctx context.Context, subject string) (*Result, error) {
-	s, err := c.js.Stream(ctx, StreamResults)
+func (c *Client) StoredResult(ctx context.Context, subject string) (*jobs.Result, error) {
+	s, err := c.js.Stream(ctx, jobs.StreamResults)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +163,7 @@ func (c *Client) StoredResult(ctx context.Context, subject string) (*Result, err
 	if err != nil {
 		return nil, err
 	}
-	return DecodeResult(m.Data)
+	return jobs.DecodeResult(m.Data)
 }
 
 // ResultsOptions selects which stored results ConsumeResults delivers.
@@ -174,16 +179,16 @@ type ResultsOptions struct {
 // stream order, until the returned stop function is called. With a durable
 // consumer a result is acknowledged when handle returns nil, and redelivered
 // when it returns an error.
-func (c *Client) ConsumeResults(ctx context.Context, o ResultsOptions, handle func(*Result) error) (stop func(), err error) {
+func (c *Client) ConsumeResults(ctx context.Context, o ResultsOptions, handle func(*jobs.Result) error) (stop func(), err error) {
 	filter := o.Filter
 	if filter == "" {
 		filter = c.subj.ResultsAll()
 	}
 	var cons jetstream.Consumer
 	if o.Durable == "" {
-		cons, err = c.js.OrderedConsumer(ctx, StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+		cons, err = c.js.OrderedConsumer(ctx, jobs.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	} else {
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, StreamResults, jetstream.ConsumerConfig{
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, jobs.StreamResults, jetstream.ConsumerConfig{
 			Durable:       o.Durable,
 			FilterSubject: filter,
 			AckPolicy:     jetstream.AckExplicitPolicy,
@@ -193,7 +198,7 @@ func (c *Client) ConsumeResults(ctx context.Context, o ResultsOptions, handle fu
 		return nil, err
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		r, derr := DecodeResult(m.Data())
+		r, derr := jobs.DecodeResult(m.Data())
 		if derr != nil {
 			_ = m.Term()
 			return

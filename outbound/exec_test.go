@@ -1,4 +1,4 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
@@ -16,11 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // execPKI is a server CA, a client CA, a server certificate for localhost
@@ -81,8 +82,8 @@ func execMaterial(p *execPKI, version string, mod func(*tls.Config)) *secrets.Ma
 	return &secrets.Material{Profile: "partner-a", Config: cfg, Leaf: p.client.Cert, Version: version}
 }
 
-func newExecutor(t testing.TB) *worker.Executor {
-	x := worker.NewExecutor(worker.ExecutorOptions{MaxIdleConnsPerHost: 8})
+func newExecutor(t testing.TB) *outbound.Executor {
+	x := outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: 8})
 	t.Cleanup(x.Close)
 	return x
 }
@@ -108,7 +109,7 @@ func decodeEcho(t *testing.T, res *jobs.Result) partner.EchoResponse {
 	return e
 }
 
-func wantError(t *testing.T, out worker.Outcome, code jobs.Code) {
+func wantError(t *testing.T, out outbound.Outcome, code jobs.Code) {
 	t.Helper()
 	res := out.Result
 	if res.Error == nil {
@@ -134,19 +135,19 @@ func TestAttemptREST(t *testing.T) {
 	x := newExecutor(t)
 	mat := execMaterial(p, "v1", nil)
 	port := srv.URL()[strings.LastIndex(srv.URL(), ":")+1:]
-	conn := &worker.Connection{BaseURL: srv.URL() + "/", Profile: "partner-a", AllowHosts: []string{"localhost"}, MaxResponseBytes: 1000}
+	conn := &catalog.Connection{BaseURL: srv.URL() + "/", Profile: "partner-a", AllowHosts: []string{"localhost"}, MaxResponseBytes: 1000}
 	binary := []byte{0xff, 0x00, 0xfe, 0x80}
 	httpDate := time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)
 
 	tests := []struct {
 		name  string
 		call  jobs.Call
-		check func(t *testing.T, out worker.Outcome)
+		check func(t *testing.T, out outbound.Outcome)
 	}{
 		{
 			name: "ok/rest-get-query",
 			call: jobs.Call{Path: "/echo?fixed=1", Query: map[string][]string{"a": {"1", "2"}, "b": {"x y"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				e := decodeEcho(t, out.Result)
 				q, _ := url.ParseQuery(e.RawQuery)
 				if e.Method != "GET" || !slices.Equal(q["a"], []string{"1", "2"}) || q.Get("b") != "x y" || q.Get("fixed") != "1" {
@@ -157,7 +158,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-post-body",
 			call: jobs.Call{Method: "POST", Path: "echo", Body: `{"order":42}`, Headers: map[string][]string{"Content-Type": {"application/json"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				e := decodeEcho(t, out.Result)
 				if e.Method != "POST" || e.Body != `{"order":42}` || e.ContentLength != 12 || e.Headers["Content-Type"][0] != "application/json" {
 					t.Fatalf("server saw %s body %q length %d headers %v", e.Method, e.Body, e.ContentLength, e.Headers)
@@ -167,7 +168,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-put-binary-body",
 			call: jobs.Call{Method: "PUT", Path: "/echo", BodyBase64: binary},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				e := decodeEcho(t, out.Result)
 				if e.Method != "PUT" || string(e.BodyBase64) != string(binary) || e.ContentLength != int64(len(binary)) {
 					t.Fatalf("server saw %s body %x length %d", e.Method, e.BodyBase64, e.ContentLength)
@@ -177,7 +178,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-delete-no-body",
 			call: jobs.Call{Method: "DELETE", Path: "/echo"},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if e := decodeEcho(t, out.Result); e.Method != "DELETE" || e.Body != "" {
 					t.Fatalf("server saw %s body %q", e.Method, e.Body)
 				}
@@ -186,12 +187,12 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-duplicate-headers-in-order",
 			call: jobs.Call{Path: "/echo", Headers: map[string][]string{"x-multi": {"one", "two", "three"}, "Accept": {"application/json"}, "Connection": {"close"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				e := decodeEcho(t, out.Result)
 				if got := e.Headers["X-Multi"]; !slices.Equal(got, []string{"one", "two", "three"}) {
 					t.Fatalf("X-Multi = %q", got)
 				}
-				if e.Headers["User-Agent"][0] != worker.DefaultUserAgent {
+				if e.Headers["User-Agent"][0] != outbound.DefaultUserAgent {
 					t.Fatalf("User-Agent = %q", e.Headers["User-Agent"])
 				}
 			},
@@ -199,7 +200,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-absolute-url-allowed",
 			call: jobs.Call{URL: "https://localhost:" + port + "/echo"},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if e := decodeEcho(t, out.Result); !strings.HasPrefix(e.Host, "localhost:") {
 					t.Fatalf("server saw host %q", e.Host)
 				}
@@ -208,7 +209,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "fail/host-not-allowed",
 			call: jobs.Call{URL: "https://elsewhere.example:" + port + "/echo"},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				wantError(t, out, jobs.CodeHostNotAllowed)
 				if out.Sent {
 					t.Fatal("sent = true for a call refused before dialing")
@@ -218,7 +219,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/status-404-is-a-result",
 			call: jobs.Call{Path: "/status/404"},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if res := out.Result; res.Error != nil || res.Status != 404 || res.OK || res.Body != "status 404\n" {
 					t.Fatalf("result = status %d ok %v error %v body %q", res.Status, res.OK, res.Error, res.Body)
 				}
@@ -227,7 +228,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/status-503-retry-after-seconds",
 			call: jobs.Call{Path: "/status/503", Query: map[string][]string{"retry_after": {"7"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if res := out.Result; res.Error != nil || res.Status != 503 || res.OK || out.RetryAfter != 7*time.Second {
 					t.Fatalf("result = status %d ok %v error %v retry after %v", res.Status, res.OK, res.Error, out.RetryAfter)
 				}
@@ -236,7 +237,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/status-429-retry-after-date",
 			call: jobs.Call{Path: "/status/429", Query: map[string][]string{"retry_after": {httpDate}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if out.Result.Status != 429 || out.RetryAfter <= 0 || out.RetryAfter > 90*time.Second {
 					t.Fatalf("status %d retry after %v, want (0, 90s]", out.Result.Status, out.RetryAfter)
 				}
@@ -245,7 +246,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/binary-response",
 			call: jobs.Call{Path: "/binary"},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if res := out.Result; !res.OK || res.Body != "" || string(res.BodyBase64) != string(partner.BinaryBody) {
 					t.Fatalf("body %q base64 %x", res.Body, res.BodyBase64)
 				}
@@ -254,7 +255,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/response-at-limit",
 			call: jobs.Call{Path: "/bytes", Query: map[string][]string{"n": {"1000"}, "chunked": {"1"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if res := out.Result; !res.OK || len(res.Body) != 1000 {
 					t.Fatalf("ok %v error %v body length %d", res.OK, res.Error, len(res.Body))
 				}
@@ -263,7 +264,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-head-ignores-content-length",
 			call: jobs.Call{Method: "HEAD", Path: "/bytes", Query: map[string][]string{"n": {"5000"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if res := out.Result; !res.OK || res.Status != 200 || res.Body != "" || res.Headers["Content-Length"][0] != "5000" {
 					t.Fatalf("ok %v status %d error %v body %q headers %v", res.OK, res.Status, res.Error, res.Body, res.Headers)
 				}
@@ -272,7 +273,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "ok/rest-host-header-overrides",
 			call: jobs.Call{Path: "/echo", Headers: map[string][]string{"Host": {"api.partner.example"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				if e := decodeEcho(t, out.Result); e.Host != "api.partner.example" {
 					t.Fatalf("server saw host %q", e.Host)
 				}
@@ -281,7 +282,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "fail/response-too-large-content-length",
 			call: jobs.Call{Path: "/bytes", Query: map[string][]string{"n": {"1001"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				wantError(t, out, jobs.CodeResponseTooLarge)
 				if out.Result.Status != 200 || out.Result.Body != "" {
 					t.Fatalf("status %d body length %d, want 200 and no body", out.Result.Status, len(out.Result.Body))
@@ -291,7 +292,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "fail/response-too-large-chunked",
 			call: jobs.Call{Path: "/bytes", Query: map[string][]string{"n": {"50000"}, "chunked": {"1"}}},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				wantError(t, out, jobs.CodeResponseTooLarge)
 				if out.Result.Status != 200 {
 					t.Fatalf("status %d, want 200 kept", out.Result.Status)
@@ -301,7 +302,7 @@ func TestAttemptREST(t *testing.T) {
 		{
 			name: "fail/timeout-slow-response",
 			call: jobs.Call{Path: "/slow", Query: map[string][]string{"ms": {"30000"}}, TimeoutMS: 150},
-			check: func(t *testing.T, out worker.Outcome) {
+			check: func(t *testing.T, out outbound.Outcome) {
 				wantError(t, out, jobs.CodeTimeout)
 				if !out.Result.Error.Retryable || !out.Sent {
 					t.Fatalf("retryable %v sent %v, want both", out.Result.Error.Retryable, out.Sent)
@@ -336,7 +337,7 @@ func TestAttemptEchoesClientCertificate(t *testing.T) {
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, nil)
 	x := newExecutor(t)
-	out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil))
+	out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil))
 	if !out.Result.OK {
 		t.Fatalf("result: %+v", out.Result)
 	}
@@ -357,7 +358,7 @@ func TestAttemptChecksBeforeDialing(t *testing.T) {
 	p := newExecPKI(t)
 	x := newExecutor(t)
 	// Nothing listens there: a check that dialed would fail differently.
-	conn := &worker.Connection{BaseURL: "https://127.0.0.1:1", Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: "https://127.0.0.1:1", Profile: "partner-a"}
 	now := time.Now()
 	expired, err := p.clientCA.Issue(pki.LeafOptions{CommonName: "old", Client: true, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
 	if err != nil {
@@ -408,7 +409,7 @@ func TestParseRetryAfterStatusesOnly(t *testing.T) {
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, nil)
 	x := newExecutor(t)
-	conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
 	for _, code := range []int{429, 500, 502, 503, 504} {
 		t.Run("ok/status-"+strconv.Itoa(code), func(t *testing.T) {
 			call := restCall(t, jobs.Call{Path: "/status/" + strconv.Itoa(code), Query: map[string][]string{"retry_after": {"3"}}})
@@ -430,11 +431,11 @@ func TestParseRetryAfterStatusesOnly(t *testing.T) {
 // coldExecutor is a partner speaking proto ("HTTP/2" or "HTTP/1.1") and an
 // executor with no connection to it yet, with the connection and material
 // to call it.
-func coldExecutor(t *testing.T, proto string) (*partner.Server, *worker.Executor, *worker.Connection, *secrets.Material) {
+func coldExecutor(t *testing.T, proto string) (*partner.Server, *outbound.Executor, *catalog.Connection, *secrets.Material) {
 	t.Helper()
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" })
-	return srv, newExecutor(t), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil)
+	return srv, newExecutor(t), &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", nil)
 }
 
 // A worker that starts with a backlog sends many calls to a partner it has
@@ -532,9 +533,9 @@ func TestFirstConnectionFailureLetsWaitersTry(t *testing.T) {
 			held.Go(func() { <-stop; c.Close() }) // silent: no ServerHello
 		}
 	}()
-	x := worker.NewExecutor(worker.ExecutorOptions{TLSHandshakeTimeout: 300 * time.Millisecond})
+	x := outbound.NewExecutor(outbound.ExecutorOptions{TLSHandshakeTimeout: 300 * time.Millisecond})
 	t.Cleanup(x.Close)
-	conn := &worker.Connection{BaseURL: "https://" + ln.Addr().String(), Profile: "partner-a", Timeout: worker.Duration(2 * time.Second)}
+	conn := &catalog.Connection{BaseURL: "https://" + ln.Addr().String(), Profile: "partner-a", Timeout: catalog.Duration(2 * time.Second)}
 	mat := execMaterial(newExecPKI(t), "v1", nil)
 
 	// Ten calls at 300 ms per try would need 3 s one after another: the
@@ -549,7 +550,7 @@ func TestFirstConnectionFailureLetsWaitersTry(t *testing.T) {
 	}
 	wg.Wait()
 	for i, r := range results {
-		if r.Error == nil || r.Error.Code != jobs.CodeTimeout || !strings.Contains(r.Error.Message, worker.PhaseTLS) {
+		if r.Error == nil || r.Error.Code != jobs.CodeTimeout || !strings.Contains(r.Error.Message, outbound.PhaseTLS) {
 			t.Errorf("call %d: %+v, want a timeout in the TLS handshake", i, r.Error)
 		}
 	}
@@ -568,7 +569,7 @@ func TestFirstCallsToSecondHostShareOneHandshake(t *testing.T) {
 			mod := func(o *partner.Options) { o.DisableHTTP2 = proto == "HTTP/1.1" }
 			a, b := startExecPartner(t, p, mod), startExecPartner(t, p, mod)
 			x := newExecutor(t)
-			conn := &worker.Connection{BaseURL: a.URL(), Profile: "partner-a", AllowHosts: []string{"127.0.0.1", "localhost"}}
+			conn := &catalog.Connection{BaseURL: a.URL(), Profile: "partner-a", AllowHosts: []string{"127.0.0.1", "localhost"}}
 			mat := execMaterial(p, "v1", nil)
 			if out := x.Attempt(context.Background(), restCall(t, jobs.Call{ID: "to-a", Path: "/echo"}), conn, mat); !out.Result.OK {
 				t.Fatalf("call to the base URL's host: %+v", out.Result.Error)

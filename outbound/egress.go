@@ -1,4 +1,4 @@
-package worker
+package outbound
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -25,7 +26,7 @@ type egressPolicy struct {
 type egressKey struct{}
 
 // newEgressPolicy returns the policy of conn, named name.
-func newEgressPolicy(name string, conn *Connection) *egressPolicy {
+func newEgressPolicy(name string, conn *catalog.Connection) *egressPolicy {
 	p := &egressPolicy{connection: name, explicit: map[string]bool{}}
 	add := func(h string) {
 		h = strings.ToLower(strings.Trim(h, "[]"))

@@ -1,4 +1,4 @@
-package worker
+package outbound
 
 import (
 	"context"
@@ -16,7 +16,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
+	"unsafe"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
@@ -67,7 +70,7 @@ type Outcome struct {
 // (429/502/503/504) are left to the caller's retry policy. Error is set only
 // when no usable response was obtained, or when its body exceeds
 // conn.ResponseLimit() (response_too_large, status and headers kept).
-func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connection, mat *secrets.Material) Outcome {
+func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) Outcome {
 	start := time.Now()
 	res := &jobs.Result{}
 	out := Outcome{Result: res}
@@ -99,7 +102,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	if cd.base == nil {
 		return finish(jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection))
 	}
-	u, err := conn.targetURL(call, cd.base)
+	u, err := conn.RequestURL(call, cd.base)
 	if err != nil {
 		return finish(jobs.AsError(err))
 	}
@@ -131,7 +134,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 
 	pt := x.transports.get(call.Connection, mat)
 	defer pt.release()
-	target := Target{Host: hostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
+	target := Target{Host: HostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
 	classify := func(err error) *jobs.Error {
 		// The attempt's context explains failures whose own error does not
 		// (a connection closed under a request whose deadline passed).
@@ -158,7 +161,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 		defer func() { endFirst(tr.sent()) }()
 	}
 	req = req.WithContext(withEgress(req.Context(), cd.egress))
-	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn)}
+	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn, cd.base)}
 	resp, err := client.Do(req)
 	if err != nil {
 		err = withConnFailure(err, tr)
@@ -186,7 +189,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *Connectio
 	if int64(len(body)) > limit {
 		return finish(tooLarge(call, target.Host, -1, limit))
 	}
-	res.SetBody(body)
+	setBody(res, body)
 	if call.Kind == jobs.KindSOAP || mayCarrySOAP(resp.Header.Get("Content-Type")) {
 		res.SOAPFault = parseSOAPFault(resp.Header.Get("Content-Type"), body)
 	}
@@ -235,8 +238,8 @@ func tooLarge(call *jobs.Call, host string, size, limit int64) *jobs.Error {
 		"the response of %s is %s; raise max_response_bytes of connection %s or ask the partner for less", host, what, call.Connection)
 }
 
-// hostPort returns u's host with its port, 443 when the URL has none.
-func hostPort(u *url.URL) string {
+// HostPort returns u's host with its port, 443 when the URL has none.
+func HostPort(u *url.URL) string {
 	if u.Port() != "" {
 		return u.Host
 	}
@@ -433,7 +436,7 @@ const maxRedirects = 5
 
 // redirectPolicy keeps a redirected call within its connection's allowed
 // hosts, and follows nothing unless the connection says so.
-func redirectPolicy(call *jobs.Call, conn *Connection) func(*http.Request, []*http.Request) error {
+func redirectPolicy(call *jobs.Call, conn *catalog.Connection, base *url.URL) func(*http.Request, []*http.Request) error {
 	return func(req *http.Request, via []*http.Request) error {
 		if !conn.FollowRedirects {
 			return http.ErrUseLastResponse
@@ -441,11 +444,24 @@ func redirectPolicy(call *jobs.Call, conn *Connection) func(*http.Request, []*ht
 		if len(via) >= maxRedirects {
 			return jobs.Errorf(jobs.CodeHTTPStatus, "the partner redirected call %s more than %d times; check the connection's base_url", call.ID, maxRedirects)
 		}
-		if req.URL.Scheme != "https" || !conn.HostAllowed(req.URL) {
+		if req.URL.Scheme != "https" || !conn.HostAllowed(req.URL, base) {
 			return jobs.Errorf(jobs.CodeHostNotAllowed,
 				"the partner redirected to %s://%s, which connection %s does not allow; add the host to allow_hosts if the redirect is expected",
 				req.URL.Scheme, req.URL.Host, call.Connection)
 		}
 		return nil
 	}
+}
+
+// setBody stores body as res's body (Body when it is valid UTF-8, else
+// BodyBase64) without copying it. body must be a buffer that readBody made
+// for this response and that nothing else holds or changes: a response
+// body is the largest thing a call carries, and a copy of it costs as much
+// again (docs/BENCHMARKS.md, 64 KiB responses).
+func setBody(res *jobs.Result, body []byte) {
+	if utf8.Valid(body) {
+		res.Body, res.BodyBase64 = unsafe.String(unsafe.SliceData(body), len(body)), nil
+		return
+	}
+	res.Body, res.BodyBase64 = "", body
 }

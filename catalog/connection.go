@@ -1,4 +1,8 @@
-package worker
+// Package catalog defines what calls are made with: connections (where a
+// call goes, which hosts it may reach, its limits) and the set of
+// connections and profiles a worker uses. The worker's config file and the
+// registry both produce them; the worker and the executor read them.
+package catalog
 
 import (
 	"fmt"
@@ -15,6 +19,8 @@ const (
 	DefaultTimeout          = 30 * time.Second
 	DefaultMaxAttempts      = 5
 	DefaultMaxResponseBytes = 5 << 20
+	DefaultBreakerFailures  = 5
+	DefaultBreakerCooldown  = 30 * time.Second
 )
 
 // Connection is a partner endpoint: where calls go and with which profile.
@@ -109,18 +115,10 @@ func (c *Connection) ResponseLimit() int64 {
 	return DefaultMaxResponseBytes
 }
 
-// TargetURL builds the URL of call: its url when set (whose host must be
-// allowed), else base_url joined with its path; then its query is added.
-func (c *Connection) TargetURL(call *jobs.Call) (*url.URL, error) {
-	base, err := url.Parse(c.BaseURL)
-	if err != nil {
-		return nil, jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection)
-	}
-	return c.targetURL(call, base)
-}
-
-// targetURL is TargetURL with base_url already parsed (read, never written).
-func (c *Connection) targetURL(call *jobs.Call, base *url.URL) (*url.URL, error) {
+// RequestURL builds the URL of call: its url when set (whose host must be
+// allowed), else base, the connection's base_url parsed (read, never
+// written), joined with its path; then its query is added.
+func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error) {
 	var u *url.URL
 	var err error
 	if call.URL != "" {
@@ -128,7 +126,7 @@ func (c *Connection) targetURL(call *jobs.Call, base *url.URL) (*url.URL, error)
 		if err != nil {
 			return nil, jobs.Errorf(jobs.CodeInvalidCall, "url is not a valid URL")
 		}
-		if !c.hostAllowed(u, base) {
+		if !c.HostAllowed(u, base) {
 			return nil, jobs.Errorf(jobs.CodeHostNotAllowed,
 				"host %q is not allowed by connection %s; add it to the connection's allow_hosts or use a path under %s",
 				u.Host, call.Connection, c.BaseURL)
@@ -172,17 +170,12 @@ func joinPath(base *url.URL, path string) *url.URL {
 	return &u
 }
 
-// HostAllowed reports whether u's host is base_url's host or one of
-// allow_hosts. Entries match a host name or address exactly
-// (case-insensitive), "host:port" also pins the port, and "*.example.com"
-// matches any subdomain of example.com (not example.com itself).
-func (c *Connection) HostAllowed(u *url.URL) bool {
-	base, _ := url.Parse(c.BaseURL)
-	return c.hostAllowed(u, base)
-}
-
-// hostAllowed is HostAllowed with base_url already parsed (nil if invalid).
-func (c *Connection) hostAllowed(u, base *url.URL) bool {
+// HostAllowed reports whether u's host is the host of base (base_url
+// parsed; nil when it does not parse) or one of allow_hosts. Entries match
+// a host name or address exactly (case-insensitive), "host:port" also pins
+// the port, and "*.example.com" matches any subdomain of example.com (not
+// example.com itself).
+func (c *Connection) HostAllowed(u, base *url.URL) bool {
 	host, port := strings.ToLower(u.Hostname()), u.Port()
 	if port == "" {
 		port = "443"
@@ -219,19 +212,20 @@ func (c *Connection) hostAllowed(u, base *url.URL) bool {
 	return false
 }
 
-func (c *Connection) breakerFailures() int {
+// Breaker returns how many consecutive partner failures open the
+// connection's circuit (0: never) and how long it stays open.
+func (c *Connection) Breaker() (failures int, cooldown time.Duration) {
 	switch {
 	case c.BreakerFailures < 0:
-		return 0
+		failures = 0
 	case c.BreakerFailures == 0:
-		return DefaultBreakerFailures
+		failures = DefaultBreakerFailures
+	default:
+		failures = c.BreakerFailures
 	}
-	return c.BreakerFailures
-}
-
-func (c *Connection) breakerCooldown() time.Duration {
+	cooldown = DefaultBreakerCooldown
 	if c.BreakerCooldown > 0 {
-		return c.BreakerCooldown.D()
+		cooldown = c.BreakerCooldown.D()
 	}
-	return DefaultBreakerCooldown
+	return failures, cooldown
 }

@@ -1,4 +1,4 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
-	"github.com/mtlsrelay/mtlsrelay/worker"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // fakeDNS maps host names to addresses, so egress rules can be tested with
@@ -30,7 +31,7 @@ func TestEgressPolicy(t *testing.T) {
 	srv := startExecPartner(t, p, nil)
 	u, _ := url.Parse(srv.URL())
 	port := u.Port()
-	x := worker.NewExecutor(worker.ExecutorOptions{LookupNetIP: fakeDNS(map[string]string{
+	x := outbound.NewExecutor(outbound.ExecutorOptions{LookupNetIP: fakeDNS(map[string]string{
 		"api.partner.example":    "127.0.0.1", // a public-looking name on a restricted address
 		"rebind.partner.example": "127.0.0.1",
 		"localhost":              "127.0.0.1",
@@ -42,17 +43,17 @@ func TestEgressPolicy(t *testing.T) {
 
 	for _, tc := range []struct {
 		name  string
-		conn  worker.Connection
+		conn  catalog.Connection
 		url   string
 		want  jobs.Code
 		inMsg string
 	}{
-		{name: "ok/base-url-host-is-explicit", conn: worker.Connection{BaseURL: "https://api.partner.example:" + port + "/", Profile: "p"}},
-		{name: "ok/allow-hosts-names-host", conn: worker.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p", AllowHosts: []string{"rebind.partner.example"}},
+		{name: "ok/base-url-host-is-explicit", conn: catalog.Connection{BaseURL: "https://api.partner.example:" + port + "/", Profile: "p"}},
+		{name: "ok/allow-hosts-names-host", conn: catalog.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p", AllowHosts: []string{"rebind.partner.example"}},
 			url: "https://rebind.partner.example:" + port + "/echo"},
-		{name: "fail/wildcard-is-not-explicit", conn: worker.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p", AllowHosts: []string{"*.partner.example"}},
+		{name: "fail/wildcard-is-not-explicit", conn: catalog.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p", AllowHosts: []string{"*.partner.example"}},
 			url: "https://rebind.partner.example:" + port + "/echo", want: jobs.CodeHostNotAllowed, inMsg: "a loopback address"},
-		{name: "fail/host-not-in-allow-hosts", conn: worker.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p"},
+		{name: "fail/host-not-in-allow-hosts", conn: catalog.Connection{BaseURL: "https://localhost:" + port + "/", Profile: "p"},
 			url: "https://rebind.partner.example:" + port + "/echo", want: jobs.CodeHostNotAllowed, inMsg: "allow_hosts"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,7 +101,7 @@ func TestRedirects(t *testing.T) {
 		{"fail/followed-to-http", true, to(strings.Replace(base, "https:", "http:", 1) + "/echo"), 0, jobs.CodeHostNotAllowed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn := &worker.Connection{BaseURL: base + "/", Profile: "p", FollowRedirects: tc.follow}
+			conn := &catalog.Connection{BaseURL: base + "/", Profile: "p", FollowRedirects: tc.follow}
 			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: tc.path}), conn, mat)
 			if tc.want != "" {
 				wantError(t, out, tc.want)
@@ -119,12 +120,12 @@ func TestEgressPoolsArePerConnection(t *testing.T) {
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, nil)
 	u, _ := url.Parse(srv.URL())
-	x := worker.NewExecutor(worker.ExecutorOptions{LookupNetIP: fakeDNS(map[string]string{"inner.partner.example": "127.0.0.1"})})
+	x := outbound.NewExecutor(outbound.ExecutorOptions{LookupNetIP: fakeDNS(map[string]string{"inner.partner.example": "127.0.0.1"})})
 	t.Cleanup(x.Close)
 	mat := execMaterial(p, "v1", func(c *tls.Config) { c.ServerName = "localhost" })
 	target := "https://inner.partner.example:" + u.Port() + "/echo"
-	explicit := &worker.Connection{BaseURL: "https://localhost:" + u.Port() + "/", Profile: "p", AllowHosts: []string{"inner.partner.example"}}
-	loose := &worker.Connection{BaseURL: "https://localhost:" + u.Port() + "/", Profile: "p", AllowHosts: []string{"*.partner.example"}}
+	explicit := &catalog.Connection{BaseURL: "https://localhost:" + u.Port() + "/", Profile: "p", AllowHosts: []string{"inner.partner.example"}}
+	loose := &catalog.Connection{BaseURL: "https://localhost:" + u.Port() + "/", Profile: "p", AllowHosts: []string{"*.partner.example"}}
 	c1 := restCall(t, jobs.Call{URL: target})
 	c1.Connection = "explicit"
 	if out := x.Attempt(context.Background(), c1, explicit, mat); out.Result.Status != 200 {

@@ -1,4 +1,4 @@
-package worker
+package catalog
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 func TestTransportProtocols(t *testing.T) {
@@ -23,14 +24,14 @@ func TestTransportProtocols(t *testing.T) {
 	tests := []struct {
 		name         string
 		server       func(*partner.Options)
-		exec         worker.ExecutorOptions
+		exec         outbound.ExecutorOptions
 		material     func(*tls.Config)
 		wantProtocol string
 		wantTLS      string
 	}{
 		{name: "ok/http2-when-offered", wantProtocol: "HTTP/2.0", wantTLS: "TLS 1.3"},
 		{name: "ok/http1-when-partner-has-no-http2", server: func(o *partner.Options) { o.DisableHTTP2 = true }, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.3"},
-		{name: "ok/http1-when-executor-disables-http2", exec: worker.ExecutorOptions{DisableHTTP2: true}, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.3"},
+		{name: "ok/http1-when-executor-disables-http2", exec: outbound.ExecutorOptions{DisableHTTP2: true}, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.3"},
 		{name: "ok/http2-over-tls12", server: func(o *partner.Options) { o.MaxTLSVersion = tls.VersionTLS12 }, wantProtocol: "HTTP/2.0", wantTLS: "TLS 1.2"},
 		{name: "ok/http1-when-the-profile-allows-renegotiation", server: func(o *partner.Options) { o.MaxTLSVersion = tls.VersionTLS12 },
 			material: func(c *tls.Config) { c.Renegotiation = tls.RenegotiateOnceAsClient }, wantProtocol: "HTTP/1.1", wantTLS: "TLS 1.2"},
@@ -38,9 +39,9 @@ func TestTransportProtocols(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := startExecPartner(t, p, tc.server)
-			x := worker.NewExecutor(tc.exec)
+			x := outbound.NewExecutor(tc.exec)
 			defer x.Close()
-			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", tc.material))
+			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Path: "/echo"}), &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, execMaterial(p, "v1", tc.material))
 			if !out.Result.OK {
 				t.Fatalf("result: %+v", out.Result)
 			}
@@ -69,13 +70,13 @@ func TestTransportReuse(t *testing.T) {
 			var n handshakeCounter
 			srv := startMTLSHTTPTestWith(t, p, h2, &n)
 			x := newExecutor(t)
-			conn := &worker.Connection{BaseURL: srv, Profile: "partner-a"}
+			conn := &catalog.Connection{BaseURL: srv, Profile: "partner-a"}
 			call := restCall(t, jobs.Call{Path: "/"})
 			v1 := execMaterial(p, "v1", nil)
 
 			first := x.Attempt(context.Background(), call, conn, v1)
 			second := x.Attempt(context.Background(), call, conn, v1)
-			for i, out := range []worker.Outcome{first, second} {
+			for i, out := range []outbound.Outcome{first, second} {
 				if !out.Result.OK {
 					t.Fatalf("call %d: %+v", i+1, out.Result)
 				}
@@ -150,7 +151,7 @@ func TestTransportConcurrentRotation(t *testing.T) {
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, nil)
 	x := newExecutor(t)
-	conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
 	mats := []*secrets.Material{execMaterial(p, "v1", nil), execMaterial(p, "v2", nil), execMaterial(p, "v3", nil)}
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)

@@ -1,4 +1,8 @@
-package jobs
+// Package streams defines and creates the JetStream streams and the
+// consumer of the wire contract: MTLSRELAY_CALLS and its consumer
+// "workers", MTLSRELAY_RESULTS and MTLSRELAY_DEAD. Workers create or update
+// them on start, so any worker may start first.
+package streams
 
 import (
 	"context"
@@ -7,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
 // Stream defaults.
@@ -20,11 +26,11 @@ const (
 	DefaultAckWait = 30 * time.Second
 )
 
-// StreamOptions tunes the streams and the consumer the worker creates.
+// Options tunes the streams and the consumer the worker creates.
 // Zero values mean the defaults above, one replica and file storage.
-type StreamOptions struct {
+type Options struct {
 	// Subjects names the subjects; zero means prefix "mtlsrelay".
-	Subjects Subjects
+	Subjects jobs.Subjects
 	// Replicas of each stream (3 on a cluster for failover).
 	Replicas int
 	// ResultsMaxAge bounds how long results are kept.
@@ -41,7 +47,7 @@ type StreamOptions struct {
 	MaxAckPending int
 }
 
-func (o StreamOptions) storage() jetstream.StorageType {
+func (o Options) storage() jetstream.StorageType {
 	if o.MemoryStorage {
 		return jetstream.MemoryStorage
 	}
@@ -55,26 +61,26 @@ func orDuration(v, def time.Duration) time.Duration {
 	return def
 }
 
-// StreamConfigs returns the configurations of MTLSRELAY_CALLS,
+// Configs returns the configurations of MTLSRELAY_CALLS,
 // MTLSRELAY_RESULTS and MTLSRELAY_DEAD.
-func (o StreamOptions) StreamConfigs() []jetstream.StreamConfig {
+func (o Options) Configs() []jetstream.StreamConfig {
 	dup := max(o.DuplicateWindow, DefaultDuplicateWindow)
 	replicas := max(o.Replicas, 1)
 	s := o.Subjects
 	return []jetstream.StreamConfig{
 		{
-			Name:        StreamCalls,
+			Name:        jobs.StreamCalls,
 			Description: "mtlsrelay durable calls, taken by consumer workers",
 			Subjects:    []string{s.CallsAll()},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     o.storage(),
 			Replicas:    replicas,
 			Duplicates:  dup,
-			MaxMsgSize:  MaxCallBytes,
+			MaxMsgSize:  jobs.MaxCallBytes,
 			Discard:     jetstream.DiscardOld,
 		},
 		{
-			Name:        StreamResults,
+			Name:        jobs.StreamResults,
 			Description: "mtlsrelay results, one per call id",
 			Subjects:    []string{s.ResultsAll()},
 			AllowDirect: true,
@@ -85,7 +91,7 @@ func (o StreamOptions) StreamConfigs() []jetstream.StreamConfig {
 			MaxAge:      orDuration(o.ResultsMaxAge, DefaultResultsMaxAge),
 		},
 		{
-			Name:        StreamDead,
+			Name:        jobs.StreamDead,
 			Description: "mtlsrelay dead letters: calls whose last attempt failed or that could not be processed",
 			Subjects:    []string{s.DeadAll()},
 			Retention:   jetstream.LimitsPolicy,
@@ -100,9 +106,9 @@ func (o StreamOptions) StreamConfigs() []jetstream.StreamConfig {
 // ConsumerConfig returns the configuration of the durable pull consumer
 // "workers". Attempts are counted by the worker (max_attempts is per call),
 // so JetStream's MaxDeliver is unbounded.
-func (o StreamOptions) ConsumerConfig() jetstream.ConsumerConfig {
+func (o Options) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerWorkers,
+		Durable:       jobs.ConsumerWorkers,
 		Description:   "mtlsrelay workers share this consumer",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       orDuration(o.AckWait, DefaultAckWait),
@@ -113,10 +119,10 @@ func (o StreamOptions) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// EnsureStreams creates or updates the three streams and consumer "workers",
+// Ensure creates or updates the three streams and consumer "workers",
 // so any worker can start first. It returns the consumer.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.Consumer, error) {
-	for _, cfg := range o.StreamConfigs() {
+func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (jetstream.Consumer, error) {
+	for _, cfg := range o.Configs() {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
 				return nil, fmt.Errorf("NATS server has no JetStream; start nats-server with -js: %w", err)
@@ -124,9 +130,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 			return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
 		}
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, StreamCalls, o.ConsumerConfig())
+	cons, err := js.CreateOrUpdateConsumer(ctx, jobs.StreamCalls, o.ConsumerConfig())
 	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", ConsumerWorkers, StreamCalls, err)
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", jobs.ConsumerWorkers, jobs.StreamCalls, err)
 	}
 	return cons, nil
 }

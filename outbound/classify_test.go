@@ -1,4 +1,4 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
@@ -15,10 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
-	"github.com/mtlsrelay/mtlsrelay/worker"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // TestAttemptTLSFailures makes real handshakes fail in each way the
@@ -113,7 +114,7 @@ func TestAttemptTLSFailures(t *testing.T) {
 			x := newExecutor(t)
 			mat := execMaterial(p, "v1", tc.client)
 			call := restCall(t, jobs.Call{Method: "POST", Path: "/echo", Body: "secret-payload-123"})
-			out := x.Attempt(context.Background(), call, &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, mat)
+			out := x.Attempt(context.Background(), call, &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}, mat)
 			if out.Result.Error != nil && out.Result.Error.Code != tc.want {
 				for c := errors.Unwrap(out.Result.Error); c != nil; c = errors.Unwrap(c) {
 					t.Logf("cause %T %q", c, c)
@@ -169,7 +170,7 @@ func TestAttemptNetworkFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Method: "POST", Path: "/echo"}), &worker.Connection{BaseURL: tc.baseURL, Profile: "partner-a"}, execMaterial(p, "v1", nil))
+			out := x.Attempt(context.Background(), restCall(t, jobs.Call{Method: "POST", Path: "/echo"}), &catalog.Connection{BaseURL: tc.baseURL, Profile: "partner-a"}, execMaterial(p, "v1", nil))
 			wantError(t, out, tc.want)
 			if out.Sent {
 				t.Fatal("sent = true, but the request cannot have reached a server")
@@ -184,7 +185,7 @@ func TestAttemptNetworkFailures(t *testing.T) {
 // TestClassifyError covers the errors that real servers cannot easily be
 // made to produce, built as the standard library builds them.
 func TestClassifyError(t *testing.T) {
-	target := worker.Target{Host: "api.partner.example:8443", Profile: "partner-a", Timeout: 5 * time.Second}
+	target := outbound.Target{Host: "api.partner.example:8443", Profile: "partner-a", Timeout: 5 * time.Second}
 	leaf := &x509.Certificate{DNSNames: []string{"www.partner.example"}}
 	tests := []struct {
 		name     string
@@ -213,7 +214,7 @@ func TestClassifyError(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := worker.ClassifyError(tc.err, target)
+			got := outbound.ClassifyError(tc.err, target)
 			if got == nil || got.Code != tc.want {
 				t.Fatalf("ClassifyError(%v) = %v, want %s", tc.err, got, tc.want)
 			}
@@ -231,7 +232,7 @@ func TestClassifyError(t *testing.T) {
 			}
 		})
 	}
-	if worker.ClassifyError(nil, target) != nil {
+	if outbound.ClassifyError(nil, target) != nil {
 		t.Fatal("ClassifyError(nil) != nil")
 	}
 }

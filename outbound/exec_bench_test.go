@@ -1,11 +1,11 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
 	"testing"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
-	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // BenchmarkAttemptREST measures one REST attempt against the local partner
@@ -14,7 +14,7 @@ func BenchmarkAttemptREST(b *testing.B) {
 	p := newExecPKI(b)
 	srv := startExecPartner(b, p, nil)
 	x := newExecutor(b)
-	conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
 	mat := execMaterial(p, "v1", nil)
 	call := restCall(b, jobs.Call{Method: "POST", Path: "/echo", Body: `{"order":42}`})
 	if out := x.Attempt(context.Background(), call, conn, mat); !out.Result.OK {

@@ -1,4 +1,4 @@
-package worker
+package outbound
 
 import (
 	"crypto/x509"
@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -30,7 +31,7 @@ type connDerived struct {
 
 // connection returns the derived data of conn, named name, recomputed when
 // its base_url or allow_hosts changed.
-func (d *derivedCache) connection(name string, conn *Connection) *connDerived {
+func (d *derivedCache) connection(name string, conn *catalog.Connection) *connDerived {
 	if v, ok := d.conns.Load(name); ok {
 		cd := v.(*connDerived)
 		if cd.baseURL == conn.BaseURL && slices.Equal(cd.allow, conn.AllowHosts) {

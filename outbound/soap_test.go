@@ -1,4 +1,4 @@
-package worker_test
+package outbound_test
 
 import (
 	"context"
@@ -11,8 +11,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
-	"github.com/mtlsrelay/mtlsrelay/worker"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // startMTLSHTTPTest starts an httptest server requiring a client
@@ -44,7 +45,7 @@ func TestAttemptSOAPAgainstPartner(t *testing.T) {
 	p := newExecPKI(t)
 	srv := startExecPartner(t, p, nil)
 	x := newExecutor(t)
-	conn := &worker.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL(), Profile: "partner-a"}
 	mat := execMaterial(p, "v1", nil)
 	body := `<m:GetOrder xmlns:m="urn:orders"><m:ID>42</m:ID></m:GetOrder>`
 	failBody := `<m:PlaceOrder xmlns:m="urn:orders"><m:Fail>out of stock</m:Fail></m:PlaceOrder>`
@@ -61,13 +62,13 @@ func TestAttemptSOAPAgainstPartner(t *testing.T) {
 			name:       "ok/soap11",
 			call:       jobs.Call{Path: "/soap", SOAP: &jobs.SOAP{Version: "1.1", Action: "urn:orders#Get", Header: `<h:Trace xmlns:h="urn:trace">t-1</h:Trace>`, Body: body}},
 			wantStatus: 200, wantOK: true,
-			wantInBody: []string{"<p:Action>urn:orders#Get</p:Action>", body, "t-1", `xmlns:soap="` + worker.SOAP11Namespace},
+			wantInBody: []string{"<p:Action>urn:orders#Get</p:Action>", body, "t-1", `xmlns:soap="` + outbound.SOAP11Namespace},
 		},
 		{
 			name:       "ok/soap12",
 			call:       jobs.Call{Path: "/soap", SOAP: &jobs.SOAP{Version: "1.2", Action: "urn:orders#Get", Body: body}},
 			wantStatus: 200, wantOK: true,
-			wantInBody: []string{"<p:Action>urn:orders#Get</p:Action>", body, `xmlns:env="` + worker.SOAP12Namespace},
+			wantInBody: []string{"<p:Action>urn:orders#Get</p:Action>", body, `xmlns:env="` + outbound.SOAP12Namespace},
 		},
 		{
 			name:       "ok/soap11-default-version-xml-declaration-stripped",
@@ -116,7 +117,7 @@ func TestAttemptSOAPAgainstPartner(t *testing.T) {
 		},
 		{
 			name:       "fail/rest-call-reads-soap-fault",
-			call:       jobs.Call{Method: "POST", Path: "/soap", Headers: map[string][]string{"Content-Type": {"text/xml"}, "SOAPAction": {`""`}}, Body: `<s:Envelope xmlns:s="` + worker.SOAP11Namespace + `"><s:Body>` + failBody + `</s:Body></s:Envelope>`},
+			call:       jobs.Call{Method: "POST", Path: "/soap", Headers: map[string][]string{"Content-Type": {"text/xml"}, "SOAPAction": {`""`}}, Body: `<s:Envelope xmlns:s="` + outbound.SOAP11Namespace + `"><s:Body>` + failBody + `</s:Body></s:Envelope>`},
 			wantStatus: 500,
 			wantFault:  &jobs.SOAPFault{Code: "soap:Server", Reason: "out of stock", Detail: `<p:FailDetail xmlns:p="urn:mtlsrelay:partner">out of stock</p:FailDetail>`},
 		},
@@ -159,10 +160,10 @@ func TestAttemptSOAPWireFormat(t *testing.T) {
 		gotHeader, gotBody = r.Header.Clone(), string(b)
 		mu.Unlock()
 		w.Header().Set("Content-Type", "text/xml")
-		io.WriteString(w, `<e:Envelope xmlns:e="`+worker.SOAP11Namespace+`"><e:Body><ok/></e:Body></e:Envelope>`)
+		io.WriteString(w, `<e:Envelope xmlns:e="`+outbound.SOAP11Namespace+`"><e:Body><ok/></e:Body></e:Envelope>`)
 	}))
 	x := newExecutor(t)
-	conn := &worker.Connection{BaseURL: srv.URL, Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL, Profile: "partner-a"}
 
 	tests := []struct {
 		name            string
@@ -225,7 +226,7 @@ func TestAttemptSOAPWireFormat(t *testing.T) {
 
 // TestAttemptSOAPFaultParsing feeds canned responses of SOAP stacks.
 func TestAttemptSOAPFaultParsing(t *testing.T) {
-	const ns11, ns12 = worker.SOAP11Namespace, worker.SOAP12Namespace
+	const ns11, ns12 = outbound.SOAP11Namespace, outbound.SOAP12Namespace
 	canned := map[string]struct {
 		status      int
 		contentType string
@@ -250,7 +251,7 @@ func TestAttemptSOAPFaultParsing(t *testing.T) {
 		io.WriteString(w, c.body)
 	}))
 	x := newExecutor(t)
-	conn := &worker.Connection{BaseURL: srv.URL, Profile: "partner-a"}
+	conn := &catalog.Connection{BaseURL: srv.URL, Profile: "partner-a"}
 
 	tests := []struct {
 		name      string

@@ -1,0 +1,115 @@
+package catalog_test
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func TestRequestURL(t *testing.T) {
+	conn := &catalog.Connection{BaseURL: "https://api.partner.example/v1/", Profile: "p", AllowHosts: []string{"files.partner.example", "*.cdn.example", "pinned.example:8443"}}
+	base := mustURL(t, conn.BaseURL)
+	cases := []struct {
+		name string
+		call jobs.Call
+		want string
+		code jobs.Code
+	}{
+		{"ok/path-joined-with-one-slash", jobs.Call{Path: "/orders/42"}, "https://api.partner.example/v1/orders/42", ""},
+		{"ok/path-without-slash", jobs.Call{Path: "orders"}, "https://api.partner.example/v1/orders", ""},
+		{"ok/empty-path-is-base", jobs.Call{}, "https://api.partner.example/v1/", ""},
+		{"ok/query-added-in-order", jobs.Call{Path: "q", Query: map[string][]string{"a": {"1", "2"}}}, "https://api.partner.example/v1/q?a=1&a=2", ""},
+		{"ok/escaped-path-kept", jobs.Call{Path: "files/a%2Fb"}, "https://api.partner.example/v1/files/a%2Fb", ""},
+		{"ok/url-on-allowed-host", jobs.Call{URL: "https://files.partner.example/x"}, "https://files.partner.example/x", ""},
+		{"ok/url-on-wildcard-subdomain", jobs.Call{URL: "https://eu.cdn.example/x"}, "https://eu.cdn.example/x", ""},
+		{"ok/url-on-pinned-port", jobs.Call{URL: "https://pinned.example:8443/x"}, "https://pinned.example:8443/x", ""},
+		{"fail/url-on-other-host", jobs.Call{URL: "https://evil.example/x"}, "", jobs.CodeHostNotAllowed},
+		{"fail/wildcard-does-not-match-apex", jobs.Call{URL: "https://cdn.example/x"}, "", jobs.CodeHostNotAllowed},
+		{"fail/pinned-host-other-port", jobs.Call{URL: "https://pinned.example/x"}, "", jobs.CodeHostNotAllowed},
+		{"fail/base-host-other-port", jobs.Call{URL: "https://api.partner.example:444/x"}, "", jobs.CodeHostNotAllowed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			call := tc.call
+			call.Connection = "partner"
+			u, err := conn.RequestURL(&call, base)
+			if tc.code != "" {
+				if je := jobs.AsError(err); err == nil || je.Code != tc.code {
+					t.Fatalf("err = %v, want code %s", err, tc.code)
+				}
+				return
+			}
+			if err != nil || u.String() != tc.want {
+				t.Fatalf("RequestURL = %v, %v; want %s", u, err, tc.want)
+			}
+		})
+	}
+	if base.String() != "https://api.partner.example/v1/" {
+		t.Errorf("base_url was changed: %s", base)
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	cases := []struct {
+		conn         catalog.Connection
+		wantFailures int
+		wantCooldown time.Duration
+	}{
+		{catalog.Connection{}, catalog.DefaultBreakerFailures, catalog.DefaultBreakerCooldown},
+		{catalog.Connection{BreakerFailures: -1}, 0, catalog.DefaultBreakerCooldown},
+		{catalog.Connection{BreakerFailures: 3, BreakerCooldown: catalog.Duration(time.Second)}, 3, time.Second},
+	}
+	for _, tc := range cases {
+		if f, c := tc.conn.Breaker(); f != tc.wantFailures || c != tc.wantCooldown {
+			t.Errorf("%+v: Breaker() = %d, %s; want %d, %s", tc.conn, f, c, tc.wantFailures, tc.wantCooldown)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		name string
+		conn catalog.Connection
+		want string // "" for valid
+	}{
+		{"ok", catalog.Connection{BaseURL: "https://h.example/", Profile: "p"}, ""},
+		{"fail/http", catalog.Connection{BaseURL: "http://h.example/", Profile: "p"}, "must use https"},
+		{"fail/relative", catalog.Connection{BaseURL: "/v1", Profile: "p"}, "absolute https URL"},
+		{"fail/no-profile", catalog.Connection{BaseURL: "https://h.example/"}, "profile is required"},
+		{"fail/attempts", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", MaxAttempts: jobs.MaxAttemptsLimit + 1}, "max_attempts"},
+		{"fail/allow-host-with-path", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example/x"}}, "allow_hosts entry"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.conn.Validate("c1")
+			if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLookup(t *testing.T) {
+	cat := &catalog.Catalog{
+		Connections: map[string]catalog.Connection{"a": {BaseURL: "https://h.example/", Profile: "p"}, "orphan": {BaseURL: "https://h.example/", Profile: "missing"}},
+	}
+	if _, _, err := cat.Lookup("nope"); jobs.AsError(err).Code != jobs.CodeUnknownConnection {
+		t.Errorf("unknown connection: %v", err)
+	}
+	if _, _, err := cat.Lookup("orphan"); jobs.AsError(err).Code != jobs.CodeUnknownProfile {
+		t.Errorf("unknown profile: %v", err)
+	}
+}
