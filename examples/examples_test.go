@@ -38,6 +38,9 @@ const natscliVersion = "v0.5.1"
 // with connection "partner-api" to it. It returns the NATS URL.
 func startRelay(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: end-to-end test, starts a relay and builds the example")
+	}
 	dir := t.TempDir()
 	srv, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")})
 	if err != nil {

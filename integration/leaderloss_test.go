@@ -205,29 +205,40 @@ func waitResultsStored(t *testing.T, js jetstream.JetStream, total uint64, withi
 // readStoredResults reads all of MTLSRELAY_RESULTS, keyed by call id.
 func readStoredResults(ctx context.Context, t *testing.T, js jetstream.JetStream) map[string][]jobs.Result {
 	t.Helper()
-	s, err := js.Stream(ctx, jobs.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.OrderedConsumer(ctx, jobs.StreamResults, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Each request has its own deadline and is tried again: a cluster that
+	// just lost a node may not answer one (a request that reached the node
+	// before it died, an API call while a leader moves).
+	var cons jetstream.Consumer
+	var want uint64
+	checkFor(t, time.Minute, 250*time.Millisecond, func() error {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(rctx, jobs.StreamResults)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(rctx)
+		if err != nil {
+			return err
+		}
+		c, err := js.OrderedConsumer(rctx, jobs.StreamResults, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			return err
+		}
+		cons, want = c, info.State.Msgs
+		return nil
+	})
 	stored := map[string][]jobs.Result{}
 	var read uint64
 	// A cluster that just lost a node may answer a fetch with "no
 	// responders" while a consumer moves; the ordered consumer resumes
 	// after the last message it handed over.
 	deadline := time.Now().Add(time.Minute)
-	for read < info.State.Msgs {
+	for read < want {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			if time.Now().After(deadline) {
-				t.Fatalf("read %d of %d stored results: %v", read, info.State.Msgs, err)
+				t.Fatalf("read %d of %d stored results: %v", read, want, err)
 			}
 			time.Sleep(250 * time.Millisecond)
 			continue
@@ -243,7 +254,7 @@ func readStoredResults(ctx context.Context, t *testing.T, js jetstream.JetStream
 		}
 		read += uint64(n)
 		if n == 0 && time.Now().After(deadline) {
-			t.Fatalf("read %d of %d stored results: %v", read, info.State.Msgs, batch.Error())
+			t.Fatalf("read %d of %d stored results: %v", read, want, batch.Error())
 		}
 	}
 	return stored

@@ -79,13 +79,12 @@ connections:
 `
 
 type relayEnv struct {
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	logs     *syncBuffer
-	partner  string
-	natsURL  string
-	tmp      string
-	rejected []string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	logs    *syncBuffer
+	partner string
+	natsURL string
+	tmp     string
 }
 
 // newRelayEnv starts NATS, the partner servers the config names and a worker.

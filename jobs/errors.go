@@ -61,25 +61,66 @@ const (
 	CodeOutcomeUnknown Code = "outcome_unknown"
 )
 
-// retryableCodes are the codes whose failures are worth another attempt.
-var retryableCodes = map[Code]bool{
-	CodeSecretUnavailable: true,
-	CodeConnectFailed:     true,
-	CodeTimeout:           true,
-	CodeHTTPStatus:        true,
-	CodeCircuitOpen:       true,
+// CodeInfo is one row of the table of error codes.
+type CodeInfo struct {
+	Code Code
+	// Retryable says whether a failure with this code is retried by
+	// default. A source may still mark one failure otherwise
+	// (Error.WithRetryable): a secret that does not exist is not retried.
+	Retryable bool
+	// Meaning says, in a sentence, what the code means.
+	Meaning string
 }
+
+// codeTable is the one list of the stable error codes, in the order of
+// SPEC.md then the extensions. Codes, Retryable and CodeTable derive from
+// it; tests check the JSON Schema's enum and the README's table against
+// it.
+var codeTable = []CodeInfo{
+	{CodeInvalidCall, false, "the call is not valid JSON or breaks a rule of the contract"},
+	{CodeUnknownConnection, false, "no connection of that name in the config file or the registry"},
+	{CodeUnknownProfile, false, "the connection names a profile that does not exist"},
+	{CodeHostNotAllowed, false, "the target host is not in the connection's allow_hosts"},
+	{CodeSecretUnavailable, true, "a secret source could not give the secret"},
+	{CodeKeystoreInvalid, false, "the keystore cannot be decoded or holds no usable key"},
+	{CodeKeystorePasswordWrong, false, "the keystore did not open with the profile's password"},
+	{CodeClientCertExpired, false, "the client certificate has expired"},
+	{CodeClientCertNotYetValid, false, "the client certificate is not valid yet"},
+	{CodeServerCertUntrusted, false, "the server's chain does not lead to a trusted CA"},
+	{CodeServerNameMismatch, false, "the server's certificate is not valid for the host name"},
+	{CodeClientCertRejected, false, "the server refused the client certificate"},
+	{CodeTLSHandshakeFailed, false, "the TLS handshake failed for another reason"},
+	{CodeConnectFailed, true, "DNS, TCP connect or reset failed"},
+	{CodeTimeout, true, "the attempt's deadline passed"},
+	{CodeResponseTooLarge, false, "the response body exceeded max_response_bytes, or the result what NATS takes in one message"},
+	{CodeHTTPStatus, true, "a retryable HTTP status (429, 502, 503, 504) outlived the call's attempts"},
+	{CodeCanceled, false, "the call was canceled before it completed"},
+	{CodeInternal, false, "a defect in mtlsrelay itself"},
+	{CodeCircuitOpen, true, "the partner failed so often that the worker stopped calling it for a while"},
+	{CodeOutcomeUnknown, false, "a worker stopped while a non-idempotent request may have reached the partner"},
+}
+
+// retryableCodes are the codes whose failures are retried by default.
+var retryableCodes = func() map[Code]bool {
+	m := map[Code]bool{}
+	for _, c := range codeTable {
+		if c.Retryable {
+			m[c.Code] = true
+		}
+	}
+	return m
+}()
+
+// CodeTable returns the table of error codes.
+func CodeTable() []CodeInfo { return append([]CodeInfo(nil), codeTable...) }
 
 // Codes lists every stable error code, for documentation and tests.
 func Codes() []Code {
-	return []Code{
-		CodeInvalidCall, CodeUnknownConnection, CodeUnknownProfile, CodeHostNotAllowed,
-		CodeSecretUnavailable, CodeKeystoreInvalid, CodeKeystorePasswordWrong,
-		CodeClientCertExpired, CodeClientCertNotYetValid, CodeServerCertUntrusted,
-		CodeServerNameMismatch, CodeClientCertRejected, CodeTLSHandshakeFailed,
-		CodeConnectFailed, CodeTimeout, CodeResponseTooLarge, CodeHTTPStatus,
-		CodeCanceled, CodeInternal, CodeCircuitOpen, CodeOutcomeUnknown,
+	out := make([]Code, len(codeTable))
+	for i, c := range codeTable {
+		out[i] = c.Code
 	}
+	return out
 }
 
 // Retryable reports whether failures with this code are retried by default.

@@ -93,8 +93,8 @@ func parsePEMCert(b *pem.Block) (*x509.Certificate, error) {
 // parsePEMKey decrypts if need be and parses the n-th block, a private key.
 func parsePEMKey(n int, b *pem.Block, password []byte) (crypto.PrivateKey, error) {
 	der := b.Bytes
-	encrypted := b.Type == "ENCRYPTED PRIVATE KEY" ||
-		x509.IsEncryptedPEMBlock(b) //nolint:staticcheck // legacy PEM encryption is still what old tools write
+	//lint:ignore SA1019 legacy PEM encryption (RFC 1423) is still what old tools write; reading it is the point
+	encrypted := b.Type == "ENCRYPTED PRIVATE KEY" || x509.IsEncryptedPEMBlock(b)
 	if encrypted && len(password) == 0 {
 		return nil, jobs.Errorf(jobs.CodeKeystorePasswordWrong,
 			"the PEM private key (block #%d) is encrypted and the profile has no password; set the profile's password reference", n)
@@ -112,7 +112,8 @@ func parsePEMKey(n int, b *pem.Block, password []byte) (crypto.PrivateKey, error
 		}
 		return k, nil
 	case encrypted:
-		plain, err := x509.DecryptPEMBlock(b, password) //nolint:staticcheck // see above
+		//lint:ignore SA1019 see IsEncryptedPEMBlock above
+		plain, err := x509.DecryptPEMBlock(b, password)
 		if err != nil {
 			if errors.Is(err, x509.IncorrectPasswordError) {
 				return nil, jobs.Wrap(err, jobs.CodeKeystorePasswordWrong, msgPasswordWrong)

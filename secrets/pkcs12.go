@@ -26,6 +26,7 @@ import (
 // DecodeTrustStore (certificates only) take over.
 func decodePKCS12(data, password []byte) (*Keystore, error) {
 	pw := string(password)
+	//lint:ignore SA1019 ToPEM is the one go-pkcs12 call that returns every key bag with its alias; its PEM labels are not used, the blocks are parsed here
 	blocks, err := pkcs12.ToPEM(data, pw)
 	if err == nil {
 		return pkcs12FromBlocks(blocks)

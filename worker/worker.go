@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -70,7 +69,6 @@ func WithLogger(l zerolog.Logger) Option { return func(w *Worker) { w.log = l } 
 
 // WithResolver sets the profile resolver (default: file, env and inline sources).
 func WithResolver(r *secrets.Resolver) Option { return func(w *Worker) { w.resolver = r } }
-
 
 // New returns a worker for cfg on the NATS connection nc. It does not start
 // consuming: call Run.
@@ -226,6 +224,3 @@ func (w *Worker) notReadyReason() string {
 		return "streams and consumer not set up yet"
 	}
 }
-
-// errShutdown marks an attempt cut short by the end of the grace period.
-var errShutdown = errors.New("worker shutting down")

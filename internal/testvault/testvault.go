@@ -82,6 +82,9 @@ func WithTLS() Option { return func(o *options) { o.tls = true } }
 // healthy and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Vault {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: needs a Vault server, built from the module proxy when not cached")
+	}
 	v := &Vault{t: t, bin: Binary(t), RootToken: "root-" + randomHex(12), dir: t.TempDir()}
 	for _, o := range opts {
 		o(&v.opts)
