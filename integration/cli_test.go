@@ -65,6 +65,30 @@ connections:
 		t.Errorf("test refused: %v %+v", err, rep)
 	}
 	assertNoSecrets(t, "test output", out+errOut)
+
+	// The config's NATS server is down: the connections the file defines
+	// are tested all the same, and the report says the registry was not
+	// read. Before, the command failed with "context deadline exceeded".
+	down := writeConfig(t, `
+nats: {url: "nats://127.0.0.1:CLOSED"}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_TEST_PASSWORD", truststore: "file:FIX/ca.pem"}
+connections:
+  good: {base_url: "PARTNER/echo", profile: p}
+`, "PARTNER", p.URL(), "CLOSED", closedPort(t))
+	out, errOut, code = runCLI(t, env, "test", "good", "--config", down)
+	if code != 0 {
+		t.Fatalf("test good with NATS down: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{"FAIL registry", "not read at nats://127.0.0.1:", "tested what the config file defines", "accepted: GET"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("test good with NATS down: output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = runCLI(t, env, "test", "elsewhere", "--config", down)
+	if code != 2 || !strings.Contains(out, "FAIL registry") || !strings.Contains(out, "unknown_connection") {
+		t.Errorf("test of a connection the file lacks, NATS down: exit %d, want 2 with the registry step and unknown_connection:\n%s", code, out)
+	}
 }
 
 func TestCLIKeystoreInspect(t *testing.T) {

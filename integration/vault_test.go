@@ -460,3 +460,40 @@ path "pki/issue/client" { capabilities = ["update"] }`)
 	decodeEcho(t, env.call(t, "pki", map[string]any{"path": "echo"}))
 	t.Logf("%d calls across token renewals and logins", len(serials))
 }
+
+// TestVaultFromEnvironment runs the worker binary with a config whose
+// profile keeps its keystore in Vault but that has no vault: section: the
+// operator relies on VAULT_ADDR and VAULT_TOKEN, the documented defaults.
+// Before, every call failed with "scheme vault: is not supported by this
+// build yet".
+func TestVaultFromEnvironment(t *testing.T) {
+	v := testvault.Start(t)
+	p12, err := os.ReadFile(fixture(t, "client-openssl.p12"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.PutKV("secret", "partners/env", map[string]any{"keystore": base64.StdEncoding.EncodeToString(p12), "password": fixturePassword})
+	srv := startNATS(t)
+	p := startPartner(t)
+	cfg := writeConfig(t, `
+worker: {concurrency: 4, admin_addr: "off"}
+registry: {disabled: true}
+log: {level: debug, format: json}
+profiles:
+  env: {keystore: "vault:secret/partners/env#keystore", password: "vault:secret/partners/env#password", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: env}
+`, "PARTNER", p.URL())
+	w := startWorkerProcess(t, srv.ClientURL(), cfg, "vault-env", "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.RootToken)
+	nc, js := connect(t, srv.ClientURL())
+	r := call(t, nc, js, "partner", map[string]any{"path": "echo"})
+	if !r.OK {
+		t.Fatalf("call failed: %+v\n%s", r.Error, w.logs.String())
+	}
+	if e := decodeEcho(t, r); e.ClientCert == nil || !strings.Contains(e.ClientCert.Subject, "mtlsrelay-test-client") {
+		t.Errorf("partner saw client %+v, want the keystore kept in Vault", e.ClientCert)
+	}
+	if strings.Contains(w.logs.String(), v.RootToken) {
+		t.Error("the worker logged the Vault token")
+	}
+}

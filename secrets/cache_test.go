@@ -254,8 +254,8 @@ func TestResolverErrors(t *testing.T) {
 		{"fail/truststore-wrong-password", secrets.Profile{Keystore: "file:" + fixturePath(t, "client.pem"),
 			Truststore: "file:" + fixturePath(t, "truststore.p12"), TruststorePassword: "value:" + wrongPassword},
 			jobs.CodeKeystorePasswordWrong, false, []string{`profile "partner-a" truststore file:`}},
-		{"fail/vault-not-in-this-build", secrets.Profile{Keystore: "vault:secret/partner-a#p12", Password: "value:" + fixturePassword},
-			jobs.CodeKeystoreInvalid, false, []string{"scheme vault: is not supported by this build yet"}},
+		{"fail/vault-not-configured", secrets.Profile{Keystore: "vault:secret/partner-a#p12", Password: "value:" + fixturePassword},
+			jobs.CodeKeystoreInvalid, false, []string{"scheme vault: needs Vault: add a vault: section to the worker's config"}},
 		{"fail/no-keystore", secrets.Profile{Password: "value:" + fixturePassword},
 			jobs.CodeKeystoreInvalid, false, []string{"no keystore reference"}},
 		{"fail/bare-password", secrets.Profile{Keystore: "file:/a.p12", Password: fixturePassword},
@@ -293,7 +293,7 @@ func TestResolverValidate(t *testing.T) {
 	}
 	err := r.Validate("partner-b", secrets.Profile{Keystore: "cyberark:safe/obj#content"})
 	je := wantCode(t, err, jobs.CodeKeystoreInvalid)
-	if !strings.Contains(je.Message, `profile "partner-b"`) || !strings.Contains(je.Message, "is not supported by this build yet") {
+	if !strings.Contains(je.Message, `profile "partner-b"`) || !strings.Contains(je.Message, "needs CyberArk: add a cyberark: section") {
 		t.Errorf("message = %q", je.Message)
 	}
 	if !errors.Is(err, secrets.ErrUnsupportedScheme) {

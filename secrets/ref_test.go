@@ -126,10 +126,10 @@ func TestSources(t *testing.T) {
 		{name: "fail/file-not-found", ref: "file:" + filepath.Join(dir, "missing.p12"), code: jobs.CodeSecretUnavailable, notFound: true, contains: filepath.Join(dir, "missing.p12") + " does not exist"},
 		{name: "fail/file-is-dir", ref: "file:" + dir, code: jobs.CodeKeystoreInvalid, contains: "is a directory"},
 		{name: "fail/env-unset", ref: "env:MTLSRELAY_TEST_UNSET_VARIABLE", code: jobs.CodeSecretUnavailable, notFound: true, contains: "MTLSRELAY_TEST_UNSET_VARIABLE is not set"},
-		{name: "fail/vault-not-in-this-build", ref: "vault:secret/a#p12", code: jobs.CodeKeystoreInvalid, contains: "is not supported by this build yet"},
-		{name: "fail/cyberark-not-in-this-build", ref: "cyberark:safe/obj#password", code: jobs.CodeKeystoreInvalid, contains: "is not supported by this build yet"},
-		{name: "fail/vault-pki-not-in-this-build", ref: "vault-pki:pki/issue/client?common_name=a", code: jobs.CodeKeystoreInvalid, contains: "is not supported by this build yet"},
-		{name: "fail/registry-not-in-this-build", ref: "registry:keystores/a", code: jobs.CodeKeystoreInvalid, contains: "is not supported by this build yet"},
+		{name: "fail/vault-not-configured", ref: "vault:secret/a#p12", code: jobs.CodeKeystoreInvalid, contains: "needs Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR"},
+		{name: "fail/cyberark-not-configured", ref: "cyberark:safe/obj#password", code: jobs.CodeKeystoreInvalid, contains: "needs CyberArk: add a cyberark: section"},
+		{name: "fail/vault-pki-not-configured", ref: "vault-pki:pki/issue/client?common_name=a", code: jobs.CodeKeystoreInvalid, contains: "scheme vault-pki: needs Vault: add a vault: section"},
+		{name: "fail/registry-not-configured", ref: "registry:keystores/a", code: jobs.CodeKeystoreInvalid, contains: "needs the registry: give the worker a NATS server"},
 	}
 	if os.Geteuid() != 0 { // root reads any file
 		tests = append(tests, sourceCase{name: "fail/file-permission", ref: "file:" + filepath.Join(dir, "locked"), code: jobs.CodeSecretUnavailable, contains: "permission denied"})

@@ -62,8 +62,9 @@ type Source interface {
 var ErrNotFound = errors.New("secret not found")
 
 // ErrUnsupportedScheme is wrapped by the error for a reference whose scheme
-// is known but has no Source registered in this build.
-var ErrUnsupportedScheme = errors.New("secret scheme not supported by this build")
+// is known but has no Source registered: the worker lacks the provider's
+// config.
+var ErrUnsupportedScheme = errors.New("no source for this secret scheme")
 
 // Secret and Profile redact themselves for every printer.
 var (
@@ -132,8 +133,8 @@ func NewSources() *Sources { return &Sources{m: map[string]Source{}} }
 // file: (relative paths are relative to baseDir, the config file's
 // directory), env: (the process environment), and the inline base64:,
 // value: and PEM references. registry:, vault:, vault-pki: and cyberark:
-// are parsed but report "not supported by this build yet" until a Source is
-// registered for them.
+// are parsed, and until a Source is registered for them a reference to one
+// reports what the worker needs to read it (Check).
 func DefaultSources(baseDir string) *Sources {
 	s := NewSources()
 	s.Register(SchemeFile, NewFileSource(baseDir))
@@ -142,6 +143,15 @@ func DefaultSources(baseDir string) *Sources {
 	s.Register(SchemeValue, newInlineSource())
 	s.Register(SchemePEM, newInlineSource())
 	return s
+}
+
+// needs says, for the schemes whose Source the worker's wiring registers
+// from its config, what a worker without one lacks.
+var needs = map[string]string{
+	SchemeVault:    "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR (and VAULT_TOKEN) in the worker's environment",
+	SchemeVaultPKI: "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR (and VAULT_TOKEN) in the worker's environment",
+	SchemeCyberArk: "CyberArk: add a cyberark: section to the worker's config (url, app_id and the client certificate of the Central Credential Provider)",
+	SchemeRegistry: "the registry: give the worker a NATS server (nats.url or --nats) and leave registry.disabled unset",
 }
 
 // Register makes src fetch the references of scheme, replacing any Source
@@ -171,12 +181,17 @@ func (s *Sources) lookup(scheme string) (Source, bool) {
 	return src, ok
 }
 
-// Check reports whether ref can be fetched by this build: nil when a Source
-// is registered for its scheme, else a jobs.CodeKeystoreInvalid error saying
-// the scheme is not supported by this build yet.
+// Check reports whether ref can be fetched: nil when a Source is registered
+// for its scheme, else a jobs.CodeKeystoreInvalid error saying what the
+// worker lacks to read it (the config section of a provider), or that no
+// build reads the scheme.
 func (s *Sources) Check(ref Ref) error {
 	if _, ok := s.lookup(ref.Scheme); ok {
 		return nil
+	}
+	if need, ok := needs[ref.Scheme]; ok {
+		return jobs.Wrap(ErrUnsupportedScheme, jobs.CodeKeystoreInvalid,
+			"secret reference scheme %s: needs %s", ref.Scheme, need)
 	}
 	names := s.Schemes()
 	for i, n := range names {

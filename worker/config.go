@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -31,8 +32,11 @@ type Config struct {
 	Profiles map[string]secrets.Profile `yaml:"profiles"`
 	// Connections are the partner endpoints by name.
 	Connections map[string]catalog.Connection `yaml:"connections"`
-	// Vault, when set, enables vault: and vault-pki: secret references
-	// (docs/SECRETS-VAULT.md).
+	// Vault configures the source of vault: and vault-pki: secret
+	// references (docs/SECRETS-VAULT.md). Without it, the worker still
+	// starts one with Vault's own defaults (VAULT_ADDR, VAULT_TOKEN and the
+	// other VAULT_* variables) when VAULT_ADDR is set or a profile here
+	// references Vault: see VaultSettings.
 	Vault *vault.Config `yaml:"vault"`
 	// CyberArk, when set, enables cyberark: secret references through the
 	// Central Credential Provider (docs/SECRETS-CYBERARK.md).
@@ -250,4 +254,33 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// VaultSettings returns the settings of the worker's Vault source: the
+// vault: section when the config has one; else Vault's documented
+// defaults (the zero vault.Config, which reads VAULT_ADDR, VAULT_TOKEN and
+// the other VAULT_* variables) when getenv("VAULT_ADDR") is set or a
+// profile of the config references vault: or vault-pki:; else nil, and the
+// worker has no Vault source (a reference then says what is missing).
+func (c *Config) VaultSettings(getenv func(string) string) *vault.Config {
+	if c.Vault != nil {
+		return c.Vault
+	}
+	if getenv("VAULT_ADDR") != "" || c.references(secrets.SchemeVault, secrets.SchemeVaultPKI) {
+		return &vault.Config{}
+	}
+	return nil
+}
+
+// references reports whether a profile of the config names a secret of
+// one of schemes.
+func (c *Config) references(schemes ...string) bool {
+	for _, p := range c.Profiles {
+		for _, ref := range []string{p.Keystore, p.Password, p.Truststore, p.TruststorePassword} {
+			if r, err := secrets.ParseRef(ref); err == nil && slices.Contains(schemes, r.Scheme) {
+				return true
+			}
+		}
+	}
+	return false
 }

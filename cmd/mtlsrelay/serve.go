@@ -251,8 +251,8 @@ func secretSources(ctx context.Context, cfg *worker.Config, log zerolog.Logger) 
 			c()
 		}
 	}
-	if cfg.Vault != nil {
-		vc, err := vault.New(ctx, *cfg.Vault, sources, log)
+	if vcfg := cfg.VaultSettings(os.Getenv); vcfg != nil {
+		vc, err := vault.New(ctx, *vcfg, sources, log)
 		if err != nil {
 			return nil, closeAll, fmt.Errorf("vault: %w", err)
 		}
