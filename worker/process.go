@@ -10,7 +10,21 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/outbound"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
+
+// executor makes one attempt of a call over mutual TLS: the worker's only
+// way to the executor. *outbound.Executor is the real one; unit tests fake
+// it.
+type executor interface {
+	// Attempt makes one attempt of call on conn with the profile's
+	// material and classifies its outcome; it never returns a nil Result.
+	Attempt(ctx context.Context, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) outbound.Outcome
+	// Close closes idle pooled connections.
+	Close()
+}
+
+var _ executor = (*outbound.Executor)(nil)
 
 // attemptOutcome is what one try at a call produced.
 type attemptOutcome struct {

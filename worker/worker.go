@@ -29,7 +29,7 @@ type Worker struct {
 	js       jetstream.JetStream
 	subj     jobs.Subjects
 	log      zerolog.Logger
-	exec     *outbound.Executor
+	exec     executor
 	resolver *secrets.Resolver
 	catalog  catalogHolder
 	retry    retryPolicy

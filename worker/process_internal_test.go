@@ -1,0 +1,213 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+)
+
+// fakeExecutor stands in for outbound.Executor: it answers each attempt
+// with answer, and counts the attempts.
+type fakeExecutor struct {
+	mu     sync.Mutex
+	calls  int
+	answer func(call *jobs.Call) outbound.Outcome
+}
+
+func (f *fakeExecutor) Attempt(_ context.Context, call *jobs.Call, _ *catalog.Connection, _ *secrets.Material) outbound.Outcome {
+	f.mu.Lock()
+	f.calls++
+	f.mu.Unlock()
+	return f.answer(call)
+}
+
+func (f *fakeExecutor) Close() {}
+
+func (f *fakeExecutor) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+func okOutcome(call *jobs.Call) outbound.Outcome {
+	return outbound.Outcome{Result: &jobs.Result{ID: call.ID, Connection: call.Connection, OK: true, Status: 200}, Sent: true}
+}
+
+func failOutcome(code jobs.Code, sent bool) func(*jobs.Call) outbound.Outcome {
+	return func(call *jobs.Call) outbound.Outcome {
+		return outbound.Outcome{Result: jobs.FailedResult(call, jobs.Errorf(code, "test failure")), Sent: sent}
+	}
+}
+
+// testWorker is a worker with no NATS connection: enough to drive attempt,
+// the part between a delivered call and its outcome.
+func testWorker(t *testing.T, exec executor, connections string) *Worker {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	fix := filepath.Join(filepath.Dir(file), "..", "secrets", "testdata")
+	cfg, err := ParseConfig([]byte(strings.ReplaceAll(`
+worker: {name: unit, concurrency: 4}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+`+connections, "FIX", fix)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &Worker{
+		cfg:      cfg,
+		log:      zerolog.Nop(),
+		retry:    retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
+		slots:    semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
+		resolver: secrets.NewResolver(secrets.DefaultSources(fix)),
+		exec:     exec,
+	}
+	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
+	w.initObservability()
+	return w
+}
+
+func call1(conn string) *jobs.Call {
+	return &jobs.Call{ID: "c1", Connection: conn, Method: "GET", Kind: jobs.KindREST}
+}
+
+// attempt turns a delivered call into one outcome: what it cannot run
+// never reaches the executor, a panic becomes an internal error, and the
+// connection's limits hand calls back or fail them fast.
+func TestAttempt(t *testing.T) {
+	ctx := context.Background()
+	t.Run("ok/reaches-the-executor-once", func(t *testing.T) {
+		ex := &fakeExecutor{answer: okOutcome}
+		w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p}`)
+		ao := w.attempt(ctx, call1("a"), 3, 1500*time.Millisecond, attemptOptions{})
+		if ex.count() != 1 || ao.Result == nil || !ao.Result.OK || ao.handback != 0 {
+			t.Fatalf("executor calls %d, outcome %+v", ex.count(), ao)
+		}
+		if r := ao.Result; r.Attempt != 3 || r.Worker != "unit" || r.Timing.QueuedMS != 1500 {
+			t.Errorf("attempt %d worker %q queued %v; want 3, unit, 1500", r.Attempt, r.Worker, r.Timing.QueuedMS)
+		}
+	})
+	for _, tc := range []struct {
+		name, conn, conns string
+		code              jobs.Code
+	}{
+		{"fail/unknown-connection", "nope", `  a: {base_url: "https://partner.example/", profile: p}`, jobs.CodeUnknownConnection},
+		{"fail/unknown-profile", "a", `  a: {base_url: "https://partner.example/", profile: missing}`, jobs.CodeUnknownProfile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ex := &fakeExecutor{answer: okOutcome}
+			w := testWorker(t, ex, tc.conns)
+			ao := w.attempt(ctx, call1(tc.conn), 1, 0, attemptOptions{})
+			if ex.count() != 0 || ao.Result == nil || ao.Result.Error == nil || ao.Result.Error.Code != tc.code {
+				t.Fatalf("executor calls %d, outcome %+v; want %s without an attempt", ex.count(), ao.Result, tc.code)
+			}
+		})
+	}
+	t.Run("fail/panic-becomes-internal", func(t *testing.T) {
+		ex := &fakeExecutor{answer: func(*jobs.Call) outbound.Outcome { panic("secret-in-panic") }}
+		w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p}`)
+		ao := w.attempt(ctx, call1("a"), 1, 0, attemptOptions{})
+		if ao.Result == nil || ao.Result.Error == nil || ao.Result.Error.Code != jobs.CodeInternal || strings.Contains(ao.Result.Error.Message, "secret-in-panic") {
+			t.Fatalf("outcome %+v; want internal without the panic's value", ao.Result)
+		}
+	})
+	t.Run("handback/marker-not-written", func(t *testing.T) {
+		ex := &fakeExecutor{answer: okOutcome}
+		w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p}`)
+		ao := w.attempt(ctx, call1("a"), 1, 0, attemptOptions{beforeSend: func() error { return errors.New("KV down") }})
+		if ex.count() != 0 || ao.handback <= 0 {
+			t.Fatalf("executor calls %d, handback %s; a call whose in-flight marker is not written must not be sent", ex.count(), ao.handback)
+		}
+	})
+	t.Run("handback/connection-saturated", func(t *testing.T) {
+		release := make(chan struct{})
+		inside := make(chan struct{})
+		ex := &fakeExecutor{answer: func(c *jobs.Call) outbound.Outcome {
+			close(inside)
+			<-release
+			return okOutcome(c)
+		}}
+		w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p, max_conns: 1}`)
+		done := make(chan attemptOutcome)
+		go func() { done <- w.attempt(ctx, call1("a"), 1, 0, attemptOptions{}) }()
+		<-inside
+		ao := w.attempt(ctx, call1("a"), 1, 0, attemptOptions{})
+		close(release)
+		first := <-done
+		if ex.count() != 1 || ao.handback <= 0 || ao.Result != nil || !first.Result.OK {
+			t.Fatalf("executor calls %d, second outcome %+v; want the second handed back while max_conns is taken", ex.count(), ao)
+		}
+	})
+	t.Run("fail/circuit-opens-after-failures", func(t *testing.T) {
+		ex := &fakeExecutor{answer: failOutcome(jobs.CodeConnectFailed, false)}
+		w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p, breaker_failures: 2, breaker_cooldown: 1m}`)
+		for range 2 {
+			if ao := w.attempt(ctx, call1("a"), 1, 0, attemptOptions{}); ao.Result.Error.Code != jobs.CodeConnectFailed {
+				t.Fatalf("outcome %+v", ao.Result)
+			}
+		}
+		ao := w.attempt(ctx, call1("a"), 1, 0, attemptOptions{})
+		if ex.count() != 2 || ao.Result.Error == nil || ao.Result.Error.Code != jobs.CodeCircuitOpen || ao.RetryAfter <= 0 {
+			t.Fatalf("executor calls %d, third outcome %+v retry after %s; want circuit_open without an attempt", ex.count(), ao.Result, ao.RetryAfter)
+		}
+	})
+}
+
+// decide applies SPEC.md's retry rules: which failures are retried, that a
+// non-idempotent call is retried only when the request certainly did not
+// reach the partner or it answered 429/503, and that Retry-After counts.
+func TestRetryDecide(t *testing.T) {
+	p := retryPolicy{base: 100 * time.Millisecond, max: 10 * time.Second}
+	yes, no := true, false
+	// Normalize sets Idempotent from the method; these are normalized calls.
+	get := &jobs.Call{ID: "g", Method: "GET", Idempotent: &yes}
+	post := &jobs.Call{ID: "p", Method: "POST", Idempotent: &no}
+	errOut := func(code jobs.Code, sent bool) outbound.Outcome { return failOutcome(code, sent)(get) }
+	status := func(s int, retryAfter time.Duration) outbound.Outcome {
+		return outbound.Outcome{Result: &jobs.Result{Status: s}, Sent: true, RetryAfter: retryAfter}
+	}
+	cases := []struct {
+		name       string
+		call       *jobs.Call
+		out        outbound.Outcome
+		attempt    int
+		retry      bool
+		minD, maxD time.Duration
+	}{
+		{"retry/connect-failed", get, errOut(jobs.CodeConnectFailed, false), 1, true, 50 * time.Millisecond, 100 * time.Millisecond},
+		{"retry/timeout-backs-off", get, errOut(jobs.CodeTimeout, true), 3, true, 200 * time.Millisecond, 400 * time.Millisecond},
+		{"retry/secret-unavailable", get, errOut(jobs.CodeSecretUnavailable, false), 1, true, 0, time.Second},
+		{"retry/503", get, status(503, 0), 1, true, 0, time.Second},
+		{"retry/429-retry-after", get, status(429, 3*time.Second), 1, true, 3 * time.Second, 3 * time.Second},
+		{"retry/retry-after-capped", get, status(503, time.Hour), 1, true, 10 * time.Second, 10 * time.Second},
+		{"retry/post-not-sent", post, errOut(jobs.CodeConnectFailed, false), 1, true, 0, time.Second},
+		{"retry/post-503", post, status(503, 0), 1, true, 0, time.Second},
+		{"stop/last-attempt", get, errOut(jobs.CodeConnectFailed, false), 5, false, 0, 0},
+		{"stop/not-retryable", get, errOut(jobs.CodeServerCertUntrusted, false), 1, false, 0, 0},
+		{"stop/post-timeout-may-have-reached", post, errOut(jobs.CodeTimeout, true), 1, false, 0, 0},
+		{"stop/post-502", post, status(502, 0), 1, false, 0, 0},
+		{"stop/200", get, status(200, 0), 1, false, 0, 0},
+		{"stop/404", get, status(404, 0), 1, false, 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			retry, d := p.decide(tc.call, tc.out, tc.attempt, 5)
+			if retry != tc.retry || (retry && (d < tc.minD || d > tc.maxD)) {
+				t.Fatalf("decide = %v, %s; want %v within [%s, %s]", retry, d, tc.retry, tc.minD, tc.maxD)
+			}
+		})
+	}
+}
