@@ -1,20 +1,15 @@
 package outbound
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"os"
-	"reflect"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/netfail"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -64,19 +59,6 @@ var clientCertAlerts = map[uint8]string{
 	116: "it requires a client certificate and got none (certificate_required)",
 }
 
-// alertByText maps the text crypto/tls gives an alert ("unknown certificate
-// authority") to its code, for errors that only kept the text.
-var alertByText = func() map[string]uint8 {
-	m := make(map[string]uint8, 40)
-	for i := 0; i < 256; i++ {
-		s := strings.TrimPrefix(tls.AlertError(uint8(i)).Error(), "tls: ")
-		if !strings.HasPrefix(s, "alert(") {
-			m[s] = uint8(i)
-		}
-	}
-	return m
-}()
-
 // ClassifyError maps a failure of an HTTP exchange over mTLS to a stable
 // error code with a message naming the host and what to check. The message
 // is built from the error's type and the target, never from the request's
@@ -95,48 +77,46 @@ func ClassifyError(err error, t Target) *jobs.Error {
 	}
 	profile := t.Profile
 
-	if errors.Is(err, context.Canceled) {
+	f := netfail.Classify(err)
+	switch f.Kind {
+	case netfail.Canceled:
 		return jobs.Wrap(err, jobs.CodeCanceled,
 			"the call to %s was canceled%s before it completed (the worker is shutting down or the caller gave up)", host, phaseSuffix(t.Phase))
-	}
 
 	// Certificate verification of the server, done by us.
-	var hostErr x509.HostnameError
-	if errors.As(err, &hostErr) {
+	case netfail.NameMismatch:
+		var hostErr x509.HostnameError
+		errors.As(err, &hostErr)
 		return jobs.Wrap(err, jobs.CodeServerNameMismatch,
 			"the server certificate of %s is valid for %s, not for %q; call the partner by one of those names, or set server_name in profile %s to the name the partner told you",
 			host, certNames(hostErr.Certificate), hostErr.Host, profile)
-	}
-	var uaErr x509.UnknownAuthorityError
-	if errors.As(err, &uaErr) {
-		issuer := "an unknown issuer"
-		if uaErr.Cert != nil {
-			issuer = fmt.Sprintf("%q", uaErr.Cert.Issuer.String())
+	case netfail.Untrusted:
+		var uaErr x509.UnknownAuthorityError
+		var invErr x509.CertificateInvalidError
+		var sysErr x509.SystemRootsError
+		switch {
+		case errors.As(err, &uaErr):
+			issuer := "an unknown issuer"
+			if uaErr.Cert != nil {
+				issuer = fmt.Sprintf("%q", uaErr.Cert.Issuer.String())
+			}
+			return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
+				"the server certificate chain of %s (issued by %s) does not lead to a CA in %s; add the partner's CA certificate to the profile's truststore",
+				host, issuer, truststoreName(profile, t.SystemRoots))
+		case errors.As(err, &invErr):
+			return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
+				"the server certificate of %s is not acceptable: %s", host, describeInvalid(invErr))
+		case errors.As(err, &sysErr):
+			return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
+				"the worker has no system root CAs to verify %s; set a truststore in profile %s", host, profile)
 		}
-		return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
-			"the server certificate chain of %s (issued by %s) does not lead to a CA in %s; add the partner's CA certificate to the profile's truststore",
-			host, issuer, truststoreName(profile, t.SystemRoots))
-	}
-	var invErr x509.CertificateInvalidError
-	if errors.As(err, &invErr) {
-		return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
-			"the server certificate of %s is not acceptable: %s", host, describeInvalid(invErr))
-	}
-	var sysErr x509.SystemRootsError
-	if errors.As(err, &sysErr) {
-		return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
-			"the worker has no system root CAs to verify %s; set a truststore in profile %s", host, profile)
-	}
-	var cvErr *tls.CertificateVerificationError
-	if errors.As(err, &cvErr) {
 		return jobs.Wrap(err, jobs.CodeServerCertUntrusted,
 			"the server certificate of %s failed verification against %s; check the partner's chain and the profile's truststore",
 			host, truststoreName(profile, t.SystemRoots))
-	}
 
 	// Alerts sent by the server.
-	if code, ok := tlsAlert(err); ok {
-		name := strings.TrimPrefix(tls.AlertError(code).Error(), "tls: ")
+	case netfail.Alert:
+		code := f.Alert
 		if why, ok := clientCertAlerts[code]; ok {
 			return jobs.Wrap(err, jobs.CodeClientCertRejected,
 				"%s refused the client certificate of profile %s: %s; ask the partner which CA and subject they accept and check the profile's keystore",
@@ -152,15 +132,12 @@ func ClassifyError(err error, t Target) *jobs.Error {
 			hint = "the partner does not serve that host name; check the connection's base_url host or the profile's server_name"
 		}
 		return jobs.Wrap(err, jobs.CodeTLSHandshakeFailed,
-			"the TLS handshake with %s failed: the partner sent the alert %q; %s", host, name, hint)
-	}
-	var rhErr tls.RecordHeaderError
-	if errors.As(err, &rhErr) || errors.Is(err, http.ErrSchemeMismatch) {
+			"the TLS handshake with %s failed: the partner sent the alert %q; %s", host, netfail.AlertName(code), hint)
+	case netfail.NotTLS:
 		return jobs.Wrap(err, jobs.CodeTLSHandshakeFailed,
 			"%s did not answer with TLS; check that the connection's base_url names the partner's HTTPS port", host)
-	}
 
-	if isTimeout(err) {
+	case netfail.Timeout:
 		after := ""
 		if t.Timeout > 0 {
 			after = " within " + t.Timeout.String()
@@ -168,28 +145,24 @@ func ClassifyError(err error, t Target) *jobs.Error {
 		return jobs.Wrap(err, jobs.CodeTimeout,
 			"%s did not complete the call%s (timed out%s); check that the partner is up and reachable, or raise the connection's timeout or the call's timeout_ms",
 			host, after, phaseSuffix(t.Phase))
-	}
 
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
+	case netfail.DNS:
 		what := "failed"
-		if dnsErr.IsNotFound {
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 			what = "found no such host"
-		} else if dnsErr.IsTemporary {
+		} else if dnsErr != nil && dnsErr.IsTemporary {
 			what = "failed temporarily"
 		}
 		return jobs.Wrap(err, jobs.CodeConnectFailed,
-			"DNS lookup of %q %s; check the host name in the connection's base_url or the call's url, and the worker's DNS", dnsErr.Name, what)
-	}
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
+			"DNS lookup of %q %s; check the host name in the connection's base_url or the call's url, and the worker's DNS", f.Name, what)
+	case netfail.Refused:
 		return jobs.Wrap(err, jobs.CodeConnectFailed,
 			"%s refused the connection; check that the partner listens on that port and that no firewall rejects the worker", host)
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+	case netfail.Unreachable:
 		return jobs.Wrap(err, jobs.CodeConnectFailed,
 			"%s is unreachable from this worker; check the network route and firewalls between them", host)
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED),
-		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case netfail.Closed:
 		msg := fmt.Sprintf("%s closed the connection%s without an answer", host, phaseSuffix(t.Phase))
 		if t.Phase == PhaseTLS || (t.FreshConn && t.TLSVersion == tls.VersionTLS13 && t.Phase == PhaseResponse) {
 			// In TLS 1.3 a server checks the client certificate after the
@@ -200,18 +173,15 @@ func ClassifyError(err error, t Target) *jobs.Error {
 			msg += "; check the partner's logs and any load balancer in between"
 		}
 		return jobs.Wrap(err, jobs.CodeConnectFailed, "%s", msg)
-	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) && opErr.Op == "dial" {
+	case netfail.Dial:
 		return jobs.Wrap(err, jobs.CodeConnectFailed,
 			"could not connect to %s; check the host and port and the network between the worker and the partner", host)
-	}
-	if isLocalTLSError(err) {
+	case netfail.LocalTLS:
 		return jobs.Wrap(err, jobs.CodeTLSHandshakeFailed,
 			"the TLS handshake with %s failed (%s); check the profile's TLS settings against the partner's", host, tlsErrorText(err))
 	}
 	return jobs.Wrap(err, jobs.CodeInternal,
-		"unexpected failure calling %s (%T)%s; see the worker log for this call id", host, rootCause(err), phaseSuffix(t.Phase))
+		"unexpected failure calling %s (%T)%s; see the worker log for this call id", host, netfail.RootCause(err), phaseSuffix(t.Phase))
 }
 
 func phaseSuffix(phase string) string {
@@ -275,59 +245,6 @@ func describeInvalid(e x509.CertificateInvalidError) string {
 	}
 }
 
-// tlsAlert returns the alert a server sent, if err carries one.
-func tlsAlert(err error) (uint8, bool) {
-	var ae tls.AlertError
-	if errors.As(err, &ae) {
-		return uint8(ae), true
-	}
-	// crypto/tls reports a received alert as a *net.OpError "remote error"
-	// around its unexported alert type, a uint8.
-	var op *net.OpError
-	for e := err; errors.As(e, &op); e = op.Err {
-		if op.Op == "remote error" && op.Err != nil {
-			v := reflect.ValueOf(op.Err)
-			if v.Kind() == reflect.Uint8 && v.Type().PkgPath() == "crypto/tls" {
-				return uint8(v.Uint()), true
-			}
-		}
-		if op.Err == nil {
-			break
-		}
-	}
-	// Some layers keep only the text: "... remote error: tls: <name>".
-	s := err.Error()
-	if i := strings.LastIndex(s, "remote error: tls: "); i >= 0 {
-		name := s[i+len("remote error: tls: "):]
-		if j := strings.IndexAny(name, ";)\n"); j >= 0 {
-			name = name[:j]
-		}
-		if code, ok := alertByText[strings.TrimSpace(name)]; ok {
-			return code, true
-		}
-	}
-	return 0, false
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// isLocalTLSError reports whether err comes from crypto/tls refusing the
-// server's handshake (its messages start with "tls: ").
-func isLocalTLSError(err error) bool {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if strings.HasPrefix(e.Error(), "tls: ") {
-			return true
-		}
-	}
-	return false
-}
-
 // tlsErrorText returns crypto/tls's own description, which names protocol
 // features, never request data.
 func tlsErrorText(err error) string {
@@ -340,14 +257,4 @@ func tlsErrorText(err error) string {
 		}
 	}
 	return "tls error"
-}
-
-func rootCause(err error) error {
-	for {
-		next := errors.Unwrap(err)
-		if next == nil {
-			return err
-		}
-		err = next
-	}
 }

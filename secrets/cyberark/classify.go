@@ -1,18 +1,13 @@
 package cyberark
 
 import (
-	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
 	"regexp"
-	"strings"
-	"syscall"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/netfail"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
@@ -98,67 +93,36 @@ func (c *Client) classifyTransport(f failure, obj string, unreachable func(strin
 	if f.canceled {
 		return jobs.Wrap(err, jobs.CodeCanceled, "the request to the CCP at %s for %s was canceled", c.base, obj)
 	}
-	var hostErr x509.HostnameError
-	if errors.As(err, &hostErr) {
+	nf := netfail.Classify(err)
+	switch nf.Kind {
+	case netfail.NameMismatch:
+		var hostErr x509.HostnameError
+		errors.As(err, &hostErr)
 		return fail("the server certificate of the CCP at %s is not valid for %q; write url with a name the certificate holds", c.base, hostErr.Host)
-	}
-	var uaErr x509.UnknownAuthorityError
-	var invErr x509.CertificateInvalidError
-	var cvErr *tls.CertificateVerificationError
-	if errors.As(err, &uaErr) || errors.As(err, &invErr) || errors.As(err, &cvErr) {
+	case netfail.Untrusted:
 		trust := "the system roots (no truststore is set)"
 		if c.cfg.Truststore != "" {
 			trust = "the cyberark truststore"
 		}
 		return fail("the server certificate of the CCP at %s is not trusted by %s; set truststore to the CA that issued the CCP's certificate", c.base, trust)
-	}
-	if alert, ok := remoteAlert(err); ok {
+	case netfail.Alert:
+		alert := netfail.AlertName(nf.Alert)
 		if c.cfg.ClientKeystore == "" {
 			return fail("CCP at %s refused the TLS handshake (alert %q): it requires a client certificate and client_keystore is not set; set client_keystore to the certificate registered for AppID %q",
 				c.base, alert, c.cfg.AppID)
 		}
 		return fail("CCP at %s refused the client certificate of client_keystore (TLS alert %q); check that the CCP's IIS trusts the CA that issued it and that it is the certificate registered for AppID %q",
 			c.base, alert, c.cfg.AppID)
-	}
-	var rhErr tls.RecordHeaderError
-	if errors.As(err, &rhErr) {
+	case netfail.NotTLS:
 		return fail("CCP at %s did not answer with TLS; check that url names the CCP's HTTPS port", c.base)
-	}
-	if isTimeout(err) {
+	case netfail.Timeout:
 		return unreachable(fmt.Sprintf("no answer within %s", c.cfg.Timeout))
-	}
-	var dnsErr *net.DNSError
-	switch {
-	case errors.As(err, &dnsErr):
-		return unreachable(fmt.Sprintf("DNS lookup of %q failed", dnsErr.Name))
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case netfail.DNS:
+		return unreachable(fmt.Sprintf("DNS lookup of %q failed", nf.Name))
+	case netfail.Refused:
 		return unreachable("connection refused")
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+	case netfail.Unreachable:
 		return unreachable("no route to host")
 	}
 	return unreachable("the connection failed or was closed")
-}
-
-// remoteAlert returns the name of the TLS alert the CCP sent, if err
-// carries one. crypto/tls reports a received alert as a *net.OpError
-// "remote error" around its unexported alert type, whose text is
-// "tls: <name>".
-func remoteAlert(err error) (string, bool) {
-	var ae tls.AlertError
-	if errors.As(err, &ae) {
-		return strings.TrimPrefix(ae.Error(), "tls: "), true
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "remote error" && op.Err != nil {
-		return strings.TrimPrefix(op.Err.Error(), "tls: "), true
-	}
-	return "", false
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

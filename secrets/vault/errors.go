@@ -2,17 +2,15 @@ package vault
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
-	"syscall"
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/netfail"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
@@ -100,47 +98,33 @@ func vaultSaid(re *api.ResponseError) string {
 	return ": " + s
 }
 
-// netReason names the kind of a transport failure without echoing the
-// error's text.
+// netReason names the kind of a transport failure (netfail) without
+// echoing the error's text.
 func netReason(err error) string {
-	var (
-		dnsErr   *net.DNSError
-		unknown  x509.UnknownAuthorityError
-		hostErr  x509.HostnameError
-		invalid  x509.CertificateInvalidError
-		recordEr tls.RecordHeaderError
-	)
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	f := netfail.Classify(err)
+	switch f.Kind {
+	case netfail.Timeout:
 		return "no answer before the deadline"
-	case errors.Is(err, syscall.ECONNREFUSED):
+	case netfail.Refused:
 		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+	case netfail.Closed:
 		return "connection reset"
-	case errors.As(err, &dnsErr):
-		return fmt.Sprintf("DNS lookup of %s failed", dnsErr.Name)
-	case errors.As(err, &unknown):
-		return "its TLS certificate is signed by an unknown authority; set vault.ca_cert"
-	case errors.As(err, &hostErr):
+	case netfail.Unreachable:
+		return "no route to host"
+	case netfail.DNS:
+		return fmt.Sprintf("DNS lookup of %s failed", f.Name)
+	case netfail.NameMismatch:
 		return "its TLS certificate is not valid for that host name; check vault.address"
-	case errors.As(err, &invalid):
-		return "its TLS certificate is invalid (expired?)"
-	case errors.As(err, &recordEr):
-		return "it does not speak TLS; use http:// in vault.address, or https:// if it does"
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timed out"
-	}
-	return fmt.Sprintf("%T", rootCause(err))
-}
-
-func rootCause(err error) error {
-	for {
-		next := errors.Unwrap(err)
-		if next == nil {
-			return err
+	case netfail.Untrusted:
+		var invalid x509.CertificateInvalidError
+		if errors.As(err, &invalid) {
+			return "its TLS certificate is invalid (expired?)"
 		}
-		err = next
+		return "its TLS certificate is signed by an unknown authority; set vault.ca_cert"
+	case netfail.NotTLS:
+		return "it does not speak TLS; use http:// in vault.address, or https:// if it does"
+	case netfail.Alert:
+		return fmt.Sprintf("it refused the TLS handshake (alert %q); check vault.auth's client certificate", netfail.AlertName(f.Alert))
 	}
+	return fmt.Sprintf("%T", netfail.RootCause(err))
 }
