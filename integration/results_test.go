@@ -215,3 +215,27 @@ func TestResultWaitsForAStream(t *testing.T) {
 		t.Errorf("the partner was called %d times, want once", n)
 	}
 }
+
+// TestIDsWithDotsFinish sends non-idempotent calls whose ids are valid by
+// the contract but, used as they are, not valid KV keys ("a..b", a
+// leading or trailing dot): each must end with one result and one call
+// to the partner. Before, the call-state write failed and the call was
+// handed back forever.
+func TestIDsWithDotsFinish(t *testing.T) {
+	nc, js, p := startSmallRelay(t)
+	base := uniqueID(t.Name())
+	for _, id := range []string{base + "-a..b", "." + base, base + "."} {
+		reply := "mtlsrelay.results.dots." + strings.ReplaceAll(id, ".", "_")
+		data := fmt.Appendf(nil, `{"id":%q,"method":"POST","path":"echo","body":"x","headers":{%q:[%q]},"reply_to":%q}`, id, partner.KeyHeader, id, reply)
+		r := callRaw(t, nc, js, "partner", id, reply, data)
+		if !r.OK {
+			t.Fatalf("call %s: %+v", id, r.Error)
+		}
+		if n := p.KeyCounts()[id]; n != 1 {
+			t.Errorf("call %s reached the partner %d times, want once", id, n)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	waitCallsSettled(ctx, t, js, 10*time.Second)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -210,4 +211,25 @@ func TestPublishUntilStored(t *testing.T) {
 			t.Fatalf("err = %v; want context.Canceled", err)
 		}
 	})
+}
+
+// Every call id valid by the contract maps to a valid KV key, one to one.
+// Before, "a..b" made an invalid key: its call-state writes failed and a
+// non-idempotent call with that id was handed back forever.
+func TestStateKey(t *testing.T) {
+	validKey := regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
+	seen := map[string]string{}
+	for _, id := range []string{"a", "order-42", "a.b", "a..b", ".a", "a.", "...", "a:b", "a.:.b", "x..y:z", strings.Repeat("a.", 64)} {
+		k := stateKey(id)
+		if !validKey.MatchString(k) || strings.Contains(k, "..") || strings.HasSuffix(k, ".") {
+			t.Errorf("stateKey(%q) = %q: not a valid KV key", id, k)
+		}
+		if other, ok := seen[k]; ok {
+			t.Errorf("stateKey(%q) = stateKey(%q) = %q", id, other, k)
+		}
+		seen[k] = id
+	}
+	if got := stateKey("order.42:a"); got != "c.order.42=3Aa" {
+		t.Errorf("stateKey of an id with valid dots changed to %q: earlier workers' keys would be lost", got)
+	}
 }

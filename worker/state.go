@@ -64,10 +64,19 @@ func openState(ctx context.Context, js jetstream.JetStream, replicas int, ttl ti
 	return &stateStore{kv: kv, worker: worker}, nil
 }
 
-// stateKey maps a call id to a KV key. Ids are [A-Za-z0-9._:-]; KV keys
-// allow no ':', so it is escaped as "=3A" ('=' never occurs in an id, so
-// the mapping is one to one).
-func stateKey(id string) string { return "c." + strings.ReplaceAll(id, ":", "=3A") }
+// stateKey maps a call id to a KV key, one to one. Ids are
+// [A-Za-z0-9._:-]; KV keys allow no ':', which is escaped as "=3A" ('='
+// never occurs in an id). A '.' separates tokens of a key, and a key may
+// have no empty token: an id with "..", or that starts or ends with '.',
+// has its dots escaped as "=2E" too. Other ids keep their dots, so the
+// keys that earlier workers wrote stay where they were.
+func stateKey(id string) string {
+	key := strings.ReplaceAll(id, ":", "=3A")
+	if strings.Contains(key, "..") || strings.HasPrefix(key, ".") || strings.HasSuffix(key, ".") {
+		key = strings.ReplaceAll(key, ".", "=2E")
+	}
+	return "c." + key
+}
 
 // get returns the state of call id, or nil when none is recorded.
 func (s *stateStore) get(ctx context.Context, id string) (*callState, error) {
