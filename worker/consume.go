@@ -402,7 +402,7 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 				// While results wait for a stream, the pull loop takes no
 				// more calls: their results would wait too.
 				w.resultsWaiting.Add(1)
-				_, err = w.publishJetStream(ctx, out, resultPatience)
+				_, err = w.publishJetStream(ctx, out, w.patience)
 				w.resultsWaiting.Add(-1)
 			}
 			w.finish(ctx, msg, call, res, err)
@@ -424,7 +424,7 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	case neverPublishable(err) && !withoutResponse(res):
 		log.Error().Err(err).Msg("the result is too large for NATS; publishing a result without the response instead")
 		data, _ := jobs.EncodeResult(res)
-		w.complete(ctx, msg, call, tooLargeResult(res, len(data), w.nc.MaxPayload()))
+		w.complete(ctx, msg, call, tooLargeResult(res, len(data), w.maxPayload()))
 	case neverPublishable(err) && res.Metadata != nil:
 		log.Error().Err(err).Msg("the result is too large for NATS even without the response; publishing it without the call's metadata")
 		trimmed := *res

@@ -116,7 +116,7 @@ func publishBackoff(try int) time.Duration {
 // worker's JetStream context: see publishUntilStored. patience 0 makes
 // one try.
 func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, patience time.Duration) (*jetstream.PubAck, error) {
-	return publishUntilStored(ctx, w.js, msg, publishPolicy{
+	return publishUntilStored(ctx, w.pub, msg, publishPolicy{
 		noAnswer: patience,
 		refused:  min(patience, refusedPatience),
 		backoff:  publishBackoff,
@@ -127,6 +127,26 @@ func (w *Worker) publishJetStream(ctx context.Context, msg *nats.Msg, patience t
 // publisher is the part of jetstream.JetStream that publishes.
 type publisher interface {
 	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
+// resultWindow publishes results without waiting for each ack
+// (*pubwindow.Window); done runs once with nil or the publish's error.
+type resultWindow interface {
+	Publish(msg *nats.Msg, done func(error))
+}
+
+// lastMsgReader is the part of jetstream.Stream that reads the last
+// message on a subject.
+type lastMsgReader interface {
+	GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+}
+
+// maxPayload is the largest message the NATS server takes, 0 when unknown.
+func (w *Worker) maxPayload() int64 {
+	if w.nc == nil {
+		return 0
+	}
+	return w.nc.MaxPayload()
 }
 
 // publishPolicy says how long a publish is tried again, by kind of fault.
@@ -189,7 +209,7 @@ func (w *Worker) publishResult(ctx context.Context, call *jobs.Call, res *jobs.R
 	if err != nil {
 		return err
 	}
-	return w.send(ctx, msg, resultPatience)
+	return w.send(ctx, msg, w.patience)
 }
 
 // send publishes msg: through JetStream, waiting for a stream's ack with
@@ -255,7 +275,7 @@ func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn stri
 	msg.Header.Set(jobs.HeaderCallID, id)
 	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
 	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())
-	ack, err := w.publishJetStream(ctx, msg, resultPatience)
+	ack, err := w.publishJetStream(ctx, msg, w.patience)
 	if err != nil {
 		return err
 	}
@@ -304,7 +324,7 @@ func (w *Worker) storedResult(ctx context.Context, call *jobs.Call, enqueued tim
 }
 
 // resultsStream returns MTLSRELAY_RESULTS, looked up once.
-func (w *Worker) resultsStream(ctx context.Context) (jetstream.Stream, error) {
+func (w *Worker) resultsStream(ctx context.Context) (lastMsgReader, error) {
 	w.resultsMu.Lock()
 	defer w.resultsMu.Unlock()
 	if w.resultsS == nil {

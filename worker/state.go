@@ -43,8 +43,14 @@ type callState struct {
 }
 
 type stateStore struct {
-	kv     jetstream.KeyValue
+	kv     stateKV
 	worker string
+}
+
+// stateKV is the part of jetstream.KeyValue the state store uses.
+type stateKV interface {
+	Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error)
+	Put(ctx context.Context, key string, value []byte) (uint64, error)
 }
 
 // openState creates or opens the state bucket. Entries live as long as

@@ -36,16 +36,21 @@ type Worker struct {
 	slots    *semaphore.Weighted
 	limits   limitSet
 	state    *stateStore
-	results  *pubwindow.Window
+	results  resultWindow
 	held     *heldCalls
+	// pub publishes to JetStream and waits for the ack: w.js, or a fake.
+	pub publisher
+	// patience is how long a result or a dead letter is published again
+	// while no stream answers (resultPatience).
+	patience time.Duration
 
 	// resultsWaiting counts results published again while no stream
 	// stores them; the pull loop takes no calls while it is above 0.
 	resultsWaiting atomic.Int64
 
-	// resultsS is MTLSRELAY_RESULTS, looked up once (resultsStream).
+	// resultsS reads MTLSRELAY_RESULTS, looked up once (resultsStream).
 	resultsMu sync.Mutex
-	resultsS  jetstream.Stream
+	resultsS  lastMsgReader
 
 	// callCtx is the parent of every call's context: canceled only when the
 	// shutdown grace period ends, so SIGTERM lets calls in flight finish.
@@ -81,6 +86,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		cfg:   cfg,
 		nc:    nc,
 		js:    js,
+		pub:   js,
 		subj:  jobs.Subjects{Prefix: cfg.NATS.Prefix},
 		log:   zerolog.Nop(),
 		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
@@ -108,6 +114,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
 	w.held = newHeldCalls()
+	w.patience = resultPatience
 	return w, nil
 }
 
