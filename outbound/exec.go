@@ -95,7 +95,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 		leaf = mat.Config.Certificates[0].Leaf
 	}
 	res.ClientCert = x.derived.leaf(leaf)
-	if e := checkLeaf(mat.Profile, leaf, start); e != nil {
+	if e := secrets.CheckValidity(mat.Profile, leaf, start); e != nil {
 		return finish(e)
 	}
 	cd := x.derived.connection(call.Connection, conn)
@@ -256,25 +256,6 @@ func describeLeaf(leaf *x509.Certificate) *jobs.ClientCert {
 		Serial:   leaf.SerialNumber.Text(16),
 		NotAfter: leaf.NotAfter.UTC(),
 	}
-}
-
-// checkLeaf refuses to present a certificate outside its validity period:
-// the partner would refuse it with a vaguer alert.
-func checkLeaf(profile string, leaf *x509.Certificate, now time.Time) *jobs.Error {
-	if leaf == nil {
-		return nil
-	}
-	if now.After(leaf.NotAfter) {
-		return jobs.Errorf(jobs.CodeClientCertExpired,
-			"the client certificate of profile %s (subject %q, serial %s) expired at %s; renew it in the profile's keystore",
-			profile, leaf.Subject.String(), leaf.SerialNumber.Text(16), leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if now.Before(leaf.NotBefore) {
-		return jobs.Errorf(jobs.CodeClientCertNotYetValid,
-			"the client certificate of profile %s (subject %q, serial %s) is not valid before %s; check the worker's clock or wait",
-			profile, leaf.Subject.String(), leaf.SerialNumber.Text(16), leaf.NotBefore.UTC().Format(time.RFC3339))
-	}
-	return nil
 }
 
 // withConnFailure adds to err the failure of the connection it happened

@@ -253,16 +253,7 @@ func (c *transportCache) closeIdle() {
 func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
 	o := c.opts
 	cfg := mat.Config.Clone()
-	if len(cfg.Certificates) > 0 && cfg.GetClientCertificate == nil {
-		// Present the profile's certificate whatever CA names the server
-		// lists in its CertificateRequest, as OpenSSL and curl do. Go would
-		// otherwise send no certificate when the list omits its issuer, and
-		// the partner's refusal would hide the real mismatch.
-		cert := cfg.Certificates[0]
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return &cert, nil
-		}
-	}
+	secrets.PresentAlways(cfg)
 	if cfg.ClientSessionCache == nil {
 		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	}

@@ -152,7 +152,7 @@ func (r *Resolver) Resolve(ctx context.Context, name string, p Profile) (*Materi
 	if err != nil {
 		return nil, err
 	}
-	if err := checkValidity(m, r.now()); err != nil {
+	if err := CheckValidity(name, m.Leaf, r.now()); err != nil {
 		return nil, err
 	}
 	return m, nil

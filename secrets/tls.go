@@ -73,9 +73,7 @@ func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]S
 		ServerName:         p.ServerName,
 		ClientSessionCache: tls.NewLRUClientSessionCache(0),
 	}
-	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-		return &cert, nil
-	}
+	PresentAlways(cfg)
 	return &Material{Profile: name, Config: cfg, Leaf: cert.Leaf, Version: version}, nil
 }
 
@@ -104,19 +102,40 @@ func materialVersion(name string, p Profile, versions []string) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-// checkValidity fails when the client certificate is outside its validity
-// window at now: sending it would only earn a handshake failure.
-func checkValidity(m *Material, now time.Time) error {
-	leaf := m.Leaf
+// PresentAlways makes cfg offer its first certificate whatever CA names the
+// server lists in its CertificateRequest, as OpenSSL, curl and Java clients
+// do. Go would otherwise send no certificate when the list omits its
+// issuer, and the server's refusal would hide the real mismatch; servers
+// (IIS, say) often list CAs loosely. Without a certificate, or with
+// GetClientCertificate set, it changes nothing.
+func PresentAlways(cfg *tls.Config) {
+	if len(cfg.Certificates) == 0 || cfg.GetClientCertificate != nil {
+		return
+	}
+	cert := cfg.Certificates[0]
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		return &cert, nil
+	}
+}
+
+// CheckValidity fails when leaf, the client certificate of profile, is
+// outside its validity window at now: sending it would only earn a
+// handshake failure, and a vaguer alert. A nil leaf passes. It is the one
+// check of a client certificate's dates: the Resolver makes it when it
+// hands out material, the executor before each attempt (a certificate
+// cached while valid may expire later), the CyberArk client for its own.
+func CheckValidity(profile string, leaf *x509.Certificate, now time.Time) *jobs.Error {
 	switch {
+	case leaf == nil:
+		return nil
 	case now.After(leaf.NotAfter):
 		return jobs.Errorf(jobs.CodeClientCertExpired,
 			"client certificate CN=%s (serial %s) of profile %q expired at %s; renew it and update the keystore",
-			leaf.Subject.CommonName, SerialHex(leaf), m.Profile, leaf.NotAfter.UTC().Format(time.RFC3339))
+			leaf.Subject.CommonName, SerialHex(leaf), profile, leaf.NotAfter.UTC().Format(time.RFC3339))
 	case now.Before(leaf.NotBefore):
 		return jobs.Errorf(jobs.CodeClientCertNotYetValid,
 			"client certificate CN=%s (serial %s) of profile %q is not valid before %s; check the worker's clock, or use a certificate that is valid now",
-			leaf.Subject.CommonName, SerialHex(leaf), m.Profile, leaf.NotBefore.UTC().Format(time.RFC3339))
+			leaf.Subject.CommonName, SerialHex(leaf), profile, leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

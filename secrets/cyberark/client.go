@@ -85,10 +85,8 @@ func New(ctx context.Context, cfg Config, sources *secrets.Sources, log zerolog.
 		}
 		leaf = cert.Leaf
 		tlsCfg.Certificates = []tls.Certificate{cert}
-		// Offer the certificate even when the CCP's list of acceptable CAs
-		// does not name its issuer, as Java and OpenSSL clients do: IIS
-		// lists CAs loosely, and the CCP is the one to decide.
-		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+		// IIS lists acceptable CAs loosely; the CCP is the one to decide.
+		secrets.PresentAlways(tlsCfg)
 	}
 	if !refs.truststore.IsZero() {
 		pool, err := loadTruststore(ctx, sources, refs)
@@ -128,9 +126,9 @@ func New(ctx context.Context, cfg Config, sources *secrets.Sources, log zerolog.
 	if leaf != nil {
 		ev = ev.Str("client_cert_subject", leaf.Subject.String()).Str("client_cert_serial", secrets.SerialHex(leaf)).
 			Time("client_cert_not_after", leaf.NotAfter)
-		if time.Now().After(leaf.NotAfter) {
+		if err := secrets.CheckValidity("cyberark client_keystore", leaf, time.Now()); err != nil {
 			c.log.Warn().Str("client_cert_serial", secrets.SerialHex(leaf)).Time("client_cert_not_after", leaf.NotAfter).
-				Msg("the client certificate for the CCP has expired; the CCP will refuse it: renew client_keystore")
+				Str("reason", err.Message).Msg("the client certificate for the CCP is not valid now; the CCP will refuse it: renew client_keystore")
 		}
 	}
 	ev.Msg("CyberArk CCP client ready")
