@@ -105,8 +105,14 @@ type EmbeddedConfig struct {
 type WorkerConfig struct {
 	// Name identifies the worker in results and logs; default host-pid.
 	Name string `yaml:"name"`
-	// Concurrency is the number of calls in flight; default 64.
+	// Concurrency is the number of durable calls in flight; default 64.
 	Concurrency int `yaml:"concurrency"`
+	// DirectConcurrency is the number of direct calls in flight, admitted
+	// apart from durable ones so that a direct call never waits behind
+	// the durable consumer; default Concurrency. Direct calls beyond it
+	// wait in the worker, up to as many again; past that a request is not
+	// answered (its caller times out and may try another worker).
+	DirectConcurrency int `yaml:"direct_concurrency"`
 	// AdminAddr serves /healthz, /readyz and /metrics; default
 	// 127.0.0.1:9464; "off" disables it.
 	AdminAddr string `yaml:"admin_addr"`
@@ -213,6 +219,9 @@ func (c *Config) applyDefaults() {
 	}
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency
+	}
+	if w.DirectConcurrency <= 0 {
+		w.DirectConcurrency = w.Concurrency
 	}
 	if w.Name == "" {
 		host, _ := os.Hostname()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/semaphore"
 
@@ -209,5 +210,44 @@ func TestRetryDecide(t *testing.T) {
 				t.Fatalf("decide = %v, %s; want %v within [%s, %s]", retry, d, tc.retry, tc.minD, tc.maxD)
 			}
 		})
+	}
+}
+
+// A direct call runs while every durable slot is taken (the durable
+// consumer holds its slots through a pull's wait): it has slots of its own
+// and is admitted off the subscription's callback. Before, the callback
+// waited for a durable slot, and direct calls on an idle worker waited up
+// to a pull's expiry (p90 4.4 s).
+func TestDirectCallsDoNotWaitForDurableSlots(t *testing.T) {
+	ex := &fakeExecutor{answer: okOutcome}
+	w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p}`)
+	w.direct, w.directWaiting = semaphore.NewWeighted(2), semaphore.NewWeighted(4)
+	w.callCtx = context.Background()
+	if !w.slots.TryAcquire(int64(w.cfg.Worker.Concurrency)) {
+		t.Fatal("could not take the durable slots")
+	}
+	returned := make(chan struct{})
+	go func() {
+		w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d1","path":"x"}`)})
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription's callback is blocked while the durable slots are taken")
+	}
+	w.inflight.Wait()
+	if ex.count() != 1 {
+		t.Fatalf("the direct call reached the executor %d times, want once", ex.count())
+	}
+
+	// Past its waiting bound, a direct call is not admitted at all.
+	if !w.directWaiting.TryAcquire(4) {
+		t.Fatal("could not fill the waiting bound")
+	}
+	w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d2","path":"x"}`)})
+	w.inflight.Wait()
+	if ex.count() != 1 {
+		t.Errorf("a direct call past the waiting bound was made")
 	}
 }

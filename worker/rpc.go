@@ -19,13 +19,22 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 		w.log.Warn().Str("subject", msg.Subject).Msg("direct call without a reply inbox dropped; use a request, or publish to calls for durable delivery")
 		return
 	}
-	if w.stopping.Load() || w.slots.Acquire(w.callCtx, 1) != nil {
-		return // the caller's request times out or goes to another worker
+	// Admission happens off the subscription's callback, with slots of
+	// its own: a direct call never waits for a durable pull to end, nor
+	// holds up the direct calls behind it. Past the waiting bound the
+	// worker does not answer, and the caller's request times out.
+	if w.stopping.Load() || !w.directWaiting.TryAcquire(1) {
+		w.log.Debug().Str("subject", msg.Subject).Msg("too many direct calls waiting; this one is not answered")
+		return
 	}
 	w.inflight.Add(1)
 	go func() {
 		defer w.inflight.Done()
-		defer w.slots.Release(1)
+		defer w.directWaiting.Release(1)
+		if w.direct.Acquire(w.callCtx, 1) != nil {
+			return // shutting down
+		}
+		defer w.direct.Release(1)
 		defer func() {
 			if p := recover(); p != nil {
 				// The caller's request times out; its value may hold call data.

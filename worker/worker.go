@@ -34,10 +34,14 @@ type Worker struct {
 	catalog  catalogHolder
 	retry    retryPolicy
 	slots    *semaphore.Weighted
-	limits   limitSet
-	state    *stateStore
-	results  resultWindow
-	held     *heldCalls
+	// direct admits direct calls apart from durable ones (slots);
+	// directWaiting bounds those running or waiting for it.
+	direct        *semaphore.Weighted
+	directWaiting *semaphore.Weighted
+	limits        limitSet
+	state         *stateStore
+	results       resultWindow
+	held          *heldCalls
 	// pub publishes to JetStream and waits for the ack: w.js, or a fake.
 	pub publisher
 	// patience is how long a result or a dead letter is published again
@@ -91,6 +95,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		log:   zerolog.Nop(),
 		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
+		// Direct calls: their own slots, and as many again may wait.
+		direct:        semaphore.NewWeighted(int64(cfg.Worker.DirectConcurrency)),
+		directWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.DirectConcurrency)),
 	}
 	w.streams = streams.Options{
 		Subjects:      w.subj,
