@@ -211,35 +211,42 @@ func call(t testing.TB, nc *nats.Conn, js jetstream.JetStream, conn string, c ma
 	return callRaw(t, nc, js, conn, id, reply, data)
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
+// goBinary builds a Go command once per test run: pkg (a path relative to
+// the repository, or a module package go.mod requires) into a temporary
+// folder, named name.
+type goBinary struct {
+	pkg, name string
+	once      sync.Once
+	path      string
+	err       error
+}
 
-// mtlsrelayBinary builds cmd/mtlsrelay once per test run.
-func mtlsrelayBinary(t testing.TB) string {
+func (b *goBinary) get(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "mtlsrelay-bin-")
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "mtlsrelay-"+b.name+"-")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		binPath = filepath.Join(dir, "mtlsrelay")
+		b.path = filepath.Join(dir, b.name)
 		_, file, _, _ := runtime.Caller(0)
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/mtlsrelay")
+		cmd := exec.Command("go", "build", "-o", b.path, b.pkg)
 		cmd.Dir = filepath.Join(filepath.Dir(file), "..")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return binPath
+	return b.path
 }
+
+var relayBinary = &goBinary{pkg: "./cmd/mtlsrelay", name: "mtlsrelay"}
+
+// mtlsrelayBinary builds cmd/mtlsrelay once per test run.
+func mtlsrelayBinary(t testing.TB) string { return relayBinary.get(t) }
 
 // configYAML fills the placeholders FIX (fixture dir) and PARTNER (a partner
 // URL) of a config template.

@@ -8,9 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,36 +17,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-var (
-	natsBuildOnce sync.Once
-	natsBinPath   string
-	natsBuildErr  error
-)
+var natsServer = &goBinary{pkg: "github.com/nats-io/nats-server/v2", name: "nats-server"}
 
 // natsServerBinary builds the nats-server command of the module version
 // go.mod names (the server the embedded tests run, as a process of its
 // own), once per test run.
-func natsServerBinary(t testing.TB) string {
-	t.Helper()
-	natsBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "mtlsrelay-nats-server-")
-		if err != nil {
-			natsBuildErr = err
-			return
-		}
-		natsBinPath = filepath.Join(dir, "nats-server")
-		_, file, _, _ := runtime.Caller(0)
-		cmd := exec.Command("go", "build", "-o", natsBinPath, "github.com/nats-io/nats-server/v2")
-		cmd.Dir = filepath.Join(filepath.Dir(file), "..")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			natsBuildErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
-		}
-	})
-	if natsBuildErr != nil {
-		t.Fatal(natsBuildErr)
-	}
-	return natsBinPath
-}
+func natsServerBinary(t testing.TB) string { return natsServer.get(t) }
 
 // natsNode is one nats-server process of a procCluster.
 type natsNode struct {

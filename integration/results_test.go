@@ -67,20 +67,7 @@ func TestResultNotStoredCallNotAcked(t *testing.T) {
 	if _, err := env.js.CreateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		s, err := env.js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			return err
-		}
-		m, err := s.GetLastMsgForSubject(ctx, reply)
-		if err != nil {
-			return fmt.Errorf("no stored result yet: %w", err)
-		}
-		if m.Header.Get(jobs.HeaderCallID) != id {
-			return fmt.Errorf("stored result is for %q", m.Header.Get(jobs.HeaderCallID))
-		}
-		return nil
-	})
+	waitStoredResult(ctx, t, env.js, reply, id)
 	waitCallsSettled(ctx, t, env.js, 10*time.Second)
 }
 
@@ -196,20 +183,7 @@ func TestResultWaitsForAStream(t *testing.T) {
 	if _, err := js.CreateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		s, err := js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			return err
-		}
-		m, err := s.GetLastMsgForSubject(ctx, reply)
-		if err != nil {
-			return fmt.Errorf("no stored result yet: %w", err)
-		}
-		if m.Header.Get(jobs.HeaderCallID) != id {
-			return fmt.Errorf("stored result is for %q", m.Header.Get(jobs.HeaderCallID))
-		}
-		return nil
-	})
+	waitStoredResult(ctx, t, js, reply, id)
 	waitCallsSettled(ctx, t, js, 10*time.Second)
 	if n := p.KeyCounts()[id]; n != 1 {
 		t.Errorf("the partner was called %d times, want once", n)
@@ -238,4 +212,24 @@ func TestIDsWithDotsFinish(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	waitCallsSettled(ctx, t, js, 10*time.Second)
+}
+
+// waitStoredResult waits until MTLSRELAY_RESULTS keeps call id's result on
+// reply.
+func waitStoredResult(ctx context.Context, t *testing.T, js jetstream.JetStream, reply, id string) {
+	t.Helper()
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		s, err := js.Stream(ctx, jobs.StreamResults)
+		if err != nil {
+			return err
+		}
+		m, err := s.GetLastMsgForSubject(ctx, reply)
+		if err != nil {
+			return fmt.Errorf("no stored result yet: %w", err)
+		}
+		if m.Header.Get(jobs.HeaderCallID) != id {
+			return fmt.Errorf("stored result is for %q", m.Header.Get(jobs.HeaderCallID))
+		}
+		return nil
+	})
 }
