@@ -258,3 +258,43 @@ func TestNewFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestClientCertificateRotates replaces the client keystore the CCP
+// client reads (client_keystore: file:...) while it runs: the next request
+// presents the new certificate, without a restart. Before, the certificate
+// read at start was presented until the worker restarted.
+func TestClientCertificateRotates(t *testing.T) {
+	e := startCCP(t, envOptions{})
+	next, err := e.ca.Issue(pki.LeafOptions{CommonName: "mtlsrelay-ccp-client-next", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ccp.AddApp(fakeccp.App{ID: appID, CertificateSerials: []string{e.client.SerialHex(), next.SerialHex()}})
+	src := e.sources(t, e.config())
+	ctx := context.Background()
+	ref := mustRef(t, "cyberark:Partners/partner-a-password")
+	lastSerial := func() string {
+		t.Helper()
+		if _, err := src.Fetch(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		reqs := e.ccp.Requests()
+		return reqs[len(reqs)-1].ClientSerial
+	}
+	if got := lastSerial(); got != e.client.SerialHex() {
+		t.Fatalf("first request presented %s, want %s", got, e.client.SerialHex())
+	}
+	p12, err := next.PKCS12(clientPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "ccp-client.p12", p12)
+	deadline := time.Now().Add(10 * time.Second)
+	for got := lastSerial(); got != next.SerialHex(); got = lastSerial() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still presenting %s 10 s after the keystore was replaced, want %s", got, next.SerialHex())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.assertNoSecrets(t, "logs", e.logs.String())
+}
