@@ -85,6 +85,13 @@ connections:
 			t.Errorf("test good with NATS down: output lacks %q:\n%s", want, out)
 		}
 	}
+	// VAULT_ADDR without a token in the environment of a worker whose
+	// profiles do not use Vault: Vault does not start, and nothing else
+	// is stopped by it.
+	out, errOut, code = runCLI(t, append(env, "VAULT_ADDR=http://127.0.0.1:"+closedPort(t)), "test", "good", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "accepted: GET") {
+		t.Errorf("test good with VAULT_ADDR alone set: exit %d\n%s%s", code, out, errOut)
+	}
 	out, _, code = runCLI(t, env, "test", "elsewhere", "--config", down)
 	if code != 2 || !strings.Contains(out, "FAIL registry") || !strings.Contains(out, "unknown_connection") {
 		t.Errorf("test of a connection the file lacks, NATS down: exit %d, want 2 with the registry step and unknown_connection:\n%s", code, out)

@@ -148,8 +148,8 @@ func DefaultSources(baseDir string) *Sources {
 // needs says, for the schemes whose Source the worker's wiring registers
 // from its config, what a worker without one lacks.
 var needs = map[string]string{
-	SchemeVault:    "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR (and VAULT_TOKEN) in the worker's environment",
-	SchemeVaultPKI: "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR (and VAULT_TOKEN) in the worker's environment",
+	SchemeVault:    "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR and VAULT_TOKEN in the worker's environment (the worker's log says why Vault did not start when they are set)",
+	SchemeVaultPKI: "Vault: add a vault: section to the worker's config (address and auth), or set VAULT_ADDR and VAULT_TOKEN in the worker's environment (the worker's log says why Vault did not start when they are set)",
 	SchemeCyberArk: "CyberArk: add a cyberark: section to the worker's config (url, app_id and the client certificate of the Central Credential Provider)",
 	SchemeRegistry: "the registry: give the worker a NATS server (nats.url or --nats) and leave registry.disabled unset",
 }

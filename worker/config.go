@@ -110,8 +110,9 @@ type WorkerConfig struct {
 	// DirectConcurrency is the number of direct calls in flight, admitted
 	// apart from durable ones so that a direct call never waits behind
 	// the durable consumer; default Concurrency. Direct calls beyond it
-	// wait in the worker, up to as many again; past that a request is not
-	// answered (its caller times out and may try another worker).
+	// wait in the worker, up to as many again and for at most 2 s; past
+	// that a request is not answered (its caller times out and may try
+	// another worker).
 	DirectConcurrency int `yaml:"direct_concurrency"`
 	// AdminAddr serves /healthz, /readyz and /metrics; default
 	// 127.0.0.1:9464; "off" disables it.
@@ -220,9 +221,6 @@ func (c *Config) applyDefaults() {
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency
 	}
-	if w.DirectConcurrency <= 0 {
-		w.DirectConcurrency = w.Concurrency
-	}
 	if w.Name == "" {
 		host, _ := os.Hostname()
 		w.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
@@ -263,6 +261,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// directConcurrency is DirectConcurrency, or Concurrency when unset (read
+// late, so that serve --concurrency sets both).
+func (w WorkerConfig) directConcurrency() int {
+	if w.DirectConcurrency > 0 {
+		return w.DirectConcurrency
+	}
+	return w.Concurrency
 }
 
 // VaultSettings returns the settings of the worker's Vault source: the

@@ -10,6 +10,9 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
+// directAdmissionWait bounds how long a direct call waits for a slot.
+const directAdmissionWait = 2 * time.Second
+
 // handleDirect serves a core request on <prefix>.rpc.<connection>: the call
 // runs at once, retries happen in process within the call's attempts, and
 // the result is the reply. Nothing is persisted: the caller retries if the
@@ -31,10 +34,20 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 	go func() {
 		defer w.inflight.Done()
 		defer w.directWaiting.Release(1)
-		if w.direct.Acquire(w.callCtx, 1) != nil {
-			return // shutting down
+		// A caller does not wait long for a direct call: past
+		// directAdmissionWait it has likely given up or sent the call
+		// elsewhere, and making it then could repeat a POST.
+		actx, cancel := context.WithTimeout(w.callCtx, directAdmissionWait)
+		err := w.direct.Acquire(actx, 1)
+		cancel()
+		if err != nil {
+			w.log.Debug().Str("subject", msg.Subject).Msg("no direct slot freed in time; this call is not answered")
+			return
 		}
 		defer w.direct.Release(1)
+		if w.stopping.Load() {
+			return // shutdown began while it waited
+		}
 		defer func() {
 			if p := recover(); p != nil {
 				// The caller's request times out; its value may hold call data.

@@ -96,8 +96,8 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
 		// Direct calls: their own slots, and as many again may wait.
-		direct:        semaphore.NewWeighted(int64(cfg.Worker.DirectConcurrency)),
-		directWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.DirectConcurrency)),
+		direct:        semaphore.NewWeighted(int64(cfg.Worker.directConcurrency())),
+		directWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.directConcurrency())),
 	}
 	w.streams = streams.Options{
 		Subjects:      w.subj,

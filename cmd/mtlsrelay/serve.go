@@ -253,11 +253,18 @@ func secretSources(ctx context.Context, cfg *worker.Config, log zerolog.Logger) 
 	}
 	if vcfg := cfg.VaultSettings(os.Getenv); vcfg != nil {
 		vc, err := vault.New(ctx, *vcfg, sources, log)
-		if err != nil {
+		switch {
+		case err == nil:
+			vc.Register(sources)
+			closers = append(closers, func() { _ = vc.Close() })
+		case cfg.Vault == nil:
+			// Started from the environment, not asked for by a vault:
+			// section: the worker runs without it, and each vault:
+			// reference says what is missing.
+			log.Warn().Err(err).Msg("Vault from VAULT_* variables did not start; vault: and vault-pki: references fail until it does: set VAULT_TOKEN, or add a vault: section")
+		default:
 			return nil, closeAll, fmt.Errorf("vault: %w", err)
 		}
-		vc.Register(sources)
-		closers = append(closers, func() { _ = vc.Close() })
 	}
 	if cfg.CyberArk != nil {
 		cc, err := cyberark.New(ctx, *cfg.CyberArk, sources, log)

@@ -93,6 +93,15 @@ func (c *Client) classifyTransport(f failure, obj string, unreachable func(strin
 	if f.canceled {
 		return jobs.Wrap(err, jobs.CodeCanceled, "the request to the CCP at %s for %s was canceled", c.base, obj)
 	}
+	// The client certificate could not be offered (expired, not yet valid,
+	// its keystore unreadable): that failure, not the connection, is what
+	// to fix, and it is kept with its code.
+	var je *jobs.Error
+	if errors.As(err, &je) {
+		out := jobs.Wrap(err, je.Code, "the request to the CCP at %s for %s could not offer client_keystore's certificate: %s", c.base, obj, je.Message)
+		out.Retryable = je.Retryable
+		return out
+	}
 	nf := netfail.Classify(err)
 	switch nf.Kind {
 	case netfail.NameMismatch:

@@ -298,3 +298,25 @@ func TestClientCertificateRotates(t *testing.T) {
 	}
 	e.assertNoSecrets(t, "logs", e.logs.String())
 }
+
+// An expired client_keystore certificate is reported as such, not retried
+// as if the CCP were unreachable.
+func TestExpiredClientCertificate(t *testing.T) {
+	e := startCCP(t, envOptions{})
+	old, err := e.ca.Issue(pki.LeafOptions{CommonName: "mtlsrelay-ccp-client-old", Client: true,
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p12, err := old.PKCS12(clientPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.write(t, "ccp-client.p12", p12)
+	src := e.sources(t, e.config())
+	_, err = src.Fetch(context.Background(), mustRef(t, "cyberark:Partners/partner-a-password"))
+	je := jobs.AsError(err)
+	if err == nil || je.Code != jobs.CodeClientCertExpired || je.Retryable || !strings.Contains(je.Message, "CCP") {
+		t.Fatalf("err = %v (retryable %v); want client_cert_expired, not retried, naming the CCP", err, je.Retryable)
+	}
+}
