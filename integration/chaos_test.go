@@ -17,6 +17,24 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
+// floodClient connects to a cluster at url as a flow that publishes total
+// calls asynchronously at once: every one of them may await its ack (the
+// default window of 4,000 stalls on a busy machine), and the client
+// reconnects fast when its node dies.
+func floodClient(t *testing.T, url string, total int) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*total))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
 func freePort(t *testing.T) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,18 +58,7 @@ func TestChaos(t *testing.T) {
 	cl := startProcCluster(t, 3)
 	natsURL := cl.URL()
 	p := startPartner(t)
-	nc, err := nats.Connect(natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	// All calls are published asynchronously at once: let every one of them
-	// be awaiting its ack (the default window of 4,000 stalls on a busy
-	// machine).
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*total))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := floodClient(t, natsURL, total)
 	cfg := writeConfig(t, `
 nats: {replicas: 3}
 worker: {concurrency: 32, admin_addr: "off", ack_wait: 3s, retry_base: 100ms, retry_max: 1s, shutdown_grace: 2s}

@@ -73,15 +73,7 @@ connections:
 	}
 	logs := func() string { return workers[0].logs.String() + workers[1].logs.String() }
 
-	nc, err := nats.Connect(cl.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*total))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := floodClient(t, cl.URL(), total)
 	// Place the leaders: the victim leads exactly the groups of the case.
 	for _, g := range []raftGroup{callsGroup, workersGroup, resultsGroup} {
 		lead := other
