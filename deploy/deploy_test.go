@@ -24,6 +24,8 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
+	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -253,6 +255,9 @@ func kubeObject(t *testing.T, kind, name string) doc {
 func TestKubernetesWorker(t *testing.T) {
 	cm := kubeObject(t, "ConfigMap", "mtlsrelay-worker-config")
 	cfg, err := worker.ParseConfig([]byte(str(dig(cm, "data", "worker.yaml"))))
+	if err == nil {
+		err = checkProviderSections(cfg)
+	}
 	if err != nil {
 		t.Fatalf("the ConfigMap's worker.yaml does not load: %v", err)
 	}
@@ -472,6 +477,9 @@ func TestCompose(t *testing.T) {
 			continue
 		}
 		cfg, err := worker.LoadConfig(hostPath)
+		if err == nil {
+			err = checkProviderSections(cfg)
+		}
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
@@ -571,10 +579,20 @@ func TestConfigFilesLoad(t *testing.T) {
 		t.Fatal("no worker configs in deploy/config")
 	}
 	for _, f := range files {
-		if _, err := worker.LoadConfig(f); err != nil {
-			t.Errorf("%v", err)
+		cfg, err := worker.LoadConfig(f)
+		if err == nil {
+			err = checkProviderSections(cfg)
+		}
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
 		}
 	}
+}
+
+// checkProviderSections refuses a top-level section of cfg that no secret
+// provider of the binary reads, as the worker does when it starts.
+func checkProviderSections(cfg *worker.Config) error {
+	return secrets.CheckSections([]secrets.Provider{vault.Provider{}, cyberark.Provider{}}, cfg.Providers)
 }
 
 // ---- Dockerfile

@@ -92,6 +92,19 @@ connections:
 	if code != 0 || !strings.Contains(out, "accepted: GET") {
 		t.Errorf("test good with VAULT_ADDR alone set: exit %d\n%s%s", code, out, errOut)
 	}
+	// A top-level section that no provider reads (a misspelt vault:) is
+	// refused, named, before anything runs.
+	typo := writeConfig(t, `
+vualt: {address: "https://vault.example:8200"}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_TEST_PASSWORD", truststore: "file:FIX/ca.pem"}
+connections:
+  good: {base_url: "PARTNER/echo", profile: p}
+`, "PARTNER", p.URL())
+	out, errOut, code = runCLI(t, env, "test", "good", "--config", typo)
+	if code == 0 || !strings.Contains(out+errOut, `"vualt"`) {
+		t.Errorf("test with a misspelt section: exit %d, want a failure naming it\n%s%s", code, out, errOut)
+	}
 	out, _, code = runCLI(t, env, "test", "elsewhere", "--config", down)
 	if code != 2 || !strings.Contains(out, "FAIL registry") || !strings.Contains(out, "unknown_connection") {
 		t.Errorf("test of a connection the file lacks, NATS down: exit %d, want 2 with the registry step and unknown_connection:\n%s", code, out)

@@ -123,11 +123,21 @@ func (s Secret) MarshalZerologObject(e *zerolog.Event) {
 type Sources struct {
 	mu sync.RWMutex
 	m  map[string]Source
+	// missing says, per scheme, what a worker lacks when no Source reads
+	// it (explain); needs has the defaults.
+	missing map[string]string
 }
 
 // NewSources returns an empty registry, for a build that picks its Sources
 // one by one; DefaultSources is the usual start.
-func NewSources() *Sources { return &Sources{m: map[string]Source{}} }
+func NewSources() *Sources { return &Sources{m: map[string]Source{}, missing: map[string]string{}} }
+
+// explain records what a worker lacks to read scheme, for Check.
+func (s *Sources) explain(scheme, missing string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.missing[scheme] = missing
+}
 
 // DefaultSources returns Sources with the built-in schemes registered:
 // file: (relative paths are relative to baseDir, the config file's
@@ -189,7 +199,13 @@ func (s *Sources) Check(ref Ref) error {
 	if _, ok := s.lookup(ref.Scheme); ok {
 		return nil
 	}
-	if need, ok := needs[ref.Scheme]; ok {
+	s.mu.RLock()
+	need, ok := s.missing[ref.Scheme]
+	s.mu.RUnlock()
+	if !ok {
+		need, ok = needs[ref.Scheme]
+	}
+	if ok {
 		return jobs.Wrap(ErrUnsupportedScheme, jobs.CodeKeystoreInvalid,
 			"secret reference scheme %s: needs %s", ref.Scheme, need)
 	}

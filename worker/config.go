@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"time"
 
@@ -15,8 +14,6 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
-	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
-	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
 )
 
 // Config is the worker's YAML config file. Every field is documented here,
@@ -32,15 +29,11 @@ type Config struct {
 	Profiles map[string]secrets.Profile `yaml:"profiles"`
 	// Connections are the partner endpoints by name.
 	Connections map[string]catalog.Connection `yaml:"connections"`
-	// Vault configures the source of vault: and vault-pki: secret
-	// references (docs/SECRETS-VAULT.md). Without it, the worker still
-	// starts one with Vault's own defaults (VAULT_ADDR, VAULT_TOKEN and the
-	// other VAULT_* variables) when VAULT_ADDR is set or a profile here
-	// references Vault: see VaultSettings.
-	Vault *vault.Config `yaml:"vault"`
-	// CyberArk, when set, enables cyberark: secret references through the
-	// Central Credential Provider (docs/SECRETS-CYBERARK.md).
-	CyberArk *cyberark.Config `yaml:"cyberark"`
+	// Providers holds the sections of the secret providers (vault:,
+	// cyberark:...), each decoded by its provider (secrets.Provider) when
+	// the worker starts, which refuses a section that no provider claims.
+	// docs/SECRETS-VAULT.md and docs/SECRETS-CYBERARK.md describe theirs.
+	Providers map[string]yaml.Node `yaml:",inline"`
 	// Registry configures the shared registry (NATS KV bucket
 	// mtlsrelay_registry), whose profiles and connections the worker
 	// watches and applies live; the config file's win for names both define.
@@ -270,33 +263,4 @@ func (w WorkerConfig) directConcurrency() int {
 		return w.DirectConcurrency
 	}
 	return w.Concurrency
-}
-
-// VaultSettings returns the settings of the worker's Vault source: the
-// vault: section when the config has one; else Vault's documented
-// defaults (the zero vault.Config, which reads VAULT_ADDR, VAULT_TOKEN and
-// the other VAULT_* variables) when getenv("VAULT_ADDR") is set or a
-// profile of the config references vault: or vault-pki:; else nil, and the
-// worker has no Vault source (a reference then says what is missing).
-func (c *Config) VaultSettings(getenv func(string) string) *vault.Config {
-	if c.Vault != nil {
-		return c.Vault
-	}
-	if getenv("VAULT_ADDR") != "" || c.references(secrets.SchemeVault, secrets.SchemeVaultPKI) {
-		return &vault.Config{}
-	}
-	return nil
-}
-
-// references reports whether a profile of the config names a secret of
-// one of schemes.
-func (c *Config) references(schemes ...string) bool {
-	for _, p := range c.Profiles {
-		for _, ref := range []string{p.Keystore, p.Password, p.Truststore, p.TruststorePassword} {
-			if r, err := secrets.ParseRef(ref); err == nil && slices.Contains(schemes, r.Scheme) {
-				return true
-			}
-		}
-	}
-	return false
 }

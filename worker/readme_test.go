@@ -5,8 +5,44 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mtlsrelay/mtlsrelay/secrets"
+	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
+	"github.com/mtlsrelay/mtlsrelay/secrets/vault"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
+
+// loadREADMEConfig parses a README config block as a worker does: the
+// worker's own keys, then each provider's section with its provider's
+// settings (what StartProviders decodes when the worker starts).
+func loadREADMEConfig(t *testing.T, block string) (*worker.Config, error) {
+	t.Helper()
+	cfg, err := worker.ParseConfig([]byte(block))
+	if err != nil {
+		return nil, err
+	}
+	if err := secrets.CheckSections([]secrets.Provider{vault.Provider{}, cyberark.Provider{}}, cfg.Providers); err != nil {
+		return nil, err
+	}
+	for name, section := range cfg.Providers {
+		var err error
+		switch name {
+		case "vault":
+			var v vault.Config
+			if err = secrets.DecodeSection(&section, &v); err == nil {
+				err = v.Validate()
+			}
+		case "cyberark":
+			var c cyberark.Config
+			if err = secrets.DecodeSection(&section, &c); err == nil {
+				err = c.Validate()
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cfg, nil
+}
 
 // The README's example config must load: it is what users copy.
 func TestREADMEConfigLoads(t *testing.T) {
@@ -21,7 +57,7 @@ func TestREADMEConfigLoads(t *testing.T) {
 	}
 	block := text[start+len("```yaml\n"):]
 	block = block[:strings.Index(block, "```")]
-	cfg, err := worker.ParseConfig([]byte(block))
+	cfg, err := loadREADMEConfig(t, block)
 	if err != nil {
 		t.Fatalf("README config does not load: %v", err)
 	}
@@ -32,7 +68,7 @@ func TestREADMEConfigLoads(t *testing.T) {
 	}
 	for _, b := range blocks {
 		b = b[:strings.Index(b, "```")]
-		if _, err := worker.ParseConfig([]byte(b)); err != nil {
+		if _, err := loadREADMEConfig(t, b); err != nil {
 			t.Errorf("README yaml block does not load: %v\n%s", err, b)
 		}
 	}

@@ -240,40 +240,24 @@ func redactURL(urls string) string {
 	return strings.Join(parts, ",")
 }
 
+// providers are the secret providers a worker can start from its config:
+// adding one is its package and a line here.
+func providers() []secrets.Provider {
+	return []secrets.Provider{
+		vault.Provider{},
+		cyberark.Provider{},
+	}
+}
+
 // secretSources returns the secret sources cfg enables: file, env and
-// inline always; Vault and CyberArk when configured. The returned function
-// stops their background work (token renewal).
+// inline always; each provider whose section the config has, or whose
+// defaults its profiles call for. The returned function stops their
+// background work (token renewal).
 func secretSources(ctx context.Context, cfg *worker.Config, log zerolog.Logger) (*secrets.Sources, func(), error) {
 	sources := secrets.DefaultSources(cfg.Dir)
-	var closers []func()
-	closeAll := func() {
-		for _, c := range closers {
-			c()
-		}
+	stop, err := secrets.StartProviders(ctx, providers(), cfg.Providers, cfg.Profiles, sources, log)
+	if err != nil {
+		return nil, stop, err
 	}
-	if vcfg := cfg.VaultSettings(os.Getenv); vcfg != nil {
-		vc, err := vault.New(ctx, *vcfg, sources, log)
-		switch {
-		case err == nil:
-			vc.Register(sources)
-			closers = append(closers, func() { _ = vc.Close() })
-		case cfg.Vault == nil:
-			// Started from the environment, not asked for by a vault:
-			// section: the worker runs without it, and each vault:
-			// reference says what is missing.
-			log.Warn().Err(err).Msg("Vault from VAULT_* variables did not start; vault: and vault-pki: references fail until it does: set VAULT_TOKEN, or add a vault: section")
-		default:
-			return nil, closeAll, fmt.Errorf("vault: %w", err)
-		}
-	}
-	if cfg.CyberArk != nil {
-		cc, err := cyberark.New(ctx, *cfg.CyberArk, sources, log)
-		if err != nil {
-			closeAll()
-			return nil, func() {}, fmt.Errorf("cyberark: %w", err)
-		}
-		cc.Register(sources)
-		closers = append(closers, func() { cc.Close() })
-	}
-	return sources, closeAll, nil
+	return sources, stop, nil
 }
