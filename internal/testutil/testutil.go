@@ -1,6 +1,7 @@
 // Package testutil holds the helpers that tests in several packages share:
-// polling for a condition, a log buffer safe for concurrent writers, and an
-// in-process worker that runs until its test ends.
+// polling for a condition, a log buffer safe for concurrent writers, an
+// in-process NATS server with JetStream, and an in-process worker that runs
+// until its test ends.
 package testutil
 
 import (
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -81,4 +84,26 @@ func RunWorker(t testing.TB, nc *nats.Conn, cfgYAML string, opts ...worker.Optio
 		return nil
 	})
 	return w
+}
+
+// StartJetStream starts a real NATS server with JetStream in the test's
+// process, on a free loopback port, and returns a client of it. Both stop
+// when the test ends.
+func StartJetStream(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	srv, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
 }
