@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -232,7 +233,10 @@ func (c *Config) Validate() error {
 	for _, name := range sortedKeys(c.Profiles) {
 		p := c.Profiles[name]
 		if err := p.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("profile %s: %w", name, err))
+			// A config error is the operator's to fix, not a call's result:
+			// it carries no wire code (a call on a profile the registry
+			// holds gets keystore_invalid for the same fault).
+			errs = append(errs, fmt.Errorf("profile %s: %s", name, jobs.AsError(err).Message))
 		}
 	}
 	for _, name := range sortedKeys(c.Connections) {

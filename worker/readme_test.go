@@ -80,3 +80,17 @@ func TestREADMEConfigLoads(t *testing.T) {
 		t.Errorf("worker/nats settings: %+v %+v", cfg.Worker, cfg.NATS)
 	}
 }
+
+// A config error names the key to fix and carries no wire error code: it
+// is for the operator, not a call's result.
+func TestConfigErrorsCarryNoWireCode(t *testing.T) {
+	_, err := worker.ParseConfig([]byte(`
+profiles:
+  p: {keystore: "file:/tmp/x.p12", min_tls_version: "1.1"}
+connections:
+  a: {base_url: "https://h.example/", profile: p}
+`))
+	if err == nil || !strings.Contains(err.Error(), `profile p: the profile's min_tls_version "1.1" is not supported`) || strings.Contains(err.Error(), "keystore_invalid") {
+		t.Fatalf("err = %v; want the profile and the key named, without a wire code", err)
+	}
+}
