@@ -251,3 +251,47 @@ func TestDirectCallsDoNotWaitForDurableSlots(t *testing.T) {
 		t.Errorf("a direct call past the waiting bound was made")
 	}
 }
+
+// The breaker opens after threshold failures in a row, stays open for its
+// cooldown, then lets one trial call through at a time (half-open): a
+// success closes it, a failure opens it for another cooldown.
+func TestBreaker(t *testing.T) {
+	t.Parallel()
+	b := &breaker{threshold: 3, cooldown: time.Minute}
+	t0 := time.Unix(1000, 0)
+	allowed := func(at time.Time) bool { ok, _ := b.allow(at); return ok }
+
+	b.record(true, t0)
+	b.record(true, t0)
+	b.record(false, t0) // a success in between starts the count again
+	b.record(true, t0)
+	b.record(true, t0)
+	if !allowed(t0) {
+		t.Fatal("open after 2 failures in a row, threshold 3")
+	}
+	b.record(true, t0)
+	if ok, wait := b.allow(t0.Add(time.Second)); ok || wait != 59*time.Second {
+		t.Fatalf("after 3 failures: allow = %v, wait %s; want closed for the rest of the cooldown", ok, wait)
+	}
+	at := t0.Add(time.Minute)
+	if !allowed(at) {
+		t.Fatal("no trial call after the cooldown")
+	}
+	if ok, wait := b.allow(at); ok || wait < 15*time.Second || wait > 30*time.Second {
+		t.Fatalf("a second call during the trial: allow = %v, wait %s; want held back a quarter to half a cooldown", ok, wait)
+	}
+	b.record(true, at) // the trial failed
+	if allowed(at.Add(time.Second)) {
+		t.Fatal("a failed trial did not open the circuit again")
+	}
+	at = at.Add(time.Minute)
+	if !allowed(at) {
+		t.Fatal("no second trial after the second cooldown")
+	}
+	b.record(false, at) // the trial succeeded
+	for range 5 {
+		if !allowed(at) {
+			t.Fatal("a successful trial did not close the circuit")
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 
@@ -104,6 +105,10 @@ func netReason(err error) string {
 	f := netfail.Classify(err)
 	switch f.Kind {
 	case netfail.Timeout:
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) {
+			return fmt.Sprintf("DNS lookup of %s timed out", dnsErr.Name)
+		}
 		return "no answer before the deadline"
 	case netfail.Refused:
 		return "connection refused"

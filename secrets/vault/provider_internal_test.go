@@ -1,6 +1,11 @@
 package vault
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -51,5 +56,24 @@ func TestProviderSettings(t *testing.T) {
 				t.Fatalf("settings = %+v, from env %v; want start %v, from env %v, address %q", cfg, fromEnv, tc.start, tc.fromEnv, tc.address)
 			}
 		})
+	}
+}
+
+// netReason names a transport failure without its text, and keeps the
+// host of a DNS lookup that timed out.
+func TestNetReason(t *testing.T) {
+	cases := []struct {
+		err  error
+		want string
+	}{
+		{&net.DNSError{Name: "vault.example", Err: "i/o timeout", IsTimeout: true}, "DNS lookup of vault.example timed out"},
+		{&net.DNSError{Name: "vault.example", Err: "no such host", IsNotFound: true}, "DNS lookup of vault.example failed"},
+		{fmt.Errorf("get: %w", context.DeadlineExceeded), "no answer before the deadline"},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, "connection refused"},
+	}
+	for _, tc := range cases {
+		if got := netReason(tc.err); got != tc.want {
+			t.Errorf("netReason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }
