@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -147,13 +146,11 @@ func (b *pullBackoff) failed(now time.Time) (delay time.Duration, first bool) {
 		b.since = now
 	}
 	b.failures++
-	d := 100 * time.Millisecond
-	for i := 1; i < b.failures && d < 5*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 5*time.Second)
-	return d/2 + rand.N(d/2+1), b.failures == 1
+	return pullRetry.backoff(b.failures), b.failures == 1
 }
+
+// pullRetry paces failed pulls: from 100 ms, doubling to at most 5 s.
+var pullRetry = retryPolicy{base: 100 * time.Millisecond, max: 5 * time.Second}
 
 // succeeded records a pull that worked at now. It returns how many pulls
 // had failed in a row before, and for how long; 0 when none had.
@@ -450,13 +447,11 @@ func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 func (w *Worker) settle(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, replay bool) {
 	log := zerolog.Ctx(ctx)
 	if res.Error != nil {
-		if err := w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error); err != nil && !neverPublishable(err) {
+		if err := w.deadLetter(ctx, msg, call.ID, call.Connection, res.Error); err != nil {
 			log.Error().Err(err).Msg("could not store the dead letter; the call is handed back with its result kept")
 			w.keepResult(ctx, msg, call, res)
 			w.handBack(msg, w.retry.backoff(1))
 			return
-		} else if err != nil {
-			log.Error().Err(err).Msg("the dead letter is too large for NATS; the call ends without one")
 		}
 	}
 	if !replay {
@@ -536,12 +531,10 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 			log.Error().Err(perr).Msg("the rejection result is too large for NATS; only the dead letter is stored")
 		}
 	}
-	if derr := w.deadLetter(ctx, msg, id, conn, jerr); derr != nil && !neverPublishable(derr) {
+	if derr := w.deadLetter(ctx, msg, id, conn, jerr); derr != nil {
 		log.Error().Err(derr).Msg("could not store the dead letter of a rejected call; the call is handed back")
 		w.handBack(msg, w.retry.backoff(1))
 		return
-	} else if derr != nil {
-		log.Error().Err(derr).Msg("the dead letter is too large for NATS; the call ends without one")
 	}
 	w.callFinished(ctx, conn, &jobs.Result{ID: id, Error: jerr, Attempt: int(meta.NumDelivered)})
 	w.held.remove(msg)

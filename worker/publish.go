@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -101,16 +100,11 @@ const (
 )
 
 // publishBackoff is the delay before publish try number try+1: from 100 ms,
-// doubling to at most 2 s, with equal jitter so the results of many calls
-// do not come back at once.
-func publishBackoff(try int) time.Duration {
-	d := 100 * time.Millisecond
-	for i := 1; i < try && d < 2*time.Second; i++ {
-		d *= 2
-	}
-	d = min(d, 2*time.Second)
-	return d/2 + rand.N(d/2+1)
-}
+// doubling to at most 2 s, with the equal jitter of retryPolicy so the
+// results of many calls do not come back at once.
+func publishBackoff(try int) time.Duration { return publishRetry.backoff(try) }
+
+var publishRetry = retryPolicy{base: 100 * time.Millisecond, max: 2 * time.Second}
 
 // publishJetStream publishes msg and waits for a stream's ack, with the
 // worker's JetStream context: see publishUntilStored. patience 0 makes
@@ -267,7 +261,8 @@ func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Resul
 // deadLetter stores the call's raw bytes on <prefix>.dead.<connection>,
 // with the reason in headers, and waits for MTLSRELAY_DEAD's ack with the
 // patience of a result. Its Nats-Msg-Id is the call id, so a dead letter
-// stored again by a redelivery is stored once.
+// stored again by a redelivery is stored once. One too large for NATS is
+// logged and skipped (nil): it never could be stored, and the call ends.
 func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn string, reason *jobs.Error) error {
 	msg := nats.NewMsg(w.subj.Dead(conn))
 	msg.Data = in.Data()
@@ -276,6 +271,11 @@ func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn stri
 	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
 	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())
 	ack, err := w.publishJetStream(ctx, msg, w.patience)
+	if neverPublishable(err) {
+		// It never will be: the call ends without one, rather than never.
+		zerolog.Ctx(ctx).Error().Err(err).Msg("the dead letter is too large for NATS; the call ends without one")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
