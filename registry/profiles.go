@@ -112,12 +112,24 @@ func (r *Registry) PutProfile(ctx context.Context, name string, p secrets.Profil
 	if err := checkName("profile", name); err != nil {
 		return err
 	}
+	uploaded := false // set once the keystore's bytes are known
 	refuse := func(err error) error {
 		je := jobs.AsError(err)
-		// The Resolver names the profile, and the uploaded keystore by the
-		// inline reference it was checked as; say it plainly once.
-		msg := strings.TrimPrefix(je.Message, fmt.Sprintf("profile %q ", name))
-		msg = strings.Replace(msg, "keystore base64:[redacted]", "the uploaded keystore", 1)
+		msg := je.Message
+		// The Resolver names the profile and the field; the registry says
+		// "not stored" instead, and names an uploaded keystore as such
+		// rather than by the inline reference it was checked as.
+		var pe *secrets.ProfileError
+		if errors.As(err, &pe) {
+			switch {
+			case pe.Field == "keystore" && uploaded:
+				msg = "the uploaded keystore: " + pe.Err.Message
+			case pe.Field != "":
+				msg = pe.Field + " " + pe.Ref.String() + ": " + pe.Err.Message
+			default:
+				msg = pe.Err.Message
+			}
+		}
 		out := jobs.Wrap(err, je.Code, "profile %s not stored: %s", name, msg)
 		out.Retryable = je.Retryable
 		return out
@@ -128,6 +140,10 @@ func (r *Registry) PutProfile(ctx context.Context, name string, p secrets.Profil
 	}
 	if err := syntax.Validate(); err != nil {
 		return refuse(err)
+	}
+	if ref, _ := secrets.ParseRef(p.Key); ref.IsInline() {
+		return refuse(jobs.Errorf(jobs.CodeKeystoreInvalid,
+			"its key is given inline, and the registry would store it in the clear; keep the key in a file: or vault: reference, or upload a password-protected keystore"))
 	}
 	upload := bytes.Clone(keystore)
 	if len(upload) > 0 {
@@ -143,7 +159,8 @@ func (r *Registry) PutProfile(ctx context.Context, name string, p secrets.Profil
 	}
 	defer clear(upload)
 	check := p
-	if len(upload) > 0 {
+	uploaded = len(upload) > 0
+	if uploaded {
 		check.Keystore = "base64:" + base64.StdEncoding.EncodeToString(upload)
 		if err := refuseUnprotected(upload); err != nil {
 			return refuse(err)
@@ -253,7 +270,7 @@ func refuseUnprotected(data []byte) error {
 // keystore opens with its password and holds a valid client certificate.
 func (r *Registry) verify(ctx context.Context, name string, p secrets.Profile, o putOptions) error {
 	for _, f := range []struct{ field, text string }{
-		{"keystore", p.Keystore}, {fieldPassword, p.Password},
+		{"keystore", p.Keystore}, {"key", p.Key}, {fieldPassword, p.Password},
 		{"truststore", p.Truststore}, {fieldTruststorePassword, p.TruststorePassword},
 	} {
 		if f.text == "" {

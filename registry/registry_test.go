@@ -237,15 +237,18 @@ func TestPutProfileRefuses(t *testing.T) {
 		says     string
 	}{
 		{"fail/corrupt-keystore", reg, opensslProfile(t, "value:"+fixturePassword), readFixture(t, "corrupt.p12"), jobs.CodeKeystoreInvalid, ""},
-		{"fail/wrong-password", reg, opensslProfile(t, "value:not-the-password"), readFixture(t, "client-openssl.p12"), jobs.CodeKeystorePasswordWrong, ""},
+		{"fail/wrong-password", reg, opensslProfile(t, "value:not-the-password"), readFixture(t, "client-openssl.p12"), jobs.CodeKeystorePasswordWrong, "profile p not stored: the uploaded keystore: "},
 		{"fail/expired-client-cert", reg, secrets.Profile{Password: "value:" + fixturePassword}, leaf(now.Add(-48*time.Hour), now.Add(-time.Hour)), jobs.CodeClientCertExpired, ""},
 		{"fail/not-yet-valid-client-cert", reg, secrets.Profile{Password: "value:" + fixturePassword}, leaf(now.Add(time.Hour), now.Add(48*time.Hour)), jobs.CodeClientCertNotYetValid, ""},
 		{"fail/unprotected-key", reg, secrets.Profile{}, readFixture(t, "client.pem"), jobs.CodeKeystoreInvalid, "not protected by a password"},
 		{"fail/inline-password-without-key", noKey, opensslProfile(t, "value:"+fixturePassword), readFixture(t, "client-openssl.p12"), jobs.CodeSecretUnavailable, "openssl rand -base64 32"},
 		{"fail/password-unreadable-here", reg, opensslProfile(t, "env:MTLSRELAY_TEST_UNSET_VARIABLE"), readFixture(t, "client-openssl.p12"), jobs.CodeSecretUnavailable, "--no-verify"},
 		{"fail/missing-keystore-file", reg, secrets.Profile{Keystore: "file:/nonexistent/client.p12", Password: "value:" + fixturePassword}, nil, jobs.CodeSecretUnavailable, "cannot be read where this runs"},
+		{"fail/key-not-a-key", reg, secrets.Profile{Keystore: "file:" + fixture(t, "ca.pem"), Key: "file:" + fixture(t, "ca.pem")}, nil, jobs.CodeKeystoreInvalid,
+			"profile p not stored: key file:" + fixture(t, "ca.pem") + ": the key is not a PEM private key"},
 		{"fail/bad-reference", reg, secrets.Profile{Keystore: "file:" + fixture(t, "client-openssl.p12"), Password: fixturePassword}, nil, jobs.CodeKeystoreInvalid, "no scheme"},
 		{"fail/bytes-and-reference", reg, secrets.Profile{Keystore: "file:/x.p12"}, readFixture(t, "client-openssl.p12"), jobs.CodeKeystoreInvalid, "not both"},
+		{"fail/inline-key", reg, secrets.Profile{Keystore: "file:" + fixture(t, "client.pem"), Key: string(readFixture(t, "client.pem"))}, nil, jobs.CodeKeystoreInvalid, "in the clear"},
 		{"fail/bad-alias", reg, secrets.Profile{Password: "value:" + fixturePassword, KeyAlias: "nobody"}, readFixture(t, "client-openssl.p12"), jobs.CodeKeystoreInvalid, "nobody"},
 	}
 	for _, tc := range cases {

@@ -2,7 +2,6 @@ package secrets
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -124,14 +123,11 @@ type state struct {
 func (r *Resolver) Validate(name string, p Profile) error {
 	refs, err := p.parse()
 	if err != nil {
-		return prefixError(err, fmt.Sprintf("profile %q", name))
+		return profileError(err, name, "", Ref{})
 	}
-	for _, ref := range []Ref{refs.keystore, refs.password, refs.truststore, refs.truststorePassword} {
-		if ref.IsZero() {
-			continue
-		}
-		if err := r.sources.Check(ref); err != nil {
-			return prefixError(err, fmt.Sprintf("profile %q", name))
+	for _, f := range refs.fields() {
+		if err := r.sources.Check(f.ref); err != nil {
+			return profileError(err, name, f.field, f.ref)
 		}
 	}
 	return nil
@@ -146,7 +142,7 @@ func (r *Resolver) Validate(name string, p Profile) error {
 func (r *Resolver) Resolve(ctx context.Context, name string, p Profile) (*Material, error) {
 	refs, err := p.parse()
 	if err != nil {
-		return nil, prefixError(err, fmt.Sprintf("profile %q", name))
+		return nil, profileError(err, name, "", Ref{})
 	}
 	m, err := r.entryFor(name, p).get(ctx, r, name, refs)
 	if err != nil {
@@ -214,7 +210,7 @@ func (e *entry) get(ctx context.Context, r *Resolver, name string, refs profileR
 		select {
 		case e.sem <- struct{}{}:
 		case <-ctx.Done():
-			return nil, prefixError(ctxError(ctx.Err(), "waiting for the keystore to be loaded"), fmt.Sprintf("profile %q", name))
+			return nil, profileError(ctxError(ctx.Err(), "waiting for the keystore to be loaded"), name, "", Ref{})
 		}
 	}
 	defer func() { <-e.sem }()
@@ -236,23 +232,14 @@ func (r *Resolver) refresh(ctx context.Context, name string, p Profile, refs pro
 	log := zerolog.Ctx(ctx)
 	got := map[Ref]Secret{}
 	var versions []string
-	for _, f := range []struct {
-		field string
-		ref   Ref
-	}{
-		{"keystore", refs.keystore}, {"password", refs.password},
-		{"truststore", refs.truststore}, {"truststore_password", refs.truststorePassword},
-	} {
-		if f.ref.IsZero() {
-			continue
-		}
+	for _, f := range refs.fields() {
 		if _, done := got[f.ref]; done {
 			versions = append(versions, got[f.ref].Version)
 			continue
 		}
 		sec, err := r.sources.Fetch(ctx, f.ref)
 		if err != nil {
-			err = prefixError(err, fmt.Sprintf("profile %q %s %s", name, f.field, f.ref))
+			err = profileError(err, name, f.field, f.ref)
 			r.notify(LoadEvent{Profile: name, Scheme: f.ref.Scheme, Err: err})
 			// A certificate that expired meanwhile (a vault-pki: one that
 			// could not be renewed) is not worth keeping: report why.

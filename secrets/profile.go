@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -27,6 +28,11 @@ type Profile struct {
 	// Keystore references the client keystore: PKCS#12, JKS or a PEM bundle
 	// of certificate chain and key, detected from its content. Required.
 	Keystore string `yaml:"keystore" json:"keystore"`
+	// Key references the PEM private key when Keystore is a PEM certificate
+	// chain kept in a file of its own, as cert-manager (tls.crt, tls.key),
+	// nginx and Vault Agent templates keep them. Password, if set, opens the
+	// key. Empty: the keystore holds the key.
+	Key string `yaml:"key,omitempty" json:"key,omitempty"`
 	// Password references the keystore's password. Empty means none (a PEM
 	// bundle with an unencrypted key, a password-less PKCS#12). One trailing
 	// newline is ignored, as `echo pass > file` writes one.
@@ -52,7 +58,23 @@ type Profile struct {
 
 // profileRefs are a profile's references, parsed.
 type profileRefs struct {
-	keystore, password, truststore, truststorePassword Ref
+	keystore, key, password, truststore, truststorePassword Ref
+}
+
+// refField is one reference of a profile, named by its field.
+type refField struct {
+	field string
+	ref   Ref
+}
+
+// fields lists the profile's references that are set, keystore first: the
+// one list that fetching, checking and versioning walk.
+func (r profileRefs) fields() []refField {
+	all := []refField{
+		{"keystore", r.keystore}, {"key", r.key}, {"password", r.password},
+		{"truststore", r.truststore}, {"truststore_password", r.truststorePassword},
+	}
+	return slices.DeleteFunc(all, func(f refField) bool { return f.ref.IsZero() })
 }
 
 // Validate checks the profile: a keystore reference is given, every
@@ -76,6 +98,7 @@ func (p Profile) parse() (profileRefs, error) {
 		ref  *Ref
 	}{
 		{"keystore", p.Keystore, &r.keystore},
+		{"key", p.Key, &r.key},
 		{"password", p.Password, &r.password},
 		{"truststore", p.Truststore, &r.truststore},
 		{"truststore_password", p.TruststorePassword, &r.truststorePassword},
@@ -146,6 +169,7 @@ type plainProfile Profile
 // redacted returns p with inline references replaced by their redacted form.
 func (p Profile) redacted() plainProfile {
 	p.Keystore = RedactRef(p.Keystore)
+	p.Key = RedactRef(p.Key)
 	p.Password = RedactRef(p.Password)
 	p.Truststore = RedactRef(p.Truststore)
 	p.TruststorePassword = RedactRef(p.TruststorePassword)
@@ -188,7 +212,7 @@ func (p Profile) MarshalZerologObject(e *zerolog.Event) {
 	r := p.redacted()
 	e.Str("keystore", r.Keystore)
 	for _, f := range [][2]string{
-		{"password", r.Password}, {"truststore", r.Truststore}, {"truststore_password", r.TruststorePassword},
+		{"key", r.Key}, {"password", r.Password}, {"truststore", r.Truststore}, {"truststore_password", r.TruststorePassword},
 		{"key_alias", r.KeyAlias}, {"server_name", r.ServerName}, {"min_tls_version", r.MinTLSVersion},
 		{"renegotiation", r.Renegotiation},
 	} {
@@ -204,6 +228,36 @@ func (p Profile) MarshalZerologObject(e *zerolog.Event) {
 func prefixError(err error, context string) *jobs.Error {
 	je := jobs.AsError(err)
 	out := jobs.Wrap(je, je.Code, "%s: %s", context, je.Message)
+	out.Retryable = je.Retryable
+	return out
+}
+
+// ProfileError is the cause of every error the Resolver returns: which
+// profile failed, in which field (empty when no one field did, as for a
+// certificate outside its dates) and reference. The *jobs.Error around it
+// says so in words for a call's result; a caller with other words (the
+// registry, naming an uploaded keystore) takes them from here.
+type ProfileError struct {
+	Profile string
+	Field   string
+	Ref     Ref
+	// Err is the failure itself, its message without the profile's name.
+	Err *jobs.Error
+}
+
+func (e *ProfileError) Error() string { return e.Err.Error() }
+func (e *ProfileError) Unwrap() error { return e.Err }
+
+// profileError returns err as the Resolver reports it: a *jobs.Error with
+// the code and retryability of err, whose message names the profile, the
+// field and the reference, caused by a *ProfileError.
+func profileError(err error, name, field string, ref Ref) *jobs.Error {
+	je := jobs.AsError(err)
+	where := fmt.Sprintf("profile %q", name)
+	if field != "" {
+		where += " " + field + " " + ref.String()
+	}
+	out := jobs.Wrap(&ProfileError{Profile: name, Field: field, Ref: ref, Err: je}, je.Code, "%s: %s", where, je.Message)
 	out.Retryable = je.Retryable
 	return out
 }

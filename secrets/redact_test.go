@@ -49,6 +49,7 @@ func TestRedaction(t *testing.T) {
 		"ref-pem":        pemRef,
 		"profile":        profile,
 		"nested":         struct{ P secrets.Profile }{profile},
+		"profile-key":    secrets.Profile{Keystore: "file:/etc/tls.crt", Key: keyPEM},
 	}
 	for name, v := range values {
 		t.Run("ok/"+name, func(t *testing.T) {

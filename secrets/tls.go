@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
@@ -41,25 +42,35 @@ type Material struct {
 // build decodes a profile's fetched secrets into a Material. Errors are
 // prefixed with the profile and the reference that failed.
 func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]Secret, version string) (*Material, error) {
-	in := func(field string, ref Ref) string {
-		return fmt.Sprintf("profile %q %s %s", name, field, ref)
-	}
 	password := passwordBytes(got, refs.password)
 	defer clear(password)
-	ks, err := DecodeKeystore(got[refs.keystore].Data, password)
+	data := got[refs.keystore].Data
+	if !refs.key.IsZero() {
+		joined, field, err := joinKey(data, got[refs.key].Data)
+		if err != nil {
+			ref := refs.keystore
+			if field == "key" {
+				ref = refs.key
+			}
+			return nil, profileError(err, name, field, ref)
+		}
+		data = joined
+		defer clear(data)
+	}
+	ks, err := DecodeKeystore(data, password)
 	if err != nil {
-		return nil, prefixError(err, in("keystore", refs.keystore))
+		return nil, profileError(err, name, "keystore", refs.keystore)
 	}
 	cert, err := ks.ClientCertificate(p.KeyAlias)
 	if err != nil {
-		return nil, prefixError(err, in("keystore", refs.keystore))
+		return nil, profileError(err, name, "keystore", refs.keystore)
 	}
 	var roots *x509.CertPool
 	if !refs.truststore.IsZero() {
 		tsPassword := passwordBytes(got, refs.truststorePassword)
 		defer clear(tsPassword)
 		if roots, _, err = DecodeTruststore(got[refs.truststore].Data, tsPassword); err != nil {
-			return nil, prefixError(err, in("truststore", refs.truststore))
+			return nil, profileError(err, name, "truststore", refs.truststore)
 		}
 	}
 	// parse has checked both settings already.
@@ -75,6 +86,25 @@ func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]S
 	}
 	PresentAlways(cfg)
 	return &Material{Profile: name, Config: cfg, Leaf: cert.Leaf, Version: version}, nil
+}
+
+// joinKey returns a PEM certificate chain and its PEM private key, kept in
+// two places, as one PEM bundle; an error names the field at fault.
+func joinKey(chain, key []byte) ([]byte, string, error) {
+	if f := detectFormat(chain); f != FormatPEM {
+		if f == "" {
+			f = "not a keystore"
+		}
+		return nil, "keystore", jobs.Errorf(jobs.CodeKeystoreInvalid,
+			"key is set, so the keystore must be a PEM certificate chain, but it is %s; remove key, or point keystore at the PEM certificate file", strings.ToUpper(f))
+	}
+	if !bytes.Contains(key, []byte("PRIVATE KEY-----")) {
+		return nil, "key", jobs.Errorf(jobs.CodeKeystoreInvalid,
+			"the key is not a PEM private key (-----BEGIN PRIVATE KEY-----, or ENCRYPTED, RSA or EC PRIVATE KEY); point key at the PEM key file")
+	}
+	out := make([]byte, 0, len(chain)+1+len(key))
+	out = append(append(append(out, chain...), '\n'), key...)
+	return out, "", nil
 }
 
 // passwordBytes returns a copy of the password secret of ref, without one

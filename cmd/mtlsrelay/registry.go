@@ -196,6 +196,7 @@ references only the workers can read.`,
 	f := cmd.Flags()
 	f.StringVar(&keystoreFile, "keystore", "", "keystore file to upload (PKCS#12, JKS or encrypted PEM)")
 	f.StringVar(&keystoreRef, "keystore-ref", "", "keystore reference the workers read instead (file:, vault:, registry:keystores/NAME...)")
+	f.StringVar(&p.Key, "key-ref", "", "reference of the PEM private key when the keystore is a PEM certificate kept apart from it (file:, vault:...)")
 	f.StringVar(&passwordEnv, "password-env", "", "environment variable holding the keystore password; stored sealed")
 	f.StringVar(&passwordFile, "password-file", "", "file holding the keystore password; stored sealed")
 	f.StringVar(&passwordRef, "password-ref", "", "password reference the workers read instead (env:NAME, file:PATH, vault:...)")

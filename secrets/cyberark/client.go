@@ -36,7 +36,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -62,51 +61,12 @@ type Client struct {
 	log      zerolog.Logger
 	key      []byte // keys the Versions
 	// certs serves the client certificate, nil without client_keystore.
-	certs *clientCerts
+	certs *secrets.ClientCertificate
 }
 
 // clientProfile names the CCP client certificate in the messages of the
 // resolver that serves it.
 const clientProfile = "cyberark client_keystore"
-
-// clientCerts serves the CCP client certificate through a secrets.Resolver,
-// as a profile's is served: a keystore rotated where it is kept (a file,
-// Vault...) is presented on the next connection, without a restart, and
-// the last good one while its source is down.
-type clientCerts struct {
-	resolver *secrets.Resolver
-	profile  secrets.Profile
-	timeout  time.Duration
-
-	mu      sync.Mutex
-	version string
-}
-
-// get is the transport's GetClientCertificate.
-func (c *clientCerts) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	mat, err := c.resolver.Resolve(ctx, clientProfile, c.profile)
-	if err != nil {
-		return nil, err
-	}
-	return &mat.Config.Certificates[0], nil
-}
-
-// refresh asks the resolver for the current certificate and reports
-// whether it changed since the last refresh: connections made with the
-// old one should then be closed.
-func (c *clientCerts) refresh(ctx context.Context) bool {
-	mat, err := c.resolver.Resolve(ctx, clientProfile, c.profile)
-	if err != nil {
-		return false // get reports it on the next handshake
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	changed := c.version != "" && c.version != mat.Version
-	c.version = mat.Version
-	return changed
-}
 
 // New returns a client for the CCP that cfg describes. It fetches the
 // client keystore and truststore that cfg references through sources (the
@@ -124,7 +84,7 @@ func New(ctx context.Context, cfg Config, sources *secrets.Sources, log zerolog.
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	var leaf *x509.Certificate
-	var certs *clientCerts
+	var certs *secrets.ClientCertificate
 	if !refs.keystore.IsZero() {
 		// Read once here, so a wrong password or a missing file fails at
 		// start with the config key in its message.
@@ -133,16 +93,13 @@ func New(ctx context.Context, cfg Config, sources *secrets.Sources, log zerolog.
 			return nil, err
 		}
 		leaf = cert.Leaf
-		certs = &clientCerts{
-			resolver: secrets.NewResolver(sources),
-			profile:  secrets.Profile{Keystore: cfg.ClientKeystore, Password: cfg.ClientPassword},
-			timeout:  cfg.Timeout,
-		}
-		certs.refresh(ctx)
+		certs = secrets.NewClientCertificate(sources, clientProfile,
+			secrets.Profile{Keystore: cfg.ClientKeystore, Password: cfg.ClientPassword}, cfg.Timeout)
+		certs.Changed(ctx)
 		// Offered whatever CAs the CCP lists (IIS lists them loosely; the
 		// CCP is the one to decide), and read through the resolver on each
 		// new connection, so a rotated keystore is presented at once.
-		tlsCfg.GetClientCertificate = certs.get
+		tlsCfg.GetClientCertificate = certs.Get
 	}
 	if !refs.truststore.IsZero() {
 		pool, err := loadTruststore(ctx, sources, refs)
@@ -268,7 +225,7 @@ func (c *Client) Fetch(ctx context.Context, ref secrets.Ref) (secrets.Secret, er
 	if err != nil {
 		return secrets.Secret{}, err
 	}
-	if c.certs != nil && c.certs.refresh(ctx) {
+	if c.certs != nil && c.certs.Changed(ctx) {
 		// The client keystore was rotated: connections kept alive still
 		// present the old certificate.
 		c.log.Info().Msg("the client certificate for the CCP changed; new connections present it")

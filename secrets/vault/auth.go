@@ -43,6 +43,10 @@ func (c *Client) authenticate(ctx context.Context) (*api.Secret, error) {
 		}
 		return c.methodLogin(ctx, k)
 	case AuthCert:
+		if c.cert.Changed(ctx) {
+			// The pair was rotated: log in on a connection that presents it.
+			c.certTransport.CloseIdleConnections()
+		}
 		return c.methodLogin(ctx, certAuth{mount: a.Mount, role: a.Role})
 	}
 	return nil, c.cfg.Validate()

@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"context"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/rs/zerolog"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/testvault"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
@@ -170,4 +172,45 @@ func TestCertAuthOverTLS(t *testing.T) {
 		_, err := other.fetch(t, "vault:secret/partners/a#password")
 		wantContains(t, wantErr(t, err, jobs.CodeSecretUnavailable, true), "unknown authority", "vault.ca_cert")
 	})
+}
+
+// Method cert reads client_cert and client_key as two files (as
+// cert-manager mounts tls.crt and tls.key) through the resolver: a pair
+// that does not make a key pair fails at start, naming both files.
+func TestCertAuthSeparateFiles(t *testing.T) {
+	v := testvault.Start(t, testvault.WithTLS())
+	v.Policy("partners-read", readPolicy)
+	v.PutKV("secret", "partners/a", map[string]any{"password": fixturePassword})
+	v.EnableAuth("cert", "cert")
+	v.Write("auth/cert/certs/relay", map[string]any{
+		"certificate": string(fixture(t, "ca.pem")), "token_policies": "partners-read", "token_ttl": "1h",
+	})
+	dir := t.TempDir()
+	var crt, key []byte
+	for rest := fixture(t, "client.pem"); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if strings.HasSuffix(b.Type, "PRIVATE KEY") {
+			key = append(key, pem.EncodeToMemory(b)...)
+		} else {
+			crt = append(crt, pem.EncodeToMemory(b)...)
+		}
+	}
+	crtPath, keyPath := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(crtPath, crt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newClient(t, v, vault.Config{Auth: vault.AuthConfig{Method: vault.AuthCert, Role: "relay", ClientCert: crtPath, ClientKey: keyPath}})
+	if s, err := e.fetch(t, "vault:secret/partners/a#password"); err != nil || string(s.Data) != fixturePassword {
+		t.Fatalf("read with a two-file pair: %v", err)
+	}
+
+	_, err := vault.New(context.Background(), vault.Config{Address: v.Addr, CACert: v.CACert,
+		Auth: vault.AuthConfig{Method: vault.AuthCert, Role: "relay", ClientCert: crtPath, ClientKey: crtPath + ".missing"}}, nil, zerolog.Nop())
+	wantContains(t, wantErr(t, err, jobs.CodeSecretUnavailable, false), "vault.auth.client_cert", crtPath+".missing", "does not exist")
 }

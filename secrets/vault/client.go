@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,11 @@ type Client struct {
 	api *api.Client
 	// anon carries no token: logins are made with it.
 	anon *api.Client
-	addr string
+	// cert serves method cert's client certificate; certTransport is the
+	// transport that presents it. Both nil for other methods.
+	cert          *secrets.ClientCertificate
+	certTransport *http.Transport
+	addr          string
 	// envToken is VAULT_TOKEN as the API client read it, for method token
 	// without vault.auth.token.
 	envToken string
@@ -70,6 +75,11 @@ func New(ctx context.Context, cfg Config, sources *secrets.Sources, log zerolog.
 		sources = secrets.DefaultSources("")
 	}
 	c := &Client{cfg: cfg, sources: sources, log: log.With().Str("component", "vault").Logger(), changed: make(chan struct{}, 1)}
+	if cfg.Auth.Method == AuthCert {
+		if err := c.loadClientCertificate(ctx); err != nil {
+			return nil, err
+		}
+	}
 	var err error
 	if c.api, err = c.newAPIClient(); err != nil {
 		return nil, err
@@ -115,16 +125,21 @@ func (c *Client) newAPIClient() (*api.Client, error) {
 		ac.MaxRetries = 0
 	}
 	ac.CloneHeaders = true
-	t := &api.TLSConfig{CACert: c.cfg.CACert}
-	if c.cfg.Auth.Method == AuthCert {
-		t.ClientCert, t.ClientKey = c.cfg.Auth.ClientCert, c.cfg.Auth.ClientKey
-	}
-	if t.CACert != "" || t.ClientCert != "" {
-		if err := ac.ConfigureTLS(t); err != nil {
+	if c.cfg.CACert != "" {
+		if err := ac.ConfigureTLS(&api.TLSConfig{CACert: c.cfg.CACert}); err != nil {
 			return nil, jobs.Wrap(err, jobs.CodeKeystoreInvalid,
-				"cannot load the TLS files of the Vault client (vault.ca_cert %q, vault.auth.client_cert %q, client_key %q); check that they exist and are PEM",
-				t.CACert, t.ClientCert, t.ClientKey)
+				"cannot load vault.ca_cert %q; check that it exists and holds PEM certificates", c.cfg.CACert)
 		}
+	}
+	if c.cert != nil {
+		// Read through the resolver on each new connection, so a pair
+		// rotated on disk is presented at the next login.
+		tr, ok := ac.HttpClient.Transport.(*http.Transport)
+		if !ok || tr.TLSClientConfig == nil {
+			return nil, jobs.Errorf(jobs.CodeInternal, "the Vault API client's transport is %T, not an *http.Transport", ac.HttpClient.Transport)
+		}
+		tr.TLSClientConfig.GetClientCertificate = c.cert.Get
+		c.certTransport = tr
 	}
 	cl, err := api.NewClient(ac)
 	if err != nil {
@@ -134,6 +149,32 @@ func (c *Client) newAPIClient() (*api.Client, error) {
 		cl.SetNamespace(c.cfg.Namespace)
 	}
 	return cl, nil
+}
+
+// certName names the client certificate of method cert in messages.
+const certName = "vault.auth client_cert"
+
+// loadClientCertificate sets up the client certificate of method cert:
+// client_cert and client_key (one file or two) served through a
+// secrets.ClientCertificate, and read once now so a missing file or a
+// wrong pair fails at start.
+func (c *Client) loadClientCertificate(ctx context.Context) error {
+	a := c.cfg.Auth
+	p := secrets.Profile{Keystore: "file:" + a.ClientCert}
+	if a.ClientKey != a.ClientCert {
+		p.Key = "file:" + a.ClientKey
+	}
+	timeout := c.cfg.Timeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	c.cert = secrets.NewClientCertificate(c.sources, certName, p, timeout)
+	if _, err := c.cert.Get(nil); err != nil {
+		je := jobs.AsError(err)
+		return jobs.Wrap(err, je.Code, "vault.auth.client_cert %q and client_key %q: %s", a.ClientCert, a.ClientKey, je.Message).WithRetryable(false)
+	}
+	c.cert.Changed(ctx)
+	return nil
 }
 
 // Register makes sources fetch vault: references (KV v2) and vault-pki:
