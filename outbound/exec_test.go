@@ -476,6 +476,7 @@ func TestFirstCallsShareOneHandshake(t *testing.T) {
 func TestSlowFirstCallDoesNotHoldOthers(t *testing.T) {
 	for _, proto := range []string{"HTTP/2", "HTTP/1.1"} {
 		t.Run(proto, func(t *testing.T) {
+			t.Parallel() // each has its own partner and executor
 			srv, x, conn, mat := coldExecutor(t, proto)
 			var slowDone atomic.Bool
 			slow := make(chan *jobs.Result, 1)

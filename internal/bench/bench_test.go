@@ -131,6 +131,7 @@ func TestRunMemoryBoundOverLimit(t *testing.T) {
 }
 
 func TestRunRejectsBadOptions(t *testing.T) {
+	t.Parallel() // no CPU profile, no memory figure: nothing process-wide
 	_, err := bench.Run(context.Background(), bench.Options{Route: "soap", BodyBytes: -1}, nil)
 	if err == nil || !strings.Contains(err.Error(), "route") || !strings.Contains(err.Error(), "body bytes") {
 		t.Fatalf("err = %v, want both problems named", err)
@@ -209,6 +210,7 @@ func TestRunProfilesLabelParts(t *testing.T) {
 }
 
 func TestRunRefusesTwoProfileDestinations(t *testing.T) {
+	t.Parallel() // no CPU profile, no memory figure: nothing process-wide
 	_, err := bench.Run(context.Background(), bench.Options{CPUProfile: io.Discard, ProfileDir: t.TempDir()}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Errorf("Run with CPUProfile and ProfileDir: %v, want a refusal", err)
@@ -219,6 +221,7 @@ func TestRunRefusesTwoProfileDestinations(t *testing.T) {
 // as it found it; a server that already holds mtlsrelay's streams is
 // refused, not emptied.
 func TestRunExternalNATS(t *testing.T) {
+	t.Parallel() // no CPU profile, no memory figure: nothing process-wide
 	ns, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir(), ServerName: "bench-external"})
 	if err != nil {
 		t.Fatal(err)
