@@ -11,6 +11,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
 // Provider is a secret source that a worker starts from a section of its
@@ -63,7 +65,7 @@ func StartProviders(ctx context.Context, providers []Provider, sections map[stri
 		s, err := p.Start(ctx, section, referencesAny(profiles, p.Schemes()), sources, log)
 		if err != nil {
 			stop()
-			return func() {}, fmt.Errorf("%s: %w", p.Section(), err)
+			return func() {}, &SectionError{Section: p.Section(), Err: err}
 		}
 		if s != nil {
 			stops = append(stops, s)
@@ -119,3 +121,21 @@ func referencesAny(profiles map[string]Profile, schemes []string) bool {
 	}
 	return false
 }
+
+// SectionError is a provider that did not start: the operator's to fix, so
+// its text is the section and the message, without the wire error code a
+// call's result would carry for the same fault (errors.As still finds it).
+type SectionError struct {
+	Section string
+	Err     error
+}
+
+func (e *SectionError) Error() string {
+	var je *jobs.Error
+	if errors.As(e.Err, &je) {
+		return e.Section + ": " + je.Message
+	}
+	return e.Section + ": " + e.Err.Error()
+}
+
+func (e *SectionError) Unwrap() error { return e.Err }

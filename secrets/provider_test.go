@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -24,7 +25,7 @@ func (p testProvider) Schemes() []string { return []string{secrets.SchemeCyberAr
 func (p testProvider) Missing() string   { return "the test provider's section" }
 func (p testProvider) Start(_ context.Context, section *yaml.Node, needed bool, _ *secrets.Sources, _ zerolog.Logger) (func(), error) {
 	if p.fail {
-		return nil, errors.New("bad settings")
+		return nil, jobs.Errorf(jobs.CodeKeystoreInvalid, "bad settings")
 	}
 	if section == nil && !needed {
 		return nil, nil
@@ -79,7 +80,11 @@ func TestStartProviders(t *testing.T) {
 	started = nil
 	_, err = secrets.StartProviders(ctx, []secrets.Provider{testProvider{section: "mine", started: &started}, testProvider{section: "bad", fail: true}},
 		map[string]yaml.Node{"mine": *section.Content[0], "bad": *section.Content[0]}, nil, secrets.DefaultSources(""), log)
-	if err == nil || !strings.HasPrefix(err.Error(), "bad: ") || strings.Join(started, ",") != "mine,stopped mine" {
-		t.Errorf("err %v, started %v; want the failure named by section and the first provider stopped", err, started)
+	if err == nil || err.Error() != "bad: bad settings" || strings.Join(started, ",") != "mine,stopped mine" {
+		t.Errorf("err %v, started %v; want the failure named by section, without a wire code, and the first provider stopped", err, started)
+	}
+	var se *secrets.SectionError
+	if !errors.As(err, &se) || jobs.CodeOf(err) != jobs.CodeKeystoreInvalid {
+		t.Errorf("err %#v; want a *SectionError that still unwraps to the provider's error", err)
 	}
 }
