@@ -105,6 +105,7 @@ func TestSubjects(t *testing.T) {
 	for subj, reserved := range map[string]bool{
 		"mtlsrelay.calls.a": true, "mtlsrelay.rpc.a": true, "mtlsrelay.dead.a": true,
 		"mtlsrelay.results.a": false, "flows.a.results": false,
+		"$KV.mtlsrelay_registry.connections.x": true, "$JS.API.STREAM.DELETE.X": true,
 	} {
 		if s.Reserved(subj) != reserved {
 			t.Errorf("Reserved(%q) = %v", subj, !reserved)
@@ -139,5 +140,48 @@ func TestErrorCodesAreStable(t *testing.T) {
 	}
 	if jobs.CodeKeystoreInvalid.Retryable() || jobs.CodeOutcomeUnknown.Retryable() {
 		t.Error("keystore_invalid and outcome_unknown must not be retryable")
+	}
+}
+
+// CheckReply lets results go only under the results subjects and the
+// configured inbox prefixes: a reply subject is where a flow could make
+// the relay write with its own permissions.
+func TestCheckReply(t *testing.T) {
+	s := jobs.Subjects{}
+	prefixes := []string{"_INBOX", "_INBOX_billing"}
+	for subj, ok := range map[string]bool{
+		"mtlsrelay.results.a":                       true,
+		"mtlsrelay.results.billing.order-42":        true,
+		"_INBOX.abc":                                true,
+		"_INBOX_billing.x.y":                        true,
+		"$KV.mtlsrelay_registry.connections.victim": false,
+		"$KV.mtlsrelay_registry.profiles.victim":    false,
+		"$KV.mtlsrelay_state.c1":                    false,
+		"$JS.API.STREAM.DELETE.MTLSRELAY_CALLS":     false,
+		"$O.mtlsrelay_bodies.C.x":                   false,
+		"mtlsrelay.calls.partner-a":                 false,
+		"mtlsrelay.rpc.partner-a":                   false,
+		"mtlsrelay.dead.partner-a":                  false,
+		"mtlsrelay.resultsX":                        false,
+		"_INBOX":                                    false,
+		"_INBOXevil.x":                              false,
+		"_INBOX_other.x":                            false,
+		"flows.a.results":                           false,
+		"mtlsrelay.results.*":                       false,
+		"mtlsrelay.results.>":                       false,
+		"mtlsrelay.results..a":                      false,
+	} {
+		err := s.CheckReply(subj, prefixes)
+		if (err == nil) != ok {
+			t.Errorf("CheckReply(%q) = %v; want allowed %v", subj, err, ok)
+		}
+		if err != nil && err.Code != jobs.CodeInvalidCall {
+			t.Errorf("CheckReply(%q) code %s, want invalid_call", subj, err.Code)
+		}
+	}
+	for p, ok := range map[string]bool{"_INBOX": true, "_INBOX_billing": true, "$KV": false, "a.*": false, "": false} {
+		if err := jobs.CheckReplyPrefix(p); (err == nil) != ok {
+			t.Errorf("CheckReplyPrefix(%q) = %v; want ok %v", p, err, ok)
+		}
 	}
 }

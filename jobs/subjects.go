@@ -1,6 +1,9 @@
 package jobs
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Names fixed by the wire contract.
 const (
@@ -104,14 +107,54 @@ func ValidSubject(subj string) bool {
 	return true
 }
 
-// Reserved reports whether subject is one mtlsrelay consumes or writes for
-// its own purposes (calls, rpc, dead letters): a result published there
-// would loop back or pollute them, so it can never be a reply_to.
+// Reserved reports whether subject is one no relay accepts as a reply
+// subject whatever its config: the relay's own calls, rpc and dead-letter
+// subjects, and the system's $ subjects ($KV, $JS, $O...). A client checks
+// it before sending; the relay applies CheckReply.
 func (s Subjects) Reserved(subject string) bool {
+	if strings.HasPrefix(subject, "$") {
+		return true
+	}
 	for _, kind := range []string{".calls.", ".rpc.", ".dead."} {
 		if strings.HasPrefix(subject, s.p()+kind) {
 			return true
 		}
 	}
 	return false
+}
+
+// DefaultReplyPrefix is the inbox prefix a reply subject may be under
+// besides the results subjects: where nats.go's requests and
+// jobs.Client's inboxes live.
+const DefaultReplyPrefix = "_INBOX"
+
+// CheckReply says whether subject may receive a call's result: a concrete
+// subject under <prefix>.results. or under one of prefixes (each an inbox
+// prefix such as "_INBOX"). Anything else ($KV.*, $JS.*, the relay's own
+// calls, rpc and dead-letter subjects, another application's subjects) is
+// refused with CodeInvalidCall: the relay publishes results with its own
+// permissions, so a reply subject is where a flow could make it write.
+func (s Subjects) CheckReply(subject string, prefixes []string) *Error {
+	if !ValidSubject(subject) {
+		return Errorf(CodeInvalidCall, "reply_to %q is not a concrete NATS subject (no wildcards, no empty tokens, no spaces)", subject)
+	}
+	if s.IsResult(subject) {
+		return nil
+	}
+	for _, p := range prefixes {
+		if strings.HasPrefix(subject, p+".") {
+			return nil
+		}
+	}
+	return Errorf(CodeInvalidCall, "reply_to %q is not a subject results may go to; use one under %s or under an inbox prefix (%s.>)",
+		subject, s.ResultsAll(), strings.Join(prefixes, ".>, "))
+}
+
+// CheckReplyPrefix checks an inbox prefix a relay's config allows reply
+// subjects under: a concrete subject outside the system's $ subjects.
+func CheckReplyPrefix(prefix string) error {
+	if !ValidSubject(prefix) || strings.HasPrefix(prefix, "$") {
+		return fmt.Errorf("%q is not an inbox prefix; use a concrete subject outside $..., such as _INBOX or _INBOX_billing", prefix)
+	}
+	return nil
 }

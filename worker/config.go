@@ -72,6 +72,10 @@ type NATSConfig struct {
 	TLS NATSTLSConfig `yaml:"tls"`
 	// Embedded configures the embedded server used when URL is empty.
 	Embedded EmbeddedConfig `yaml:"embedded"`
+	// AllowPlaintext lets credentials (creds_file, user/password, token,
+	// nkey) go to a non-loopback server over plain nats://. Default false:
+	// such a config is refused; use tls:// (or tls.ca_file) instead.
+	AllowPlaintext bool `yaml:"allow_plaintext"`
 }
 
 // NATSTLSConfig is TLS to the NATS servers. Files are PEM.
@@ -93,6 +97,21 @@ type EmbeddedConfig struct {
 	Listen string `yaml:"listen"`
 	// DataDir holds JetStream's files; default ./mtlsrelay-data.
 	DataDir string `yaml:"data_dir"`
+	// AccountsFile is a nats-server configuration file holding
+	// authorization (accounts with users, nkeys, permissions) for the
+	// embedded server, e.g. docs/nats-accounts.conf. A non-loopback Listen
+	// is refused without it or Users.
+	AccountsFile string `yaml:"accounts_file"`
+	// Users are user/password pairs (passwords are secret references)
+	// allowed to connect to the embedded server with full permissions: the
+	// simplest authentication for a non-loopback Listen.
+	Users []EmbeddedUser `yaml:"users"`
+}
+
+// EmbeddedUser is one user of the embedded server.
+type EmbeddedUser struct {
+	User     string `yaml:"user"`
+	Password string `yaml:"password"`
 }
 
 // WorkerConfig tunes one worker.
@@ -124,6 +143,11 @@ type WorkerConfig struct {
 	ShutdownGrace catalog.Duration `yaml:"shutdown_grace"`
 	// FetchBatch caps how many calls one pull asks for; default Concurrency.
 	FetchBatch int `yaml:"fetch_batch"`
+	// ReplyPrefixes are the subject prefixes besides <prefix>.results a
+	// call's reply_to (or a direct call's reply subject) may be under;
+	// default ["_INBOX"]. Anything else ($KV..., $JS..., the relay's own
+	// streams) is refused with invalid_call and nothing is published there.
+	ReplyPrefixes []string `yaml:"reply_prefixes"`
 	// CertExpiryWarnDays is how many days before a profile's client
 	// certificate expires the worker logs a warning (at load and daily) and
 	// reports it in mtlsrelay_client_cert_expiring; default 30, negative
@@ -143,6 +167,12 @@ type RegistryConfig struct {
 	// Disabled stops the worker from reading the registry: only the config
 	// file's profiles and connections are used. Default false.
 	Disabled bool `yaml:"disabled"`
+	// AllowLocalRefs lets registry profiles reference the worker's own
+	// file: and env: secrets. Default false: a registry profile may name
+	// only registry:, vault:, vault-pki: and cyberark: secrets, so write
+	// access to the registry does not give use of every identity the
+	// worker can read.
+	AllowLocalRefs bool `yaml:"allow_local_refs"`
 }
 
 // LogConfig sets logging.
@@ -215,6 +245,9 @@ func (c *Config) applyDefaults() {
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency
 	}
+	if len(w.ReplyPrefixes) == 0 {
+		w.ReplyPrefixes = []string{jobs.DefaultReplyPrefix}
+	}
 	if w.Name == "" {
 		host, _ := os.Hostname()
 		w.Name = fmt.Sprintf("%s-%d", host, os.Getpid())
@@ -243,6 +276,11 @@ func (c *Config) Validate() error {
 		conn := c.Connections[name]
 		if err := conn.Validate(name); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, p := range c.Worker.ReplyPrefixes {
+		if err := jobs.CheckReplyPrefix(p); err != nil {
+			errs = append(errs, fmt.Errorf("worker.reply_prefixes: %w", err))
 		}
 	}
 	if c.Worker.Concurrency > 100000 {

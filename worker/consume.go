@@ -236,14 +236,13 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		w.reject(ctx, msg, call, derr, meta)
 		return
 	}
-	if w.subj.Reserved(call.ReplyTo) {
-		w.reject(ctx, msg, call, jobs.Errorf(jobs.CodeInvalidCall,
-			"reply_to %q is a subject mtlsrelay consumes calls on; use a subject under %s", call.ReplyTo, w.subj.ResultsAll()), meta)
-		return
-	}
 	if call.ReplyTo == "" {
 		w.reject(ctx, msg, call, jobs.Errorf(jobs.CodeInvalidCall,
 			"durable call has no reply_to, so its result could not be delivered; set reply_to (for example %s)", w.subj.Result(call.ID)), meta)
+		return
+	}
+	if err := w.subj.CheckReply(call.ReplyTo, w.replyPrefixes); err != nil {
+		w.reject(ctx, msg, call, err, meta)
 		return
 	}
 
@@ -520,7 +519,9 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	if !jobs.ValidName(conn) {
 		conn = "_invalid"
 	}
-	if call != nil && call.ReplyTo != "" && jobs.ValidSubject(call.ReplyTo) && !w.subj.Reserved(call.ReplyTo) {
+	// A result goes only where results may go: a refused reply_to gets
+	// the dead letter alone, and nothing is published there.
+	if call != nil && call.ReplyTo != "" && w.subj.CheckReply(call.ReplyTo, w.replyPrefixes) == nil {
 		res := jobs.FailedResult(call, jerr)
 		res.Attempt, res.Worker = int(meta.NumDelivered), w.Name()
 		if perr := w.publishResult(ctx, call, res, msg.Headers()); perr != nil && !neverPublishable(perr) {

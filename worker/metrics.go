@@ -76,6 +76,8 @@ type metrics struct {
 	retries *prometheus.CounterVec
 	dead    *prometheus.CounterVec
 	loads   *prometheus.CounterVec
+	// directRefused counts direct calls dropped for their reply subject.
+	directRefused prometheus.Counter
 
 	inflight atomic.Int64
 	handled  handledCounters
@@ -135,6 +137,10 @@ func newMetrics(w *Worker) *metrics {
 		Name: "mtlsrelay_keystore_loads_total",
 		Help: "Keystore loads (fetched and decoded because a secret changed or was not loaded yet), by profile, source (reference scheme) and result (ok, error).",
 	}, []string{"profile", "source", "result"})
+	m.directRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mtlsrelay_direct_calls_refused_total",
+		Help: "Direct calls dropped unanswered because their reply subject is not one results may go to (worker.reply_prefixes).",
+	})
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "mtlsrelay_calls_in_flight",
 		Help: "Calls this worker is processing now.",
@@ -151,7 +157,7 @@ func newMetrics(w *Worker) *metrics {
 	})
 	info.Set(1)
 	m.consumer.timeout = 2 * time.Second
-	m.reg.MustRegister(m.calls, m.phases, m.retries, m.dead, m.loads, inflight, concurrency, info,
+	m.reg.MustRegister(m.calls, m.phases, m.retries, m.dead, m.loads, m.directRefused, inflight, concurrency, info,
 		&m.consumer, &certCollector{w: w},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -18,6 +18,8 @@ import (
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/outbound"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
+
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeExecutor stands in for outbound.Executor: it answers each attempt
@@ -75,6 +77,8 @@ connections:
 		slots:    semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
 		resolver: secrets.NewResolver(secrets.DefaultSources(fix)),
 		exec:     exec,
+
+		replyPrefixes: cfg.Worker.ReplyPrefixes,
 	}
 	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
@@ -293,5 +297,25 @@ func TestBreaker(t *testing.T) {
 		if !allowed(at) {
 			t.Fatal("a successful trial did not close the circuit")
 		}
+	}
+}
+
+// A direct call whose reply subject results may not go to is dropped
+// before it runs: answering would publish there with the worker's
+// permissions (a reply of $KV.<bucket>.<key> writes that key).
+func TestDirectCallWithForbiddenReplyIsDropped(t *testing.T) {
+	ex := &fakeExecutor{answer: okOutcome}
+	w := testWorker(t, ex, `  a: {base_url: "https://partner.example/", profile: p}`)
+	w.direct, w.directWaiting = semaphore.NewWeighted(2), semaphore.NewWeighted(4)
+	w.callCtx = context.Background()
+	for _, reply := range []string{"$KV.mtlsrelay_registry.connections.victim", "$JS.API.STREAM.DELETE.MTLSRELAY_CALLS", "mtlsrelay.calls.a", "other.app.subject"} {
+		w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: reply, Data: []byte(`{"id":"d1","path":"x"}`)})
+	}
+	w.inflight.Wait()
+	if ex.count() != 0 {
+		t.Fatalf("the executor ran %d times for calls with forbidden reply subjects", ex.count())
+	}
+	if got := promtest.ToFloat64(w.metrics.directRefused); got != 4 {
+		t.Errorf("mtlsrelay_direct_calls_refused_total = %v, want 4", got)
 	}
 }

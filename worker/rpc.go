@@ -22,6 +22,12 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 		w.log.Warn().Str("subject", msg.Subject).Msg("direct call without a reply inbox dropped; use a request, or publish to calls for durable delivery")
 		return
 	}
+	if err := w.subj.CheckReply(msg.Reply, w.replyPrefixes); err != nil {
+		// Answering would publish there with the worker's permissions.
+		w.log.Warn().Str("subject", msg.Subject).Str("reason", err.Message).Msg("direct call with a reply subject results may not go to dropped; nothing is published there")
+		w.metrics.directRefused.Inc()
+		return
+	}
 	// Admission happens off the subscription's callback, with slots of
 	// its own: a direct call never waits for a durable pull to end, nor
 	// holds up the direct calls behind it. Past the waiting bound the

@@ -28,6 +28,9 @@ type Worker struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subj     jobs.Subjects
+	// replyPrefixes are the inbox prefixes reply subjects may be under
+	// besides the results subjects (worker.reply_prefixes).
+	replyPrefixes []string
 	log      zerolog.Logger
 	exec     executor
 	resolver *secrets.Resolver
@@ -92,6 +95,8 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		js:    js,
 		pub:   js,
 		subj:  jobs.Subjects{Prefix: cfg.NATS.Prefix},
+
+		replyPrefixes: cfg.Worker.ReplyPrefixes,
 		log:   zerolog.Nop(),
 		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),

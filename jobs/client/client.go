@@ -57,7 +57,7 @@ func (c *Client) prepare(call *jobs.Call) ([]byte, error) {
 		}
 	}
 	if c.subj.Reserved(call.ReplyTo) {
-		return nil, jobs.Errorf(jobs.CodeInvalidCall, "reply_to %q is a subject mtlsrelay consumes; use one under %s", call.ReplyTo, c.subj.ResultsAll())
+		return nil, jobs.Errorf(jobs.CodeInvalidCall, "reply_to %q is a subject no relay publishes results to; use one under %s", call.ReplyTo, c.subj.ResultsAll())
 	}
 	return json.Marshal(call)
 }
