@@ -151,6 +151,9 @@ func DecodeCall(data []byte, subjectConnection string) (*Call, error) {
 	if err := unmarshalCall(data, &c); err != nil {
 		return nil, Errorf(CodeInvalidCall, "call is not valid JSON: %s", describeJSONError(err))
 	}
+	if err := checkMembers(data); err != nil {
+		return nil, Errorf(CodeInvalidCall, "call is ambiguous JSON: %s", err)
+	}
 	if err := c.Normalize(subjectConnection); err != nil {
 		return &c, err
 	}
@@ -241,6 +244,9 @@ func (c *Call) Normalize(subjectConnection string) error {
 		return Errorf(CodeInvalidCall, "method must be an HTTP method token such as GET or POST")
 	}
 	c.Method = strings.ToUpper(c.Method)
+	if forbiddenMethods[c.Method] {
+		return Errorf(CodeInvalidCall, "method %s is not allowed: a call is a request to its connection's partner, not a tunnel or an echo", c.Method)
+	}
 	if c.Idempotent == nil {
 		v := idempotentMethods[c.Method]
 		c.Idempotent = &v
@@ -302,6 +308,30 @@ func (c *Call) validateTarget() error {
 		if u.IsAbs() || u.Host != "" {
 			return Errorf(CodeInvalidCall, "path must be relative to the connection's base URL; use url for an absolute URL")
 		}
+		if err := checkSegments(u.EscapedPath()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSegments refuses a path that could leave the connection's base_url
+// path once a server or a gateway normalizes it: "." and ".." segments,
+// raw or percent-encoded (%2e%2e), and slashes or backslashes hidden in a
+// segment (%2f, %5c) or written as a backslash, which IIS and some
+// gateways take for a slash.
+func checkSegments(escaped string) error {
+	for seg := range strings.SplitSeq(escaped, "/") {
+		dec, err := url.PathUnescape(seg)
+		if err != nil {
+			return Errorf(CodeInvalidCall, "path has a malformed percent-escape in %q", truncate(seg, 64))
+		}
+		switch {
+		case dec == "." || dec == "..":
+			return Errorf(CodeInvalidCall, "path has a %q segment; a call's path stays under its connection's base_url, so dot-segments (raw or percent-encoded) are refused", truncate(seg, 64))
+		case strings.ContainsAny(dec, "/\\"):
+			return Errorf(CodeInvalidCall, "path segment %q holds an encoded slash or a backslash, which servers may take for a separator; a call's path stays under its connection's base_url", truncate(seg, 64))
+		}
 	}
 	return nil
 }
@@ -312,9 +342,12 @@ func (c *Call) validateHeaders() error {
 		if !validHeaderName(k) {
 			return Errorf(CodeInvalidCall, "header name %q is not a valid HTTP field name", truncate(k, 64))
 		}
+		if why, ok := relayHeaders[strings.ToLower(k)]; ok {
+			return Errorf(CodeInvalidCall, "header %q cannot be set by a call: %s", k, why)
+		}
 		for _, v := range vs {
-			if strings.ContainsAny(v, "\r\n\x00") {
-				return Errorf(CodeInvalidCall, "header %q has a value with CR, LF or NUL", k)
+			if i := strings.IndexFunc(v, isControl); i >= 0 {
+				return Errorf(CodeInvalidCall, "header %q has a value with the control character %U at byte %d; a field value may hold visible characters, spaces and tabs only", k, v[i], i)
 			}
 			n++
 			size += len(k) + len(v)
@@ -328,6 +361,32 @@ func (c *Call) validateHeaders() error {
 	}
 	return nil
 }
+
+// relayHeaders are the request headers a call may not set, with why:
+// they would take the request out of its connection (Host) or are the
+// relay's to write for the connection it makes (framing, hop-by-hop,
+// proxy credentials).
+var relayHeaders = map[string]string{
+	"host":                "the host is the connection's (its base_url, or an allowed url); a Host of another name would reach a host nobody allowed through a shared gateway",
+	"content-length":      "the relay frames the body it sends",
+	"transfer-encoding":   "the relay frames the body it sends",
+	"te":                  "hop-by-hop headers belong to the relay's own connection",
+	"trailer":             "hop-by-hop headers belong to the relay's own connection",
+	"connection":          "hop-by-hop headers belong to the relay's own connection",
+	"keep-alive":          "hop-by-hop headers belong to the relay's own connection",
+	"upgrade":             "hop-by-hop headers belong to the relay's own connection",
+	"proxy-connection":    "hop-by-hop headers belong to the relay's own connection",
+	"proxy-authorization": "proxy credentials are the relay's, set by its config",
+}
+
+// forbiddenMethods take a request out of its connection (CONNECT opens a
+// tunnel to any host:port the request names) or echo it back with the
+// relay's credentials (TRACE, TRACK).
+var forbiddenMethods = map[string]bool{"CONNECT": true, "TRACE": true, "TRACK": true}
+
+// isControl reports the characters an HTTP field value may not hold:
+// the C0 controls but horizontal tab, and DEL (RFC 9110, section 5.5).
+func isControl(r rune) bool { return (r < 0x20 && r != '\t') || r == 0x7f }
 
 func validHeaderName(k string) bool {
 	if k == "" || len(k) > 256 {

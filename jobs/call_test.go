@@ -65,7 +65,31 @@ func TestDecodeCallRejects(t *testing.T) {
 		{"fail/relative-url", `{"id":"a","url":"/x"}`, "p", "absolute"},
 		{"fail/url-userinfo", `{"id":"a","url":"https://u:p@h/"}`, "p", "user info"},
 		{"fail/absolute-path", `{"id":"a","path":"https://evil/"}`, "p", "relative"},
-		{"fail/header-crlf", `{"id":"a","headers":{"X":["a\r\nInjected: 1"]}}`, "p", "CR, LF"},
+		{"fail/header-crlf", `{"id":"a","headers":{"X":["a\r\nInjected: 1"]}}`, "p", "control character U+000D"},
+		{"fail/header-soh", `{"id":"a","headers":{"X":["a\u0001b"]}}`, "p", "control character U+0001"},
+		{"fail/header-del", `{"id":"a","headers":{"X":["a\u007fb"]}}`, "p", "control character U+007F"},
+		{"fail/header-host", `{"id":"a","headers":{"host":["db.internal"]}}`, "p", `header "host" cannot be set`},
+		{"fail/header-content-length", `{"id":"a","headers":{"Content-Length":["0"]}}`, "p", "frames the body"},
+		{"fail/header-transfer-encoding", `{"id":"a","headers":{"Transfer-Encoding":["chunked"]}}`, "p", "frames the body"},
+		{"fail/header-proxy-authorization", `{"id":"a","headers":{"Proxy-Authorization":["Basic eDp5"]}}`, "p", "proxy credentials"},
+		{"fail/method-connect", `{"id":"a","method":"CONNECT","path":"db.internal:5432"}`, "p", "CONNECT is not allowed"},
+		{"fail/method-trace", `{"id":"a","method":"trace"}`, "p", "TRACE is not allowed"},
+		{"fail/duplicate-id", `{"id":"a","id":"b"}`, "p", `member "id" appears twice in the call`},
+		{"fail/id-in-other-case", `{"id":"a","ID":"b"}`, "p", `member "ID" of the call must be spelled "id"`},
+		{"fail/only-upper-case", `{"ID":"a","path":"x"}`, "p", `must be spelled "id"`},
+		{"fail/duplicate-header", `{"id":"a","headers":{"X":["1"],"X":["2"]}}`, "p", `member "X" appears twice in "headers"`},
+		{"fail/soap-member-case", `{"id":"a","soap":{"body":"<a/>","Body":"<b/>"}}`, "p", `member "Body" of "soap" must be spelled "body"`},
+		{"fail/duplicate-escaped", `{"id":"a","\u0069d":"b"}`, "p", `member "id" appears twice`},
+		{"fail/long-s-fold", `{"id":"a","header\u017f":{"X":["1"]}}`, "p", `must be spelled "headers"`},
+		{"fail/duplicate-in-unknown-member", `{"id":"a","x":{"k":1,"k":2}}`, "p", "appears twice"},
+		{"fail/nested-too-deep", `{"id":"a","x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`, "p", "nests deeper"},
+		{"fail/path-dot-dot", `{"id":"a","path":"tenantA/../../admin/users"}`, "p", `".." segment`},
+		{"fail/path-encoded-dot-dot", `{"id":"a","path":"tenantA/%2e%2e/%2E%2E/admin"}`, "p", "dot-segments"},
+		{"fail/path-mixed-dot-dot", `{"id":"a","path":"a/.%2e/admin"}`, "p", "dot-segments"},
+		{"fail/path-dot", `{"id":"a","path":"a/./b"}`, "p", "dot-segments"},
+		{"fail/path-encoded-slash", `{"id":"a","path":"a/..%2fadmin"}`, "p", "encoded slash"},
+		{"fail/path-backslash", `{"id":"a","path":"a\\..\\admin"}`, "p", "backslash"},
+		{"fail/path-encoded-backslash", `{"id":"a","path":"a/%5c..%5cadmin"}`, "p", "backslash"},
 		{"fail/header-name", `{"id":"a","headers":{"Bad Name":["a"]}}`, "p", "field name"},
 		{"fail/negative-timeout", `{"id":"a","timeout_ms":-1}`, "p", "timeout_ms"},
 		{"fail/too-many-attempts", `{"id":"a","max_attempts":101}`, "p", "max_attempts"},
@@ -184,4 +208,30 @@ func TestCheckReply(t *testing.T) {
 			t.Errorf("CheckReplyPrefix(%q) = %v; want ok %v", p, err, ok)
 		}
 	}
+}
+
+// BenchmarkDecodeCall measures decoding a typical call, and the share of
+// it spent refusing ambiguous JSON (duplicate or case-folded members).
+//
+//	go test ./jobs -run '^$' -bench DecodeCall -benchmem
+func BenchmarkDecodeCall(b *testing.B) {
+	data := []byte(`{"id":"order-42","method":"POST","path":"orders/42","query":{"expand":["lines"]},` +
+		`"headers":{"Content-Type":["application/json"],"X-Request-Id":["r-1"]},"body":"{\"qty\":3,\"sku\":\"A-1\"}",` +
+		`"reply_to":"mtlsrelay.results.billing.order-42","metadata":{"flow":"billing"}}`)
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := jobs.DecodeCall(data, "partner"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("members-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := jobs.CheckMembers(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -1,0 +1,4 @@
+package jobs
+
+// CheckMembers exposes checkMembers to the benchmark.
+var CheckMembers = checkMembers
