@@ -11,6 +11,10 @@ import (
 type Catalog struct {
 	Profiles    map[string]secrets.Profile
 	Connections map[string]Connection
+	// Refused are profiles the worker holds but will not use, with why
+	// (a registry profile naming the worker's own file: secrets, say): a
+	// call on one ends with that error.
+	Refused map[string]*jobs.Error
 }
 
 // Lookup returns the connection called name and its profile, or
@@ -20,6 +24,9 @@ func (c *Catalog) Lookup(name string) (*Connection, *secrets.Profile, error) {
 	if !ok {
 		return nil, nil, jobs.Errorf(jobs.CodeUnknownConnection,
 			"no connection named %q in the worker's config or the registry; define it or fix the call's connection", name)
+	}
+	if why, refused := c.Refused[conn.Profile]; refused {
+		return nil, nil, why
 	}
 	prof, ok := c.Profiles[conn.Profile]
 	if !ok {

@@ -446,7 +446,7 @@ func TestMergeConfigWins(t *testing.T) {
 		},
 	}
 	var logs bytes.Buffer
-	c := registry.Merge(cfgProfiles, cfgConns, snap, zerolog.New(&logs))
+	c := registry.Merge(cfgProfiles, cfgConns, snap, true, zerolog.New(&logs))
 	if c.Profiles["shared"].Keystore != "file:/etc/a.p12" || c.Connections["api"].BaseURL != "https://config.example/" {
 		t.Errorf("the config file did not win: %+v", c)
 	}
@@ -463,5 +463,51 @@ func TestMergeConfigWins(t *testing.T) {
 	}
 	if len(cfgProfiles) != 1 || len(cfgConns) != 1 {
 		t.Error("Merge modified the config maps")
+	}
+}
+
+// A registry profile may name only secrets kept outside the worker, unless
+// the worker's config allows local references: write access to the
+// registry must not mean use of every identity the worker can read.
+func TestMergeRefusesLocalRefs(t *testing.T) {
+	pem := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	snap := registry.Snapshot{
+		Profiles: map[string]secrets.Profile{
+			"file-keystore":  {Keystore: "file:/etc/mtlsrelay/partner-a.p12", Password: "registry:profiles/file-keystore/password"},
+			"env-password":   {Keystore: "registry:keystores/env-password", Password: "env:PARTNER_A_PASSWORD"},
+			"file-key":       {Keystore: "vault:secret/p#crt", Key: "file:/etc/tls.key"},
+			"inline-ks":      {Keystore: "base64:AAAA"},
+			"value-password": {Keystore: "registry:keystores/v", Password: "value:hunter2"},
+			"remote":         {Keystore: "vault:secret/p#p12", Password: "cyberark:Safe/obj", Truststore: pem},
+			"pki":            {Keystore: "vault-pki:pki/issue/relay?common_name=a"},
+			"registry":       {Keystore: "registry:keystores/registry", Password: "registry:profiles/registry/password", Truststore: "registry:keystores/ts"},
+		},
+		Connections: map[string]catalog.Connection{},
+	}
+	for name := range snap.Profiles {
+		snap.Connections["c-"+name] = catalog.Connection{BaseURL: "https://p.example/", Profile: name}
+	}
+	var logs bytes.Buffer
+	c := registry.Merge(nil, nil, snap, false, zerolog.New(&logs))
+	for name := range snap.Profiles {
+		_, _, err := c.Lookup("c-" + name)
+		refused := !strings.HasPrefix(name, "remote") && name != "pki" && name != "registry"
+		if !refused {
+			if err != nil {
+				t.Errorf("profile %s refused: %v", name, err)
+			}
+			continue
+		}
+		je := jobs.AsError(err)
+		if je == nil || je.Code != jobs.CodeSecretUnavailable || je.Retryable || !strings.Contains(je.Message, "registry.allow_local_refs") {
+			t.Errorf("profile %s: Lookup = %v; want a non-retryable secret_unavailable naming registry.allow_local_refs", name, err)
+		}
+		if strings.Contains(je.Message, "hunter2") || strings.Contains(logs.String(), "hunter2") {
+			t.Errorf("profile %s: the inline password leaked", name)
+		}
+	}
+	allowed := registry.Merge(nil, nil, snap, true, zerolog.Nop())
+	if _, _, err := allowed.Lookup("c-file-keystore"); err != nil {
+		t.Errorf("with allow_local_refs: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -132,11 +134,14 @@ func apply(snap *Snapshot, e jetstream.KeyValueEntry, log *zerolog.Logger) {
 // Merge returns the catalog of a worker whose config file defines
 // cfgProfiles and cfgConnections and whose registry holds snap. The config
 // file wins for the names it defines: each registry entry it shadows is
-// logged on log.
-func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]catalog.Connection, snap Snapshot, log zerolog.Logger) *catalog.Catalog {
+// logged on log. Unless allowLocalRefs, a registry profile that references
+// a secret outside RemoteSchemes is refused (CheckRefs): calls on it end
+// with its error.
+func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]catalog.Connection, snap Snapshot, allowLocalRefs bool, log zerolog.Logger) *catalog.Catalog {
 	c := &catalog.Catalog{
 		Profiles:    make(map[string]secrets.Profile, len(cfgProfiles)+len(snap.Profiles)),
 		Connections: make(map[string]catalog.Connection, len(cfgConnections)+len(snap.Connections)),
+		Refused:     map[string]*jobs.Error{},
 	}
 	maps.Copy(c.Profiles, cfgProfiles)
 	maps.Copy(c.Connections, cfgConnections)
@@ -144,6 +149,13 @@ func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]cat
 		if _, ok := c.Profiles[name]; ok {
 			log.Info().Str("profile", name).Msg("registry profile shadowed by the worker's config file, which wins")
 			continue
+		}
+		if !allowLocalRefs {
+			if err := CheckRefs(name, p); err != nil {
+				log.Error().Str("profile", name).Str("reason", err.Message).Msg("registry profile refused: it names the worker's own secrets")
+				c.Refused[name] = err
+				continue
+			}
 		}
 		c.Profiles[name] = p
 	}
@@ -155,4 +167,36 @@ func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]cat
 		c.Connections[name] = conn
 	}
 	return c
+}
+
+// RemoteSchemes are the secret references a registry profile may use by
+// default: secrets kept outside the worker. file: and env: name the
+// worker's own secrets (every partner's identity it holds), so write
+// access to the registry would otherwise mean use of all of them.
+var RemoteSchemes = []string{secrets.SchemeRegistry, secrets.SchemeVault, secrets.SchemeVaultPKI, secrets.SchemeCyberArk}
+
+// CheckRefs refuses a registry profile that references a secret outside
+// RemoteSchemes, unless the worker's config sets registry.allow_local_refs.
+// A truststore may also be inline (PEM or base64): CA certificates are
+// public, and profile put stores a local truststore file so.
+func CheckRefs(name string, p secrets.Profile) *jobs.Error {
+	for _, f := range []struct{ field, text string }{
+		{"keystore", p.Keystore}, {"key", p.Key}, {fieldPassword, p.Password},
+		{"truststore", p.Truststore}, {fieldTruststorePassword, p.TruststorePassword},
+	} {
+		if f.text == "" {
+			continue
+		}
+		ref, err := secrets.ParseRef(f.text)
+		if err != nil {
+			return jobs.AsError(err)
+		}
+		if slices.Contains(RemoteSchemes, ref.Scheme) || (f.field == "truststore" && ref.IsInline()) {
+			continue
+		}
+		return jobs.Errorf(jobs.CodeSecretUnavailable,
+			"registry profile %s: its %s is a %s: reference, and registry profiles may reference only %s: secrets unless the worker's config sets registry.allow_local_refs: true; keep the secret in Vault, CyberArk or the registry (profile put --keystore FILE uploads it)",
+			name, f.field, ref.Scheme, strings.Join(RemoteSchemes, ":, ")).WithRetryable(false)
+	}
+	return nil
 }

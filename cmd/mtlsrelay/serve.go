@@ -183,7 +183,7 @@ func watchRegistry(ctx context.Context, reg *registry.Registry, w *worker.Worker
 	applied := make(chan struct{})
 	var once sync.Once
 	go reg.Watch(log.WithContext(ctx), func(s registry.Snapshot) {
-		w.SetCatalog(registry.Merge(cfg.Profiles, cfg.Connections, s, log))
+		w.SetCatalog(registry.Merge(cfg.Profiles, cfg.Connections, s, cfg.Registry.AllowLocalRefs, log))
 		log.Info().Int("profiles", len(s.Profiles)).Int("connections", len(s.Connections)).
 			Uint64("revision", s.Revision).Msg("registry applied")
 		once.Do(func() { close(applied) })
