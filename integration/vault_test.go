@@ -53,7 +53,7 @@ connections:
   rotating: {base_url: "PARTNER", profile: rotating}
   pki:      {base_url: "PKIPARTNER", profile: pki}
   cached:   {base_url: "PARTNER", profile: cached}
-  late:     {base_url: "PARTNER", profile: late}
+  late:     {base_url: "PARTNER", profile: late, max_attempts: 100}
 `
 
 type vaultRelay struct {

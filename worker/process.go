@@ -74,6 +74,9 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 		return fail(err)
 	}
 	ao.conn = conn
+	if err := conn.CheckCall(call, call.Connection); err != nil {
+		return fail(err)
+	}
 	mat, err := w.resolver.Resolve(ctx, conn.Profile, *prof)
 	if err != nil {
 		return fail(err)

@@ -1,0 +1,37 @@
+package catalog
+
+import (
+	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+)
+
+// CheckCall refuses a call that asks for more than its connection allows:
+// a timeout_ms above the connection's timeout, or a max_attempts above
+// its max_attempts. A flow may ask for less, never more: the limits are
+// the connection owner's, set for the partner's sake.
+func (c *Connection) CheckCall(call *jobs.Call, name string) error {
+	if call.TimeoutMS > 0 {
+		limit := DefaultTimeout
+		if c.Timeout > 0 {
+			limit = c.Timeout.D()
+		}
+		if time.Duration(call.TimeoutMS)*time.Millisecond > limit {
+			return jobs.Errorf(jobs.CodeInvalidCall,
+				"timeout_ms %d is above connection %s's timeout of %s; ask for %d or less, or have the connection's timeout raised",
+				call.TimeoutMS, name, limit, limit.Milliseconds())
+		}
+	}
+	if call.MaxAttempts > 0 {
+		limit := c.MaxAttempts
+		if limit <= 0 {
+			limit = DefaultMaxAttempts
+		}
+		if call.MaxAttempts > limit {
+			return jobs.Errorf(jobs.CodeInvalidCall,
+				"max_attempts %d is above connection %s's max_attempts of %d; ask for %d or less, or have the connection's max_attempts raised",
+				call.MaxAttempts, name, limit, limit)
+		}
+	}
+	return nil
+}
