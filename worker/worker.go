@@ -24,19 +24,19 @@ import (
 // Worker consumes calls from NATS, makes them over mTLS and publishes their
 // results. Many workers share consumer "workers"; each is stateless.
 type Worker struct {
-	cfg      *Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	subj     jobs.Subjects
+	cfg  *Config
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	subj jobs.Subjects
 	// replyPrefixes are the inbox prefixes reply subjects may be under
 	// besides the results subjects (worker.reply_prefixes).
 	replyPrefixes []string
-	log      zerolog.Logger
-	exec     executor
-	resolver *secrets.Resolver
-	catalog  catalogHolder
-	retry    retryPolicy
-	slots    *semaphore.Weighted
+	log           zerolog.Logger
+	exec          executor
+	resolver      *secrets.Resolver
+	catalog       catalogHolder
+	retry         retryPolicy
+	slots         *semaphore.Weighted
 	// direct admits direct calls apart from durable ones (slots);
 	// directWaiting bounds those running or waiting for it.
 	direct        *semaphore.Weighted
@@ -90,16 +90,16 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{
-		cfg:   cfg,
-		nc:    nc,
-		js:    js,
-		pub:   js,
-		subj:  jobs.Subjects{Prefix: cfg.NATS.Prefix},
+		cfg:  cfg,
+		nc:   nc,
+		js:   js,
+		pub:  js,
+		subj: jobs.Subjects{Prefix: cfg.NATS.Prefix},
 
 		replyPrefixes: cfg.Worker.ReplyPrefixes,
-		log:   zerolog.Nop(),
-		retry: retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
-		slots: semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
+		log:           zerolog.Nop(),
+		retry:         retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
+		slots:         semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
 		// Direct calls: their own slots, and as many again may wait.
 		direct:        semaphore.NewWeighted(int64(cfg.Worker.directConcurrency())),
 		directWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.directConcurrency())),
