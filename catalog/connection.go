@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,8 +31,10 @@ type Connection struct {
 	BaseURL string `yaml:"base_url" json:"base_url"`
 	// Profile names the mTLS profile whose client certificate is presented. Required.
 	Profile string `yaml:"profile" json:"profile"`
-	// AllowHosts lists the hosts (optionally host:port, or *.suffix) that a
-	// call's absolute url may name. BaseURL's host is always allowed.
+	// AllowHosts lists the hosts (host, host:port, *.suffix or
+	// *.suffix:port) that a call's absolute url may name; an entry without
+	// a port allows port 443 only. BaseURL's host and port are always
+	// allowed.
 	AllowHosts []string `yaml:"allow_hosts,omitempty" json:"allow_hosts,omitempty"`
 	// Timeout is the deadline of one attempt. Default 30s.
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
@@ -78,8 +81,22 @@ func (c *Connection) Validate(name string) error {
 		return fmt.Errorf("connection %s: max_conns, rate_limit and max_response_bytes must not be negative", name)
 	}
 	for _, h := range c.AllowHosts {
-		if h == "" || strings.ContainsAny(h, "/ ") {
-			return fmt.Errorf("connection %s: allow_hosts entry %q must be a host name, address, host:port or *.suffix", name, h)
+		host, port, err := net.SplitHostPort(h)
+		hasPort := err == nil
+		if !hasPort {
+			host = h
+		}
+		// A bare "*." would match every host written with a trailing dot.
+		suffix, _ := strings.CutPrefix(host, "*.")
+		if suffix == "" || strings.Contains(suffix, "*") || strings.ContainsAny(h, "/ ") {
+			return fmt.Errorf("connection %s: allow_hosts entry %q must be a host name, address, host:port, *.suffix or *.suffix:port", name, h)
+		}
+		// There is no wildcard port, and a port HostAllowed never matches
+		// (":https", "+443", "0443") would hide a mistake.
+		if hasPort {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+				return fmt.Errorf("connection %s: allow_hosts entry %q: the port must be a number from 1 to 65535 (an entry without a port means 443)", name, h)
+			}
 		}
 	}
 	return nil
@@ -170,11 +187,14 @@ func joinPath(base *url.URL, path string) *url.URL {
 	return &u
 }
 
-// HostAllowed reports whether u's host is the host of base (base_url
-// parsed; nil when it does not parse) or one of allow_hosts. Entries match
-// a host name or address exactly (case-insensitive), "host:port" also pins
-// the port, and "*.example.com" matches any subdomain of example.com (not
-// example.com itself).
+// HostAllowed reports whether u's host and port are those of base
+// (base_url parsed; nil when it does not parse) or match one of
+// allow_hosts; a URL without a port is on 443. Entries match a host name or
+// address exactly (case-insensitive), and "*.example.com" matches any
+// subdomain of example.com (not example.com itself). An entry's port is
+// the one it names ("host:8443", "*.example.com:8443"), else 443: an entry
+// without a port, a wildcard above all, must not open every port of its
+// hosts (ssh, admin consoles) to a flow.
 func (c *Connection) HostAllowed(u, base *url.URL) bool {
 	host, port := strings.ToLower(u.Hostname()), u.Port()
 	if port == "" {
@@ -196,7 +216,10 @@ func (c *Connection) HostAllowed(u, base *url.URL) bool {
 			eh, ep = h, p
 		}
 		eh = strings.Trim(eh, "[]")
-		if ep != "" && ep != port {
+		if ep == "" {
+			ep = "443"
+		}
+		if ep != port {
 			continue
 		}
 		if suffix, ok := strings.CutPrefix(eh, "*."); ok {

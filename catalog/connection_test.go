@@ -62,6 +62,45 @@ func TestRequestURL(t *testing.T) {
 	}
 }
 
+// An allow_hosts entry without a port allows port 443 only, a wildcard
+// among them; the base_url's own port stays allowed for its host alone.
+func TestHostAllowedPorts(t *testing.T) {
+	base := mustURL(t, "https://api.p.example:8443/v1/")
+	cases := []struct {
+		name  string
+		allow string
+		url   string
+		want  bool
+	}{
+		{"ok/wildcard-without-port-on-443", "*.p.example", "https://a.p.example:443/x", true},
+		{"ok/wildcard-without-port-url-without-port", "*.p.example", "https://a.p.example/x", true},
+		{"fail/wildcard-without-port-on-8443", "*.p.example", "https://a.p.example:8443/x", false},
+		{"fail/wildcard-without-port-on-22", "*.p.example", "https://a.p.example:22/x", false},
+		{"ok/wildcard-with-port", "*.p.example:8443", "https://a.p.example:8443/x", true},
+		{"fail/wildcard-with-port-on-443", "*.p.example:8443", "https://a.p.example/x", false},
+		{"fail/wildcard-with-port-on-22", "*.p.example:8443", "https://a.p.example:22/x", false},
+		{"ok/host-without-port-on-443", "files.p.example", "https://files.p.example/x", true},
+		{"fail/host-without-port-on-8080", "files.p.example", "https://files.p.example:8080/x", false},
+		{"fail/address-without-port-on-22", "10.1.2.3", "https://10.1.2.3:22/x", false},
+		{"ok/ipv6-address-with-port", "[2001:db8::1]:8443", "https://[2001:db8::1]:8443/x", true},
+		{"fail/ipv6-address-without-port-on-8443", "2001:db8::1", "https://[2001:db8::1]:8443/x", false},
+		{"ok/base-host-and-port", "", "https://api.p.example:8443/x", true},
+		{"fail/base-host-other-port", "", "https://api.p.example/x", false},
+		{"ok/entry-adds-443-to-base-host", "api.p.example", "https://api.p.example/x", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := &catalog.Connection{BaseURL: base.String(), Profile: "p"}
+			if tc.allow != "" {
+				conn.AllowHosts = []string{tc.allow}
+			}
+			if got := conn.HostAllowed(mustURL(t, tc.url), base); got != tc.want {
+				t.Fatalf("allow_hosts %q: HostAllowed(%s) = %v, want %v", conn.AllowHosts, tc.url, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestBreaker(t *testing.T) {
 	cases := []struct {
 		conn         catalog.Connection
@@ -91,6 +130,17 @@ func TestValidate(t *testing.T) {
 		{"fail/no-profile", catalog.Connection{BaseURL: "https://h.example/"}, "profile is required"},
 		{"fail/attempts", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", MaxAttempts: jobs.MaxAttemptsLimit + 1}, "max_attempts"},
 		{"fail/allow-host-with-path", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example/x"}}, "allow_hosts entry"},
+		{"ok/allow-hosts-forms", catalog.Connection{BaseURL: "https://h.example/", Profile: "p",
+			AllowHosts: []string{"h.example", "h.example:8443", "*.p.example", "*.p.example:8443", "10.0.0.1", "10.0.0.1:8443", "::1", "[::1]", "[::1]:8443"}}, ""},
+		{"fail/allow-host-wildcard-port", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"*.p.example:*"}}, "port must be a number"},
+		{"fail/allow-host-named-port", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example:https"}}, "port must be a number"},
+		{"fail/allow-host-port-out-of-range", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example:65536"}}, "port must be a number"},
+		{"fail/allow-host-port-with-zero", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example:0443"}}, "port must be a number"},
+		{"fail/allow-host-empty-port", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"h.example:"}}, "port must be a number"},
+		{"fail/allow-host-bare-wildcard", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"*."}}, "allow_hosts entry"},
+		{"fail/allow-host-star", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"*"}}, "allow_hosts entry"},
+		{"fail/allow-host-inner-wildcard", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"a.*.example"}}, "allow_hosts entry"},
+		{"fail/allow-host-empty", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{""}}, "allow_hosts entry"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -75,7 +75,7 @@ connections:
   closed:          {base_url: "CLOSED", profile: openssl, max_attempts: 2}
   short:           {base_url: "PARTNER", profile: openssl, timeout: 300ms, max_attempts: 2}
   small:           {base_url: "PARTNER", profile: openssl, max_response_bytes: 100}
-  partner:         {base_url: "PARTNER", profile: openssl, max_attempts: 3, allow_hosts: ["127.0.0.1"], breaker_failures: -1}
+  partner:         {base_url: "PARTNER", profile: openssl, max_attempts: 3, allow_hosts: ["127.0.0.1:PPORT"], breaker_failures: -1}
 `
 
 type relayEnv struct {
@@ -98,7 +98,7 @@ func newRelayEnv(t *testing.T) *relayEnv {
 	writeTimedCert(t, filepath.Join(tmp, "expired.pem"), time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
 	writeTimedCert(t, filepath.Join(tmp, "future.pem"), time.Now().Add(24*time.Hour), time.Now().Add(48*time.Hour))
 	cfg := configYAML(t, relayConfig,
-		"PARTNER", "https://localhost:"+port(p.URL())+"/",
+		"PARTNER", "https://localhost:"+port(p.URL())+"/", "PPORT", port(p.URL()),
 		"REJECT12", rej12.URL(), "REJECT13", rej13.URL(),
 		"CLOSED", "https://127.0.0.1:"+closedPort(t),
 		"TMP", tmp)

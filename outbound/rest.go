@@ -59,9 +59,9 @@ func newRequest(ctx context.Context, method string, u *url.URL, body []byte) (*h
 }
 
 // applyHeaders sets a call's headers on req, replacing defaults of the same
-// name and keeping several values of one name in order. "Host" sets the
-// request's Host (the TLS server name still comes from the URL);
-// connection-level headers are dropped.
+// name and keeping several values of one name in order. Host and
+// connection-level headers, which jobs.Call.Normalize refuses, are dropped
+// all the same.
 func applyHeaders(req *http.Request, headers map[string][]string) {
 	names := make([]string, 0, len(headers))
 	for k := range headers {
@@ -77,7 +77,7 @@ func applyHeaders(req *http.Request, headers map[string][]string) {
 		case hopByHop[ck] || len(vs) == 0:
 			continue
 		case ck == "Host":
-			req.Host = vs[len(vs)-1]
+			// jobs refuses it; never let a call name another host.
 			continue
 		}
 		if !replaced[ck] {
