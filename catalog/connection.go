@@ -134,12 +134,13 @@ func (c *Connection) ResponseLimit() int64 {
 
 // RequestURL builds the URL of call: its url when set (whose host must be
 // allowed), else base, the connection's base_url parsed (read, never
-// written), joined with its path; then its query is added.
+// written), joined with its path. Then its query is added. Under base_url,
+// the call adds to base_url's query and never replaces it: a parameter
+// base_url sets (say tenant=A) cannot be given again by the call's path or
+// query, where the partner might take the call's value.
 func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error) {
-	var u *url.URL
-	var err error
 	if call.URL != "" {
-		u, err = url.Parse(call.URL)
+		u, err := url.Parse(call.URL)
 		if err != nil {
 			return nil, jobs.Errorf(jobs.CodeInvalidCall, "url is not a valid URL")
 		}
@@ -148,28 +149,53 @@ func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error
 				"host %q is not allowed by connection %s; add it to the connection's allow_hosts or use a path under %s",
 				u.Host, call.Connection, c.BaseURL)
 		}
-	} else {
-		u = joinPath(base, call.Path)
+		if len(call.Query) > 0 {
+			q := u.Query()
+			for k, vs := range call.Query {
+				for _, v := range vs {
+					q.Add(k, v)
+				}
+			}
+			u.RawQuery = q.Encode()
+		}
+		return u, nil
+	}
+	u, pathQuery := joinPath(base, call.Path)
+	fixed := base.Query()
+	given, err := url.ParseQuery(pathQuery)
+	if err != nil {
+		return nil, jobs.Errorf(jobs.CodeInvalidCall, "the query in path does not parse; give parameters in query instead")
+	}
+	for k, vs := range call.Query {
+		given[k] = append(given[k], vs...)
+	}
+	for k := range given {
+		if fixed.Has(k) {
+			return nil, jobs.Errorf(jobs.CodeInvalidCall,
+				"query parameter %q is set by connection %s's base_url, and a call cannot give it again; drop it from the call's path and query", k, call.Connection)
+		}
+	}
+	var parts []string
+	for _, p := range []string{base.RawQuery, pathQuery} {
+		if p != "" {
+			parts = append(parts, p)
+		}
 	}
 	if len(call.Query) > 0 {
-		q := u.Query()
-		for k, vs := range call.Query {
-			for _, v := range vs {
-				q.Add(k, v)
-			}
-		}
-		u.RawQuery = q.Encode()
+		parts = append(parts, url.Values(call.Query).Encode())
 	}
+	u.RawQuery = strings.Join(parts, "&")
 	return u, nil
 }
 
-// joinPath appends path (which may carry its own query) to base with one slash
-// between them, so "https://h/v1" + "/orders" and "https://h/v1/" + "orders"
-// both give https://h/v1/orders.
-func joinPath(base *url.URL, path string) *url.URL {
+// joinPath appends path to base with one slash between them, so
+// "https://h/v1" + "/orders" and "https://h/v1/" + "orders" both give
+// https://h/v1/orders. It returns the query path carries, if any, apart:
+// the URL keeps base's.
+func joinPath(base *url.URL, path string) (*url.URL, string) {
 	u := *base
 	if path == "" {
-		return &u
+		return &u, ""
 	}
 	rel, _ := url.Parse(path) // validated by jobs.Call.Normalize
 	p := strings.TrimSuffix(u.Path, "/") + "/" + strings.TrimPrefix(rel.Path, "/")
@@ -181,10 +207,7 @@ func joinPath(base *url.URL, path string) *url.URL {
 			u.RawPath = ep
 		}
 	}
-	if rel.RawQuery != "" {
-		u.RawQuery = rel.RawQuery
-	}
-	return &u
+	return &u, rel.RawQuery
 }
 
 // HostAllowed reports whether u's host and port are those of base

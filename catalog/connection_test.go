@@ -62,6 +62,41 @@ func TestRequestURL(t *testing.T) {
 	}
 }
 
+// A call adds to base_url's query and never replaces it: a parameter that
+// base_url sets cannot be given again by the call's path or query.
+func TestRequestURLKeepsBaseQuery(t *testing.T) {
+	conn := &catalog.Connection{BaseURL: "https://api.partner.example/tenantA/?tenant=A&v=2", Profile: "p"}
+	base := mustURL(t, conn.BaseURL)
+	cases := []struct {
+		name string
+		call jobs.Call
+		want string // "" means refused as invalid_call
+	}{
+		{"ok/base-query-kept", jobs.Call{Path: "orders"}, "https://api.partner.example/tenantA/orders?tenant=A&v=2"},
+		{"ok/path-query-added", jobs.Call{Path: "orders?page=2"}, "https://api.partner.example/tenantA/orders?tenant=A&v=2&page=2"},
+		{"ok/query-added", jobs.Call{Path: "orders", Query: map[string][]string{"page": {"3"}}}, "https://api.partner.example/tenantA/orders?tenant=A&v=2&page=3"},
+		{"fail/path-replaces-query", jobs.Call{Path: "x?tenant=B"}, ""},
+		{"fail/query-replaces-query", jobs.Call{Path: "x", Query: map[string][]string{"tenant": {"B"}}}, ""},
+		{"fail/encoded-name-replaces-query", jobs.Call{Path: "x?%74enant=B"}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			call := tc.call
+			call.Connection = "partner"
+			u, err := conn.RequestURL(&call, base)
+			if tc.want == "" {
+				if je := jobs.AsError(err); je == nil || je.Code != jobs.CodeInvalidCall || !strings.Contains(je.Message, `query parameter "tenant" is set by connection partner's base_url`) {
+					t.Fatalf("RequestURL = %v, %v; want invalid_call naming tenant", u, err)
+				}
+				return
+			}
+			if err != nil || u.String() != tc.want {
+				t.Fatalf("RequestURL = %v, %v; want %s", u, err, tc.want)
+			}
+		})
+	}
+}
+
 // An allow_hosts entry without a port allows port 443 only, a wildcard
 // among them; the base_url's own port stays allowed for its host alone.
 func TestHostAllowedPorts(t *testing.T) {

@@ -80,6 +80,11 @@ type Call struct {
 	// of SPEC.md, which leaves the form open). Durable calls only: a direct
 	// call's requester takes the first reply. Default false.
 	Progress bool `json:"progress,omitempty"`
+
+	// Tenant is not part of the JSON: the worker sets it from the subject
+	// the call arrived on, the one the NATS server let the flow publish
+	// on. "" for a v1 call.
+	Tenant string `json:"-"`
 }
 
 // SOAP describes a SOAP request: the worker builds the envelope.
@@ -317,20 +322,22 @@ func (c *Call) validateTarget() error {
 
 // checkSegments refuses a path that could leave the connection's base_url
 // path once a server or a gateway normalizes it: "." and ".." segments,
-// raw or percent-encoded (%2e%2e), and slashes or backslashes hidden in a
-// segment (%2f, %5c) or written as a backslash, which IIS and some
-// gateways take for a slash.
+// raw or percent-encoded (%2e%2e), also where an encoded slash (%2f) or a
+// backslash (raw or %5c, a separator to IIS and some gateways) makes one
+// ("..%2f", "a\..\b"). An encoded slash inside a name ("a%2Fb") stays.
 func checkSegments(escaped string) error {
 	for seg := range strings.SplitSeq(escaped, "/") {
 		dec, err := url.PathUnescape(seg)
 		if err != nil {
 			return Errorf(CodeInvalidCall, "path has a malformed percent-escape in %q", truncate(seg, 64))
 		}
-		switch {
-		case dec == "." || dec == "..":
-			return Errorf(CodeInvalidCall, "path has a %q segment; a call's path stays under its connection's base_url, so dot-segments (raw or percent-encoded) are refused", truncate(seg, 64))
-		case strings.ContainsAny(dec, "/\\"):
-			return Errorf(CodeInvalidCall, "path segment %q holds an encoded slash or a backslash, which servers may take for a separator; a call's path stays under its connection's base_url", truncate(seg, 64))
+		if dec == "." || dec == ".." {
+			return Errorf(CodeInvalidCall, "path segment %q is a dot-segment; a call's path stays under its connection's base_url, so dot-segments (raw or percent-encoded) are refused", truncate(seg, 64))
+		}
+		for part := range strings.FieldsFuncSeq(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
+			if part == "." || part == ".." {
+				return Errorf(CodeInvalidCall, "path segment %q is or holds a dot-segment; a call's path stays under its connection's base_url, so dot-segments (raw, percent-encoded, or behind an encoded slash or a backslash) are refused", truncate(seg, 64))
+			}
 		}
 	}
 	return nil

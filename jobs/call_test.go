@@ -83,13 +83,13 @@ func TestDecodeCallRejects(t *testing.T) {
 		{"fail/long-s-fold", `{"id":"a","header\u017f":{"X":["1"]}}`, "p", `must be spelled "headers"`},
 		{"fail/duplicate-in-unknown-member", `{"id":"a","x":{"k":1,"k":2}}`, "p", "appears twice"},
 		{"fail/nested-too-deep", `{"id":"a","x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`, "p", "nests deeper"},
-		{"fail/path-dot-dot", `{"id":"a","path":"tenantA/../../admin/users"}`, "p", `".." segment`},
+		{"fail/path-dot-dot", `{"id":"a","path":"tenantA/../../admin/users"}`, "p", `path segment ".." is a dot-segment`},
 		{"fail/path-encoded-dot-dot", `{"id":"a","path":"tenantA/%2e%2e/%2E%2E/admin"}`, "p", "dot-segments"},
 		{"fail/path-mixed-dot-dot", `{"id":"a","path":"a/.%2e/admin"}`, "p", "dot-segments"},
 		{"fail/path-dot", `{"id":"a","path":"a/./b"}`, "p", "dot-segments"},
-		{"fail/path-encoded-slash", `{"id":"a","path":"a/..%2fadmin"}`, "p", "encoded slash"},
-		{"fail/path-backslash", `{"id":"a","path":"a\\..\\admin"}`, "p", "backslash"},
-		{"fail/path-encoded-backslash", `{"id":"a","path":"a/%5c..%5cadmin"}`, "p", "backslash"},
+		{"fail/path-encoded-slash", `{"id":"a","path":"a/..%2fadmin"}`, "p", "behind an encoded slash"},
+		{"fail/path-backslash", `{"id":"a","path":"a\\..\\admin"}`, "p", "or a backslash"},
+		{"fail/path-encoded-backslash", `{"id":"a","path":"a/%5c..%5cadmin"}`, "p", "or a backslash"},
 		{"fail/header-name", `{"id":"a","headers":{"Bad Name":["a"]}}`, "p", "field name"},
 		{"fail/negative-timeout", `{"id":"a","timeout_ms":-1}`, "p", "timeout_ms"},
 		{"fail/too-many-attempts", `{"id":"a","max_attempts":101}`, "p", "max_attempts"},
@@ -122,6 +122,17 @@ func TestSubjects(t *testing.T) {
 	}
 	if got := s.ConnectionOf("mtlsrelay.rpc.b"); got != "b" {
 		t.Errorf("ConnectionOf(rpc) = %q", got)
+	}
+	for subj, want := range map[string][2]string{
+		"mtlsrelay.calls.partner-a":         {"", "partner-a"},
+		"mtlsrelay.calls.billing.partner-a": {"billing", "partner-a"},
+		"mtlsrelay.rpc.billing.partner-a":   {"billing", "partner-a"},
+		"mtlsrelay.calls.a.b.c":             {"", "a.b.c"},
+		"mtlsrelay.results.a":               {"", ""},
+	} {
+		if tenant, conn := s.Route(subj); tenant != want[0] || conn != want[1] {
+			t.Errorf("Route(%q) = %q, %q; want %q, %q", subj, tenant, conn, want[0], want[1])
+		}
 	}
 	if got := (jobs.Subjects{Prefix: "acme.relay"}).Calls("x"); got != "acme.relay.calls.x" {
 		t.Errorf("prefixed Calls = %q", got)
@@ -195,12 +206,36 @@ func TestCheckReply(t *testing.T) {
 		"mtlsrelay.results.>":                       false,
 		"mtlsrelay.results..a":                      false,
 	} {
-		err := s.CheckReply(subj, prefixes)
+		err := s.CheckReply(subj, "", prefixes, nil)
 		if (err == nil) != ok {
 			t.Errorf("CheckReply(%q) = %v; want allowed %v", subj, err, ok)
 		}
 		if err != nil && err.Code != jobs.CodeInvalidCall {
 			t.Errorf("CheckReply(%q) code %s, want invalid_call", subj, err.Code)
+		}
+	}
+	// With tenants: a tenant's results stay under its own subjects and
+	// inboxes, and a v1 call cannot write under any tenant's.
+	tenants := []string{"billing", "shipping"}
+	for _, tc := range []struct {
+		subj, tenant string
+		ok           bool
+	}{
+		{"mtlsrelay.results.billing.order-42", "billing", true},
+		{"_INBOX_billing.r1", "billing", true},
+		{"_INBOX.r1", "billing", true},
+		{"mtlsrelay.results.shipping.order-42", "billing", false},
+		{"_INBOX_shipping.r1", "billing", false},
+		{"mtlsrelay.results.order-42", "billing", false},
+		{"mtlsrelay.results.billingX.order-42", "billing", false},
+		{"mtlsrelay.results.order-42", "", true},
+		{"mtlsrelay.results.billing.order-42", "", false},
+		{"_INBOX_shipping.r1", "", false},
+		{"_INBOX.r1", "", true},
+	} {
+		err := s.CheckReply(tc.subj, tc.tenant, []string{"_INBOX"}, tenants)
+		if (err == nil) != tc.ok {
+			t.Errorf("tenant %q: CheckReply(%q) = %v; want allowed %v", tc.tenant, tc.subj, err, tc.ok)
 		}
 	}
 	for p, ok := range map[string]bool{"_INBOX": true, "_INBOX_billing": true, "$KV": false, "a.*": false, "": false} {
