@@ -17,13 +17,20 @@ type Catalog struct {
 	Refused map[string]*jobs.Error
 }
 
+// UnknownConnection is the error of a call naming a connection that does
+// not exist, or that its tenant may not use: the two read the same, so a
+// flow learns nothing of connections it may not use.
+func UnknownConnection(name string) *jobs.Error {
+	return jobs.Errorf(jobs.CodeUnknownConnection,
+		"no connection named %q in the worker's config or the registry; define it or fix the call's connection", name)
+}
+
 // Lookup returns the connection called name and its profile, or
 // unknown_connection / unknown_profile.
 func (c *Catalog) Lookup(name string) (*Connection, *secrets.Profile, error) {
 	conn, ok := c.Connections[name]
 	if !ok {
-		return nil, nil, jobs.Errorf(jobs.CodeUnknownConnection,
-			"no connection named %q in the worker's config or the registry; define it or fix the call's connection", name)
+		return nil, nil, UnknownConnection(name)
 	}
 	if why, refused := c.Refused[conn.Profile]; refused {
 		return nil, nil, why

@@ -3,13 +3,9 @@ package integration
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +15,6 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
-	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
@@ -165,116 +160,4 @@ func splitPEM(t *testing.T, bundle, certOut, keyOut string) {
 	if err := os.WriteFile(keyOut, []byte(text[i:]), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// The accounts example in docs/nats-accounts.conf: a flow publishes calls
-// and reads its own results, live and stored, but cannot read another
-// flow's results or the registry.
-func TestNATSAccountsExample(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	opts, err := server.ProcessConfigFile(filepath.Join(filepath.Dir(file), "..", "docs", "nats-accounts.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startServerWith(t, opts)
-	p := startPartner(t)
-	runWorkerConfig(t, s.ClientURL(), configYAML(t, authWorkerConfig,
-		"NATSAUTH", `{user: worker, password: "value:worker-example-password"}`, "PARTNER", p.URL()))
-
-	var mu sync.Mutex
-	var violations []string
-	billing, err := nats.Connect(s.ClientURL(), nats.UserInfo("billing", "billing-example-password"),
-		nats.CustomInboxPrefix("_INBOX_billing"),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			mu.Lock()
-			violations = append(violations, err.Error())
-			mu.Unlock()
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer billing.Close()
-	js, _ := jetstream.New(billing)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	t.Run("ok/flow-calls-and-reads-its-results", func(t *testing.T) {
-		id := uniqueID("billing")
-		reply := "mtlsrelay.results.billing." + id
-		r := callRaw(t, billing, js, "partner", id, reply, []byte(`{"id":"`+id+`","path":"echo","reply_to":"`+reply+`"}`))
-		if !r.OK {
-			t.Fatalf("billing call: %+v", r.Error)
-		}
-		s, err := js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			t.Fatalf("billing cannot open the results stream: %v", err)
-		}
-		// The live result can arrive before the stream has stored it.
-		var m *jetstream.RawStreamMsg
-		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-			m, err = s.GetLastMsgForSubject(ctx, reply)
-			if err != nil {
-				return fmt.Errorf("billing cannot read its stored result: %w", err)
-			}
-			return nil
-		})
-		var stored jobs.Result
-		if err := json.Unmarshal(m.Data, &stored); err != nil || stored.ID != id {
-			t.Errorf("stored result: %v %+v", err, stored)
-		}
-	})
-
-	t.Run("fail/flow-cannot-read-other-flows-results", func(t *testing.T) {
-		sub, err := billing.SubscribeSync("mtlsrelay.results.shipping.>")
-		if err == nil {
-			defer sub.Unsubscribe()
-		}
-		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, v := range violations {
-				if strings.Contains(v, "Permissions Violation") && strings.Contains(v, "mtlsrelay.results.shipping") {
-					return nil
-				}
-			}
-			return errorf("no permissions violation for shipping's results: %v", violations)
-		})
-		s, err := js.Stream(ctx, jobs.StreamResults)
-		if err != nil {
-			t.Fatal(err)
-		}
-		short, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if _, err := s.GetLastMsgForSubject(short, "mtlsrelay.results.shipping.x"); err == nil {
-			t.Error("billing read a stored result of shipping")
-		}
-	})
-
-	t.Run("fail/flow-cannot-read-the-registry", func(t *testing.T) {
-		// The worker user can write and read the registry...
-		wnc, err := nats.Connect(s.ClientURL(), nats.UserInfo("worker", "worker-example-password"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer wnc.Close()
-		wjs, _ := jetstream.New(wnc)
-		wkv, err := wjs.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: jobs.RegistryBucket})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := wkv.Put(ctx, "profiles.p", []byte(`{"keystore":"file:/x"}`)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := wkv.Get(ctx, "profiles.p"); err != nil {
-			t.Fatalf("worker cannot read the registry: %v", err)
-		}
-		// ...the flow cannot.
-		short, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		if kv, err := js.KeyValue(short, jobs.RegistryBucket); err == nil {
-			if _, err := kv.Get(short, "profiles.p"); err == nil {
-				t.Error("billing read the registry")
-			}
-		}
-	})
 }

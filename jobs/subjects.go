@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -79,15 +80,79 @@ func (s Subjects) Dead(connection string) string { return s.p() + ".dead." + con
 // DeadAll matches every dead-letter subject.
 func (s Subjects) DeadAll() string { return s.p() + ".dead.>" }
 
-// ConnectionOf returns the last token of a calls or rpc subject, the
-// connection name the subject names, or "" when it names none.
+// ConnectionOf returns the connection a calls or rpc subject names, or ""
+// when it names none.
 func (s Subjects) ConnectionOf(subject string) string {
+	_, conn := s.Route(subject)
+	return conn
+}
+
+// Route returns the tenant and the connection a calls or rpc subject
+// names: <prefix>.calls.<connection> (tenant "", the v1 form) or
+// <prefix>.calls.<tenant>.<connection>. Both are "" when subject is no
+// calls or rpc subject; a deeper one returns its whole rest as the
+// connection, which is no valid name. The tenant is the subject token the NATS server let the
+// flow publish on, never anything inside the call.
+func (s Subjects) Route(subject string) (tenant, connection string) {
 	for _, kind := range []string{".calls.", ".rpc."} {
-		if rest, ok := strings.CutPrefix(subject, s.p()+kind); ok {
-			return rest
+		rest, ok := strings.CutPrefix(subject, s.p()+kind)
+		if !ok {
+			continue
 		}
+		t, c, two := strings.Cut(rest, ".")
+		switch {
+		case !two:
+			return "", rest
+		case strings.Contains(c, "."):
+			// Neither form: the whole rest, which no connection is named,
+			// so the call is refused rather than run on its JSON's.
+			return "", rest
+		}
+		return t, c
 	}
-	return ""
+	return "", ""
+}
+
+// TenantCalls is the durable call subject of connection for tenant.
+func (s Subjects) TenantCalls(tenant, connection string) string {
+	return s.p() + ".calls." + tenant + "." + connection
+}
+
+// TenantCallsAll matches every durable call subject of tenant.
+func (s Subjects) TenantCallsAll(tenant string) string { return s.p() + ".calls." + tenant + ".*" }
+
+// UntenantedCalls matches the v1 call subjects, <prefix>.calls.<connection>.
+func (s Subjects) UntenantedCalls() string { return s.p() + ".calls.*" }
+
+// TenantRPC is the direct call subject of connection for tenant.
+func (s Subjects) TenantRPC(tenant, connection string) string {
+	return s.p() + ".rpc." + tenant + "." + connection
+}
+
+// TenantResult is the conventional reply subject of tenant's call id.
+func (s Subjects) TenantResult(tenant, id string) string {
+	return s.p() + ".results." + tenant + "." + id
+}
+
+// TenantResultsAll matches every results subject of tenant.
+func (s Subjects) TenantResultsAll(tenant string) string { return s.p() + ".results." + tenant + ".>" }
+
+// TenantInbox is the inbox prefix of tenant's flows (nats.go's
+// CustomInboxPrefix), under which its direct replies may go.
+func TenantInbox(tenant string) string { return DefaultReplyPrefix + "_" + tenant }
+
+// TenantStream is the stream of tenant's durable calls: each tenant has its
+// own, so duplicate windows (Nats-Msg-Id) are the tenant's alone.
+func TenantStream(tenant string) string { return StreamCalls + "_" + tenant }
+
+// ResultMsgID is the Nats-Msg-Id of the result of tenant's call id: the id
+// for a v1 call, <tenant>.<id> otherwise, so no tenant's id can shadow
+// another's in the results stream's duplicate window.
+func ResultMsgID(tenant, id string) string {
+	if tenant == "" {
+		return id
+	}
+	return tenant + "." + id
 }
 
 // ValidSubject reports whether subj is a concrete NATS subject a result can be
@@ -128,26 +193,42 @@ func (s Subjects) Reserved(subject string) bool {
 // jobs.Client's inboxes live.
 const DefaultReplyPrefix = "_INBOX"
 
-// CheckReply says whether subject may receive a call's result: a concrete
-// subject under <prefix>.results. or under one of prefixes (each an inbox
-// prefix such as "_INBOX"). Anything else ($KV.*, $JS.*, the relay's own
-// calls, rpc and dead-letter subjects, another application's subjects) is
+// CheckReply says whether subject may receive the result of a call of
+// tenant ("" for a v1 call): a concrete subject under <prefix>.results.
+// (with a tenant: <prefix>.results.<tenant>.) or under one of prefixes
+// (inbox prefixes such as "_INBOX"; with a tenant, also TenantInbox).
+// tenants are every tenant configured: a v1 call's result may not go under
+// theirs. Anything else ($KV.*, $JS.*, the relay's own calls, rpc and
+// dead-letter subjects, another tenant's or application's subjects) is
 // refused with CodeInvalidCall: the relay publishes results with its own
 // permissions, so a reply subject is where a flow could make it write.
-func (s Subjects) CheckReply(subject string, prefixes []string) *Error {
+func (s Subjects) CheckReply(subject, tenant string, prefixes, tenants []string) *Error {
 	if !ValidSubject(subject) {
 		return Errorf(CodeInvalidCall, "reply_to %q is not a concrete NATS subject (no wildcards, no empty tokens, no spaces)", subject)
 	}
-	if s.IsResult(subject) {
-		return nil
+	results := s.p() + ".results."
+	allowed := slices.Clone(prefixes)
+	if tenant != "" {
+		results += tenant + "."
+		allowed = append(allowed, TenantInbox(tenant))
 	}
-	for _, p := range prefixes {
-		if strings.HasPrefix(subject, p+".") {
-			return nil
+	ok := strings.HasPrefix(subject, results)
+	for _, p := range allowed {
+		ok = ok || strings.HasPrefix(subject, p+".")
+	}
+	if ok && tenant == "" {
+		// A v1 call never writes where a tenant's results go.
+		for _, t := range tenants {
+			if strings.HasPrefix(subject, results+t+".") || strings.HasPrefix(subject, TenantInbox(t)+".") {
+				ok = false
+			}
 		}
 	}
-	return Errorf(CodeInvalidCall, "reply_to %q is not a subject results may go to; use one under %s or under an inbox prefix (%s.>)",
-		subject, s.ResultsAll(), strings.Join(prefixes, ".>, "))
+	if ok {
+		return nil
+	}
+	return Errorf(CodeInvalidCall, "reply_to %q is not a subject results of this call may go to; use one under %s> or under an inbox prefix (%s.>)",
+		subject, results, strings.Join(allowed, ".>, "))
 }
 
 // CheckReplyPrefix checks an inbox prefix a relay's config allows reply

@@ -39,6 +39,12 @@ type Config struct {
 	// mtlsrelay_registry), whose profiles and connections the worker
 	// watches and applies live; the config file's win for names both define.
 	Registry RegistryConfig `yaml:"registry"`
+	// Tenants, when set, make flows principals: each tenant's calls arrive
+	// on <prefix>.calls.<tenant>.<connection> (direct calls on
+	// <prefix>.rpc.<tenant>.<connection>), may name only the connections
+	// it lists, and have results and duplicate windows of their own. Every
+	// worker of a relay must have the same tenants.
+	Tenants map[string]TenantConfig `yaml:"tenants"`
 
 	// Dir is the folder relative file: references are resolved against: the
 	// config file's folder, or the working directory.
@@ -154,6 +160,26 @@ type WorkerConfig struct {
 	// disables.
 	CertExpiryWarnDays int `yaml:"cert_expiry_warn_days"`
 }
+
+// TenantConfig is what one tenant's flows may do.
+type TenantConfig struct {
+	// Connections the tenant's calls may name; ["*"] for all. A call naming
+	// another gets unknown_connection, as if it did not exist.
+	Connections []string `yaml:"connections"`
+}
+
+// Allows reports whether the tenant may call connection.
+func (t TenantConfig) Allows(connection string) bool {
+	for _, c := range t.Connections {
+		if c == "*" || c == connection {
+			return true
+		}
+	}
+	return false
+}
+
+// TenantNames returns the configured tenants, sorted.
+func (c *Config) TenantNames() []string { return sortedKeys(c.Tenants) }
 
 // RegistryConfig configures the worker's use of the shared registry.
 type RegistryConfig struct {
@@ -276,6 +302,19 @@ func (c *Config) Validate() error {
 		conn := c.Connections[name]
 		if err := conn.Validate(name); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, name := range sortedKeys(c.Tenants) {
+		if !jobs.ValidName(name) {
+			errs = append(errs, fmt.Errorf("tenants: name %q must be 1-128 chars of [A-Za-z0-9_-]: it is a subject token and part of a stream name", name))
+		}
+		if len(c.Tenants[name].Connections) == 0 {
+			errs = append(errs, fmt.Errorf("tenants.%s.connections is empty; list the connections the tenant may call, or [\"*\"] for all", name))
+		}
+		for _, conn := range c.Tenants[name].Connections {
+			if conn != "*" && !jobs.ValidName(conn) {
+				errs = append(errs, fmt.Errorf("tenants.%s.connections: %q is not a connection name or \"*\"", name, conn))
+			}
 		}
 	}
 	for _, p := range c.Worker.ReplyPrefixes {

@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/streams"
 )
 
-// consume pulls durable calls while slots are free, until ctx ends. A
-// fixed pool of goroutines, one per slot, runs the calls: their stacks,
-// grown deep by TLS and HTTP/2, are kept from call to call.
-func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
+// consume pulls durable calls from queues while slots are free, until ctx
+// ends: from the one calls stream in batches, or, with tenants, from each
+// tenant's in turn. A fixed pool of goroutines, one per slot, runs the
+// calls: their stacks, grown deep by TLS and HTTP/2, are kept from call to
+// call.
+func (w *Worker) consume(ctx context.Context, queues []streams.Queue) {
 	concurrency := w.cfg.Worker.Concurrency
 	work := make(chan jetstream.Msg)
 	for range concurrency {
@@ -31,7 +36,44 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 	// The pool ends once the calls it runs end; Run's shutdown waits for
 	// those (w.inflight) within the grace period.
 	defer close(work)
+	if len(queues) == 1 {
+		w.pullBatches(ctx, queues[0].Consumer, work)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, q := range queues {
+		wg.Go(func() { w.pullInTurn(ctx, q, work) })
+	}
+	wg.Wait()
+}
 
+// pausedForResults reports whether results wait for a stream to store
+// them, after waiting a little: the pull loops then take no new calls.
+// paused is the loop's own flag, so each logs the change once.
+func (w *Worker) pausedForResults(ctx context.Context, paused *bool) bool {
+	if n := w.resultsWaiting.Load(); n > 0 {
+		if !*paused {
+			w.log.Warn().Int64("results_waiting", n).
+				Msg("results wait for a stream to store them; taking no more calls until they are stored")
+			*paused = true
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+		return true
+	}
+	if *paused {
+		w.log.Info().Msg("results are stored again; taking calls")
+		*paused = false
+	}
+	return false
+}
+
+// pullBatches takes calls from the one calls stream of a relay without
+// tenants, in batches as large as the free slots.
+func (w *Worker) pullBatches(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) {
+	concurrency := w.cfg.Worker.Concurrency
 	batchMax := int64(w.cfg.Worker.FetchBatch)
 	// Under load slots free up one at a time; a pull per freed slot would
 	// cost a request each. Waiting up to a millisecond for a few more slots
@@ -41,21 +83,8 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 	var pulls pullBackoff
 	paused := false
 	for ctx.Err() == nil {
-		if n := w.resultsWaiting.Load(); n > 0 {
-			if !paused {
-				w.log.Warn().Int64("results_waiting", n).
-					Msg("results wait for a stream to store them; taking no more calls until they are stored")
-				paused = true
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
+		if w.pausedForResults(ctx, &paused) {
 			continue
-		}
-		if paused {
-			w.log.Info().Msg("results are stored again; taking calls")
-			paused = false
 		}
 		if err := w.slots.Acquire(ctx, 1); err != nil {
 			return
@@ -93,22 +122,69 @@ func (w *Worker) consume(ctx context.Context, cons jetstream.Consumer) {
 		}
 		cancel()
 		w.slots.Release(n - got)
-		berr := batch.Error()
-		if berr != nil && !isFetchEnd(berr) && ctx.Err() == nil {
-			// No responders, a consumer without a leader, a leadership
-			// change: pulling at once again would spin.
-			w.pullFailed(ctx, &pulls, berr)
+		w.pullEnded(ctx, &pulls, got, batch.Error())
+	}
+}
+
+// fairBatch is how many calls a tenant's pull loop takes at once; each
+// then waits for a slot in turn with the other tenants' calls.
+const fairBatch = 8
+
+// pullInTurn takes the calls of one queue of a relay with tenants. It
+// holds no slot while it waits for calls, so an idle tenant takes nothing
+// from a busy one; each call it took then waits for a slot in the
+// semaphore's first-come order, one at a time, so while several tenants
+// have calls queued the slots go to them in turn: a tenant with 50,000
+// calls queued gets its share, not the worker.
+func (w *Worker) pullInTurn(ctx context.Context, q streams.Queue, work chan<- jetstream.Msg) {
+	var pulls pullBackoff
+	paused := false
+	for ctx.Err() == nil {
+		if w.pausedForResults(ctx, &paused) {
 			continue
 		}
-		if got == 0 && berr != nil {
-			// An empty pull that expired says nothing of the consumer: a
-			// pull sent to a leader that just died expires the same way.
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		batch, err := q.Consumer.Fetch(min(fairBatch, w.cfg.Worker.FetchBatch), jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			w.pullFailed(ctx, &pulls, err)
 			continue
 		}
-		if failures, down := pulls.succeeded(time.Now()); failures > 0 {
-			w.log.Info().Int("failed_pulls", failures).Dur("for", down.Round(time.Millisecond)).
-				Msg("pulling calls works again")
+		var got int64
+		for msg := range batch.Messages() {
+			got++
+			// Kept alive (InProgress) while it waits for a slot.
+			w.held.add(msg)
+			if w.stopping.Load() || w.slots.Acquire(ctx, 1) != nil {
+				// Taken after shutdown began: hand it back at once.
+				w.held.remove(msg)
+				_ = msg.Nak()
+				continue
+			}
+			w.inflight.Add(1)
+			work <- msg
 		}
+		cancel()
+		w.pullEnded(ctx, &pulls, got, batch.Error())
+	}
+}
+
+// pullEnded reads how a pull ended: got calls, and the batch's error.
+func (w *Worker) pullEnded(ctx context.Context, pulls *pullBackoff, got int64, berr error) {
+	if berr != nil && !isFetchEnd(berr) && ctx.Err() == nil {
+		// No responders, a consumer without a leader, a leadership
+		// change: pulling at once again would spin.
+		w.pullFailed(ctx, pulls, berr)
+		return
+	}
+	if got == 0 && berr != nil {
+		// An empty pull that expired says nothing of the consumer: a
+		// pull sent to a leader that just died expires the same way.
+		return
+	}
+	if failures, down := pulls.succeeded(time.Now()); failures > 0 {
+		w.log.Info().Int("failed_pulls", failures).Dur("for", down.Round(time.Millisecond)).
+			Msg("pulling calls works again")
 	}
 }
 
@@ -220,7 +296,14 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	w.held.add(msg)
 	queued := time.Since(meta.Timestamp)
-	call, derr := jobs.DecodeCall(msg.Data(), w.subj.ConnectionOf(msg.Subject()))
+	tenant, conn := w.subj.Route(msg.Subject())
+	call, derr := jobs.DecodeCall(msg.Data(), conn)
+	if call != nil {
+		call.Tenant = tenant
+	}
+	if derr == nil {
+		derr = w.checkTenant(call)
+	}
 	lc := w.log.With().Uint64("stream_seq", meta.Sequence.Stream).Uint64("delivery", meta.NumDelivered)
 	if call != nil {
 		lc = lc.Str("call_id", call.ID).Str("connection", call.Connection)
@@ -241,7 +324,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 			"durable call has no reply_to, so its result could not be delivered; set reply_to (for example %s)", w.subj.Result(call.ID)), meta)
 		return
 	}
-	if err := w.subj.CheckReply(call.ReplyTo, w.replyPrefixes); err != nil {
+	if err := w.checkReply(call.ReplyTo, call.Tenant); err != nil {
 		w.reject(ctx, msg, call, err, meta)
 		return
 	}
@@ -255,7 +338,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		// Recorded before the request leaves: if this worker dies now, the
 		// redelivery knows the partner may have seen it and does not repeat it.
 		beforeSend = func() error {
-			return w.state.put(ctx, call.ID, callState{Attempts: attemptNo - 1, Inflight: true})
+			return w.state.put(ctx, call.Tenant, call.ID, callState{Attempts: attemptNo - 1, Inflight: true})
 		}
 	}
 
@@ -266,7 +349,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	if ao.handback > 0 {
 		// No attempt was made: record that, so the redelivery does not
 		// count this delivery as one.
-		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo - 1}); err != nil {
+		if err := w.state.put(ctx, call.Tenant, call.ID, callState{Attempts: attemptNo - 1}); err != nil {
 			log.Warn().Err(err).Msg("could not record a hand-back")
 		}
 		log.Debug().Dur("retry_in", ao.handback).Msg("connection saturated or rate-limited; call handed back")
@@ -288,7 +371,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		if call.Progress {
 			w.publishProgress(ctx, call, res, delay, msg.Headers())
 		}
-		if err := w.state.put(ctx, call.ID, callState{Attempts: attemptNo}); err != nil {
+		if err := w.state.put(ctx, call.Tenant, call.ID, callState{Attempts: attemptNo}); err != nil {
 			log.Warn().Err(err).Msg("could not record the attempt; the retry may count it twice")
 		}
 		ev := log.Info().Int("status", res.Status).Dur("retry_in", delay)
@@ -330,7 +413,7 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 			return 0, true
 		}
 	}
-	st, err := w.state.get(ctx, call.ID)
+	st, err := w.state.get(ctx, call.Tenant, call.ID)
 	if err != nil {
 		log.Warn().Err(err).Msg("could not read the call's state; handing it back")
 		w.handBack(msg, jitter(time.Second))
@@ -459,7 +542,7 @@ func (w *Worker) settle(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	if !call.IsIdempotent() {
 		sctx, cancel := stateContext(ctx)
 		defer cancel()
-		if err := w.state.put(sctx, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
+		if err := w.state.put(sctx, call.Tenant, call.ID, callState{Attempts: res.Attempt, Done: true}); err != nil {
 			log.Warn().Err(err).Msg("could not record the call as done; a redelivery finds its stored result instead")
 		}
 	}
@@ -489,7 +572,7 @@ func (w *Worker) keepResult(ctx context.Context, msg jetstream.Msg, call *jobs.C
 		// the redelivery do without the partner.
 		sctx, cancel := stateContext(ctx)
 		defer cancel()
-		err = w.state.put(sctx, call.ID, callState{
+		err = w.state.put(sctx, call.Tenant, call.ID, callState{
 			Attempts: res.Attempt, Inflight: !call.IsIdempotent(), Result: data, ResultSeq: meta.Sequence.Stream,
 		})
 	}
@@ -521,7 +604,7 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	}
 	// A result goes only where results may go: a refused reply_to gets
 	// the dead letter alone, and nothing is published there.
-	if call != nil && call.ReplyTo != "" && w.subj.CheckReply(call.ReplyTo, w.replyPrefixes) == nil {
+	if call != nil && call.ReplyTo != "" && w.checkReply(call.ReplyTo, call.Tenant) == nil {
 		res := jobs.FailedResult(call, jerr)
 		res.Attempt, res.Worker = int(meta.NumDelivered), w.Name()
 		if perr := w.publishResult(ctx, call, res, msg.Headers()); perr != nil && !neverPublishable(perr) {
@@ -540,4 +623,25 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	w.callFinished(ctx, conn, &jobs.Result{ID: id, Error: jerr, Attempt: int(meta.NumDelivered)})
 	w.held.remove(msg)
 	_ = msg.TermWithReason(string(jerr.Code))
+}
+
+// checkTenant refuses a call its tenant may not make, as if its connection
+// did not exist: a v1 call (no tenant) while tenants are configured, a
+// tenant the config does not name, or a connection outside the tenant's
+// list. Without tenants configured, only v1 calls are taken.
+func (w *Worker) checkTenant(call *jobs.Call) error {
+	if len(w.tenants) == 0 && call.Tenant == "" {
+		return nil
+	}
+	t, ok := w.tenants[call.Tenant]
+	if !ok || !t.Allows(call.Connection) {
+		return catalog.UnknownConnection(call.Connection)
+	}
+	return nil
+}
+
+// checkReply applies the rule of where results may go (jobs.CheckReply)
+// with the worker's reply prefixes and tenants.
+func (w *Worker) checkReply(subject, tenant string) *jobs.Error {
+	return w.subj.CheckReply(subject, tenant, w.replyPrefixes, w.tenantNames)
 }

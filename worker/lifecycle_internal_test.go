@@ -165,7 +165,7 @@ func (s *fakeStore) Put(_ context.Context, key string, value []byte) (uint64, er
 
 func (s *fakeStore) state(t *testing.T, id string) *callState {
 	t.Helper()
-	st, err := (&stateStore{kv: s}).get(context.Background(), id)
+	st, err := (&stateStore{kv: s}).get(context.Background(), "", id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestDeliveryEnds(t *testing.T) {
 		store, ex := newFakeStore(), &fakeExecutor{answer: ok}
 		w := lifecycleWorker(t, ex, store)
 		old, _ := jobs.EncodeResult(&jobs.Result{ID: "c1", OK: true, Status: 299})
-		if err := w.state.put(context.Background(), "c1", callState{Attempts: 1, Result: old, ResultSeq: 3}); err != nil {
+		if err := w.state.put(context.Background(), "", "c1", callState{Attempts: 1, Result: old, ResultSeq: 3}); err != nil {
 			t.Fatal(err)
 		}
 		m := newMsg(get).delivery(2) // sequence 7, not 3
@@ -275,7 +275,7 @@ func TestDeliveryEnds(t *testing.T) {
 	t.Run("ok/non-idempotent-in-flight-is-not-repeated", func(t *testing.T) {
 		store, ex := newFakeStore(), &fakeExecutor{answer: ok}
 		w := lifecycleWorker(t, ex, store)
-		if err := w.state.put(context.Background(), "c1", callState{Attempts: 0, Inflight: true}); err != nil {
+		if err := w.state.put(context.Background(), "", "c1", callState{Attempts: 0, Inflight: true}); err != nil {
 			t.Fatal(err)
 		}
 		m := newMsg(post).delivery(2)

@@ -281,7 +281,7 @@ type consumerStats struct {
 	timeout time.Duration
 
 	mu         sync.Mutex
-	cons       jetstream.Consumer
+	cons       []jetstream.Consumer // every calls stream's (one per tenant)
 	fetched    time.Time
 	known      bool
 	pending    uint64
@@ -294,14 +294,14 @@ const consumerRefresh = 10 * time.Second
 
 var (
 	pendingDesc = prometheus.NewDesc("mtlsrelay_consumer_pending",
-		"Calls in MTLSRELAY_CALLS not yet delivered to any worker (consumer workers' num_pending), as this worker last read it.", nil, nil)
+		"Calls in MTLSRELAY_CALLS (and the tenants' calls streams) not yet delivered to any worker (consumer workers' num_pending, summed), as this worker last read it.", nil, nil)
 	ackPendingDesc = prometheus.NewDesc("mtlsrelay_consumer_ack_pending",
 		"Calls delivered to workers and not yet acknowledged (consumer workers' num_ack_pending), as this worker last read it.", nil, nil)
 	waitingDesc = prometheus.NewDesc("mtlsrelay_consumer_waiting",
 		"Pull requests of workers waiting for calls (consumer workers' num_waiting), as this worker last read it.", nil, nil)
 )
 
-func (c *consumerStats) set(cons jetstream.Consumer) {
+func (c *consumerStats) set(cons ...jetstream.Consumer) {
 	c.mu.Lock()
 	c.cons = cons
 	c.mu.Unlock()
@@ -312,18 +312,25 @@ func (c *consumerStats) refresh(ctx context.Context, maxAge time.Duration) error
 	c.mu.Lock()
 	cons, fresh := c.cons, time.Since(c.fetched) < maxAge
 	c.mu.Unlock()
-	if cons == nil || fresh {
+	if len(cons) == 0 || fresh {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return err
+	var pending uint64
+	var ackPending, waiting int
+	for _, one := range cons {
+		info, err := one.Info(ctx)
+		if err != nil {
+			return err
+		}
+		pending += info.NumPending
+		ackPending += info.NumAckPending
+		waiting += info.NumWaiting
 	}
 	c.mu.Lock()
 	c.fetched, c.known = time.Now(), true
-	c.pending, c.ackPending, c.waiting = info.NumPending, info.NumAckPending, info.NumWaiting
+	c.pending, c.ackPending, c.waiting = pending, ackPending, waiting
 	c.mu.Unlock()
 	return nil
 }

@@ -162,8 +162,8 @@ func (w *Worker) startMicro() (micro.Service, error) {
 // startObservability starts what a running worker does besides calls:
 // consumer stats, profile loading and expiry checks, and the micro
 // service. The returned func stops them.
-func (w *Worker) startObservability(ctx context.Context, cons jetstream.Consumer) (stop func()) {
-	w.metrics.consumer.set(cons)
+func (w *Worker) startObservability(ctx context.Context, cons ...jetstream.Consumer) (stop func()) {
+	w.metrics.consumer.set(cons...)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { w.refreshConsumer(ctx) })

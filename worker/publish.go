@@ -234,7 +234,7 @@ func (w *Worker) publishProgress(ctx context.Context, call *jobs.Call, res *jobs
 	}
 	out, err := w.resultMsg(ctx, call, &p, in)
 	if err == nil {
-		out.Header.Set(jobs.HeaderMsgID, jobs.ProgressMsgID(call.ID, p.Attempt))
+		out.Header.Set(jobs.HeaderMsgID, jobs.ProgressMsgID(jobs.ResultMsgID(call.Tenant, call.ID), p.Attempt))
 		out.Header.Set(jobs.HeaderProgress, strconv.Itoa(p.Attempt))
 		err = w.send(ctx, out, 0)
 	}
@@ -244,7 +244,8 @@ func (w *Worker) publishProgress(ctx context.Context, call *jobs.Call, res *jobs
 }
 
 // resultMsg is the message carrying res to the call's reply_to, with
-// Nats-Msg-Id set to the call id and the trace context of in.
+// Nats-Msg-Id set to the call id (<tenant>.<id> for a tenant's call) and
+// the trace context of in.
 func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Result, in nats.Header) (*nats.Msg, error) {
 	data, err := jobs.EncodeResult(res)
 	if err != nil {
@@ -252,7 +253,7 @@ func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Resul
 	}
 	msg := nats.NewMsg(call.ReplyTo)
 	msg.Data = data
-	msg.Header.Set(jobs.HeaderMsgID, call.ID)
+	msg.Header.Set(jobs.HeaderMsgID, jobs.ResultMsgID(call.Tenant, call.ID))
 	msg.Header.Set(jobs.HeaderCallID, call.ID)
 	w.injectTrace(ctx, msg.Header, in)
 	return msg, nil
@@ -266,7 +267,9 @@ func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Resul
 func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn string, reason *jobs.Error) error {
 	msg := nats.NewMsg(w.subj.Dead(conn))
 	msg.Data = in.Data()
-	msg.Header.Set(jobs.HeaderMsgID, id)
+	// A tenant's dead letters have ids of their own, as its results do.
+	tenant, _ := w.subj.Route(in.Subject())
+	msg.Header.Set(jobs.HeaderMsgID, jobs.ResultMsgID(tenant, id))
 	msg.Header.Set(jobs.HeaderCallID, id)
 	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
 	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())

@@ -219,17 +219,21 @@ func TestPublishUntilStored(t *testing.T) {
 func TestStateKey(t *testing.T) {
 	validKey := regexp.MustCompile(`^[-/_=.a-zA-Z0-9]+$`)
 	seen := map[string]string{}
-	for _, id := range []string{"a", "order-42", "a.b", "a..b", ".a", "a.", "...", "a:b", "a.:.b", "x..y:z", strings.Repeat("a.", 64)} {
-		k := stateKey(id)
-		if !validKey.MatchString(k) || strings.Contains(k, "..") || strings.HasSuffix(k, ".") {
-			t.Errorf("stateKey(%q) = %q: not a valid KV key", id, k)
+	// Tenants' calls with one id have states of their own, and none is a
+	// v1 call's: "billing.x" (a v1 id) and tenant billing's "x" differ.
+	for _, tenant := range []string{"", "billing", "shipping"} {
+		for _, id := range []string{"a", "order-42", "a.b", "a..b", ".a", "a.", "...", "a:b", "a.:.b", "x..y:z", "billing.a", "t.billing.a", strings.Repeat("a.", 64)} {
+			k := stateKey(tenant, id)
+			if !validKey.MatchString(k) || strings.Contains(k, "..") || strings.HasSuffix(k, ".") {
+				t.Errorf("stateKey(%q, %q) = %q: not a valid KV key", tenant, id, k)
+			}
+			if other, ok := seen[k]; ok {
+				t.Errorf("stateKey(%q, %q) = stateKey of %s = %q", tenant, id, other, k)
+			}
+			seen[k] = tenant + "/" + id
 		}
-		if other, ok := seen[k]; ok {
-			t.Errorf("stateKey(%q) = stateKey(%q) = %q", id, other, k)
-		}
-		seen[k] = id
 	}
-	if got := stateKey("order.42:a"); got != "c.order.42=3Aa" {
+	if got := stateKey("", "order.42:a"); got != "c.order.42=3Aa" {
 		t.Errorf("stateKey of an id with valid dots changed to %q: earlier workers' keys would be lost", got)
 	}
 }

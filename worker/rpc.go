@@ -22,7 +22,8 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 		w.log.Warn().Str("subject", msg.Subject).Msg("direct call without a reply inbox dropped; use a request, or publish to calls for durable delivery")
 		return
 	}
-	if err := w.subj.CheckReply(msg.Reply, w.replyPrefixes); err != nil {
+	tenant, _ := w.subj.Route(msg.Subject)
+	if err := w.checkReply(msg.Reply, tenant); err != nil {
 		// Answering would publish there with the worker's permissions.
 		w.log.Warn().Str("subject", msg.Subject).Str("reason", err.Message).Msg("direct call with a reply subject results may not go to dropped; nothing is published there")
 		w.metrics.directRefused.Inc()
@@ -82,7 +83,14 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 
 func (w *Worker) runDirect(parent context.Context, msg *nats.Msg) *jobs.Result {
 	start := time.Now()
-	call, err := jobs.DecodeCall(msg.Data, w.subj.ConnectionOf(msg.Subject))
+	tenant, conn := w.subj.Route(msg.Subject)
+	call, err := jobs.DecodeCall(msg.Data, conn)
+	if call != nil {
+		call.Tenant = tenant
+	}
+	if err == nil {
+		err = w.checkTenant(call)
+	}
 	log := w.log.With().Str("mode", "direct").Logger()
 	if call != nil {
 		log = log.With().Str("call_id", call.ID).Str("connection", call.Connection).Logger()

@@ -76,17 +76,23 @@ func openState(ctx context.Context, js jetstream.JetStream, replicas int, ttl ti
 // have no empty token: an id with "..", or that starts or ends with '.',
 // has its dots escaped as "=2E" too. Other ids keep their dots, so the
 // keys that earlier workers wrote stay where they were.
-func stateKey(id string) string {
+//
+// A tenant's call is keyed t.<tenant>.<id>, so two tenants' calls with one
+// id never share a state (tenant names have no '.').
+func stateKey(tenant, id string) string {
 	key := strings.ReplaceAll(id, ":", "=3A")
 	if strings.Contains(key, "..") || strings.HasPrefix(key, ".") || strings.HasSuffix(key, ".") {
 		key = strings.ReplaceAll(key, ".", "=2E")
+	}
+	if tenant != "" {
+		return "t." + tenant + "." + key
 	}
 	return "c." + key
 }
 
 // get returns the state of call id, or nil when none is recorded.
-func (s *stateStore) get(ctx context.Context, id string) (*callState, error) {
-	e, err := s.kv.Get(ctx, stateKey(id))
+func (s *stateStore) get(ctx context.Context, tenant, id string) (*callState, error) {
+	e, err := s.kv.Get(ctx, stateKey(tenant, id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
 	}
@@ -101,12 +107,12 @@ func (s *stateStore) get(ctx context.Context, id string) (*callState, error) {
 }
 
 // put records st for call id and waits for JetStream's acknowledgement.
-func (s *stateStore) put(ctx context.Context, id string, st callState) error {
+func (s *stateStore) put(ctx context.Context, tenant, id string, st callState) error {
 	st.Worker = s.worker
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	_, err = s.kv.Put(ctx, stateKey(id), b)
+	_, err = s.kv.Put(ctx, stateKey(tenant, id), b)
 	return err
 }

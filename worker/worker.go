@@ -31,12 +31,16 @@ type Worker struct {
 	// replyPrefixes are the inbox prefixes reply subjects may be under
 	// besides the results subjects (worker.reply_prefixes).
 	replyPrefixes []string
-	log           zerolog.Logger
-	exec          executor
-	resolver      *secrets.Resolver
-	catalog       catalogHolder
-	retry         retryPolicy
-	slots         *semaphore.Weighted
+	// tenants are the configured tenants (worker.Config.Tenants), and
+	// tenantNames their names; empty without tenants.
+	tenants     map[string]TenantConfig
+	tenantNames []string
+	log         zerolog.Logger
+	exec        executor
+	resolver    *secrets.Resolver
+	catalog     catalogHolder
+	retry       retryPolicy
+	slots       *semaphore.Weighted
 	// direct admits direct calls apart from durable ones (slots);
 	// directWaiting bounds those running or waiting for it.
 	direct        *semaphore.Weighted
@@ -97,6 +101,8 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		subj: jobs.Subjects{Prefix: cfg.NATS.Prefix},
 
 		replyPrefixes: cfg.Worker.ReplyPrefixes,
+		tenants:       cfg.Tenants,
+		tenantNames:   cfg.TenantNames(),
 		log:           zerolog.Nop(),
 		retry:         retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots:         semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
@@ -109,6 +115,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		Replicas:      cfg.NATS.Replicas,
 		ResultsMaxAge: cfg.NATS.ResultsMaxAge.D(),
 		AckWait:       cfg.Worker.AckWait.D(),
+		Tenants:       cfg.TenantNames(),
 	}
 	for _, o := range opts {
 		o(w)
@@ -147,22 +154,26 @@ func (w *Worker) Ready() bool {
 // gracefully: no new calls, calls in flight get ShutdownGrace to finish,
 // the rest are handed back to JetStream at once.
 func (w *Worker) Run(ctx context.Context) error {
-	cons, err := w.ensureStreams(ctx)
+	queues, err := w.ensureStreams(ctx)
 	if err != nil {
 		return err
+	}
+	consumers := make([]jetstream.Consumer, len(queues))
+	for i, q := range queues {
+		consumers[i] = q.Consumer
 	}
 	sub, err := w.nc.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
 	}
 	w.ready.Store(true)
-	stopObservability := w.startObservability(ctx, cons)
+	stopObservability := w.startObservability(ctx, consumers...)
 	// Until the calls in flight end, after the shutdown grace at the latest.
 	go w.held.keepAlive(w.callCtx, w.ackWait/3)
 	w.log.Info().Int("concurrency", w.cfg.Worker.Concurrency).Str("stream", jobs.StreamCalls).
 		Str("consumer", jobs.ConsumerWorkers).Msg("worker ready")
 
-	w.consume(ctx, cons)
+	w.consume(ctx, queues)
 	stopObservability()
 
 	w.stopping.Store(true)
@@ -174,17 +185,17 @@ func (w *Worker) Run(ctx context.Context) error {
 // ensureStreams creates the streams, the consumer and the call-state bucket,
 // retrying until NATS answers, so a worker may start before its cluster is
 // up.
-func (w *Worker) ensureStreams(ctx context.Context) (jetstream.Consumer, error) {
+func (w *Worker) ensureStreams(ctx context.Context) ([]streams.Queue, error) {
 	delay := 250 * time.Millisecond
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := streams.Ensure(cctx, w.js, w.streams)
+		queues, err := streams.Ensure(cctx, w.js, w.streams)
 		if err == nil {
 			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.Name())
 		}
 		cancel()
 		if err == nil {
-			return cons, nil
+			return queues, nil
 		}
 		if ctx.Err() != nil {
 			return nil, err

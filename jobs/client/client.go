@@ -22,6 +22,8 @@ type Client struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	subj jobs.Subjects
+	// tenant is the flow's tenant; "" sends v1 calls.
+	tenant string
 }
 
 // Option configures a Client.
@@ -29,6 +31,14 @@ type Option func(*Client)
 
 // WithSubjects sets the subject prefix (default "mtlsrelay").
 func WithSubjects(s jobs.Subjects) Option { return func(c *Client) { c.subj = s } }
+
+// WithTenant makes the client a tenant's: calls go to
+// <prefix>.calls.<tenant>.<connection> and <prefix>.rpc.<tenant>.<connection>,
+// and a call without reply_to gets <prefix>.results.<tenant>.<id>. The NATS
+// server decides whether the connection may publish there; connect it with
+// nats.CustomInboxPrefix(jobs.TenantInbox(tenant)) so its direct replies
+// and acks arrive under the tenant's own inbox prefix.
+func WithTenant(tenant string) Option { return func(c *Client) { c.tenant = tenant } }
 
 // New returns a Client on an established NATS connection.
 func New(nc *nats.Conn, opts ...Option) (*Client, error) {
@@ -51,7 +61,7 @@ func (c *Client) prepare(call *jobs.Call) ([]byte, error) {
 		return nil, err
 	}
 	if call.ReplyTo == "" {
-		call.ReplyTo = c.subj.Result(call.ID)
+		call.ReplyTo = c.resultSubject(call.ID)
 		if !jobs.ValidSubject(call.ReplyTo) {
 			return nil, jobs.Errorf(jobs.CodeInvalidCall, "call id %q does not make a valid result subject; set reply_to", call.ID)
 		}
@@ -62,7 +72,29 @@ func (c *Client) prepare(call *jobs.Call) ([]byte, error) {
 	return json.Marshal(call)
 }
 
-// Enqueue publishes call durably to <prefix>.calls.<connection> with
+// resultSubject is the conventional reply subject of call id.
+func (c *Client) resultSubject(id string) string {
+	if c.tenant != "" {
+		return c.subj.TenantResult(c.tenant, id)
+	}
+	return c.subj.Result(id)
+}
+
+// callSubject is the durable (or, rpc, direct) subject of connection.
+func (c *Client) callSubject(connection string, rpc bool) string {
+	switch {
+	case c.tenant != "" && rpc:
+		return c.subj.TenantRPC(c.tenant, connection)
+	case c.tenant != "":
+		return c.subj.TenantCalls(c.tenant, connection)
+	case rpc:
+		return c.subj.RPC(connection)
+	}
+	return c.subj.Calls(connection)
+}
+
+// Enqueue publishes call durably to <prefix>.calls.<connection> (or its
+// tenant's subject, WithTenant) with
 // Nats-Msg-Id set to its id, so a repeated Enqueue of the same id within the
 // duplicate window is stored once. A call without reply_to gets
 // <prefix>.results.<id>, kept in MTLSRELAY_RESULTS.
@@ -76,7 +108,7 @@ func (c *Client) Enqueue(ctx context.Context, call *jobs.Call) (*jetstream.PubAc
 
 // publish stores a prepared call in MTLSRELAY_CALLS.
 func (c *Client) publish(ctx context.Context, call *jobs.Call, data []byte) (*jetstream.PubAck, error) {
-	msg := nats.NewMsg(c.subj.Calls(call.Connection))
+	msg := nats.NewMsg(c.callSubject(call.Connection, false))
 	msg.Data = data
 	msg.Header.Set(jobs.HeaderMsgID, call.ID)
 	return c.js.PublishMsg(ctx, msg)
@@ -138,7 +170,7 @@ func (c *Client) Direct(ctx context.Context, call *jobs.Call) (*jobs.Result, err
 	if err != nil {
 		return nil, err
 	}
-	msg := nats.NewMsg(c.subj.RPC(call.Connection))
+	msg := nats.NewMsg(c.callSubject(call.Connection, true))
 	msg.Data = data
 	msg.Header.Set(jobs.HeaderCallID, call.ID)
 	reply, err := c.nc.RequestMsgWithContext(ctx, msg)

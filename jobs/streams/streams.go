@@ -45,6 +45,13 @@ type Options struct {
 	AckWait time.Duration
 	// MaxAckPending of consumer "workers": calls held by all workers at once.
 	MaxAckPending int
+	// Tenants are the tenants whose calls arrive on
+	// <prefix>.calls.<tenant>.<connection>. Each has a calls stream of its
+	// own (jobs.TenantStream), so one tenant's Nats-Msg-Ids cannot make
+	// another's calls vanish as duplicates, and MTLSRELAY_CALLS keeps the
+	// v1 subjects <prefix>.calls.<connection> only. None: MTLSRELAY_CALLS
+	// takes <prefix>.calls.> as in v1.
+	Tenants []string
 }
 
 func (o Options) storage() jetstream.StorageType {
@@ -67,18 +74,29 @@ func (o Options) Configs() []jetstream.StreamConfig {
 	dup := max(o.DuplicateWindow, DefaultDuplicateWindow)
 	replicas := max(o.Replicas, 1)
 	s := o.Subjects
-	return []jetstream.StreamConfig{
-		{
-			Name:        jobs.StreamCalls,
-			Description: "mtlsrelay durable calls, taken by consumer workers",
-			Subjects:    []string{s.CallsAll()},
+	calls := func(name, desc, subject string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    []string{subject},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     o.storage(),
 			Replicas:    replicas,
 			Duplicates:  dup,
 			MaxMsgSize:  jobs.MaxCallBytes,
 			Discard:     jetstream.DiscardOld,
-		},
+		}
+	}
+	v1 := calls(jobs.StreamCalls, "mtlsrelay durable calls, taken by consumer workers", s.CallsAll())
+	if len(o.Tenants) > 0 {
+		// calls.* and calls.<tenant>.* do not overlap: one token, or two.
+		v1 = calls(jobs.StreamCalls, "mtlsrelay v1 calls (no tenant), answered unknown_connection while tenants are configured", s.UntenantedCalls())
+	}
+	out := []jetstream.StreamConfig{v1}
+	for _, t := range o.Tenants {
+		out = append(out, calls(jobs.TenantStream(t), "mtlsrelay durable calls of tenant "+t, s.TenantCallsAll(t)))
+	}
+	return append(out, []jetstream.StreamConfig{
 		{
 			Name:        jobs.StreamResults,
 			Description: "mtlsrelay results, one per call id",
@@ -100,7 +118,7 @@ func (o Options) Configs() []jetstream.StreamConfig {
 			Duplicates:  dup,
 			MaxAge:      orDuration(o.DeadMaxAge, 7*24*time.Hour),
 		},
-	}
+	}...)
 }
 
 // ConsumerConfig returns the configuration of the durable pull consumer
@@ -119,9 +137,19 @@ func (o Options) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Ensure creates or updates the three streams and consumer "workers",
-// so any worker can start first. It returns the consumer.
-func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (jetstream.Consumer, error) {
+// Queue is one calls stream and the workers' consumer on it: the v1
+// stream (Tenant "") and, with tenants, one per tenant.
+type Queue struct {
+	Tenant   string
+	Stream   string
+	Consumer jetstream.Consumer
+}
+
+// Ensure creates or updates the streams and consumer "workers" on each
+// calls stream, so any worker can start first. It returns the queues, the
+// v1 one first. MTLSRELAY_CALLS is updated before the tenants' streams are
+// created: its v1 subjects <prefix>.calls.> would overlap theirs.
+func Ensure(ctx context.Context, js jetstream.JetStream, o Options) ([]Queue, error) {
 	for _, cfg := range o.Configs() {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
@@ -130,9 +158,16 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) (jetstream.C
 			return nil, fmt.Errorf("create or update stream %s: %w", cfg.Name, err)
 		}
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, jobs.StreamCalls, o.ConsumerConfig())
-	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", jobs.ConsumerWorkers, jobs.StreamCalls, err)
+	queues := []Queue{{Stream: jobs.StreamCalls}}
+	for _, t := range o.Tenants {
+		queues = append(queues, Queue{Tenant: t, Stream: jobs.TenantStream(t)})
 	}
-	return cons, nil
+	for i := range queues {
+		cons, err := js.CreateOrUpdateConsumer(ctx, queues[i].Stream, o.ConsumerConfig())
+		if err != nil {
+			return nil, fmt.Errorf("create or update consumer %s on %s: %w", jobs.ConsumerWorkers, queues[i].Stream, err)
+		}
+		queues[i].Consumer = cons
+	}
+	return queues, nil
 }

@@ -1,0 +1,509 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
+	"github.com/mtlsrelay/mtlsrelay/worker"
+)
+
+// tenantWorkerConfig is the worker of a relay with tenants billing and
+// shipping, as docs/nats-accounts.conf expects them.
+const tenantWorkerConfig = `
+nats: NATSAUTH
+worker: {concurrency: CONCURRENCY, admin_addr: "off"}
+tenants:
+  billing:  {connections: [partner, limited, slow]}
+  shipping: {connections: ["*"]}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER/?tenant=A", profile: p, breaker_failures: -1}
+  limited: {base_url: "PARTNER", profile: p, timeout: 2s, max_attempts: 2}
+  slow:    {base_url: "PARTNER", profile: p, timeout: 10s, max_attempts: 1, breaker_failures: -1}
+  other:   {base_url: "PARTNER", profile: p}
+`
+
+// tenantRelay is a relay with tenants on a real NATS server that runs the
+// shipped docs/nats-accounts.conf, with a real mTLS partner.
+type tenantRelay struct {
+	srv     *server.Server
+	partner *partner.Server
+	// admin is the registry administrator's connection (full access).
+	admin   *nats.Conn
+	adminJS jetstream.JetStream
+	// dead collects every dead letter, by call id header.
+	mu   sync.Mutex
+	dead map[string][]*nats.Msg
+}
+
+func startTenantRelay(t *testing.T, concurrency int) *tenantRelay {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	opts, err := server.ProcessConfigFile(filepath.Join(filepath.Dir(file), "..", "docs", "nats-accounts.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tenantRelay{srv: startServerWith(t, opts), partner: startPartner(t), dead: map[string][]*nats.Msg{}}
+	r.admin, err = nats.Connect(r.srv.ClientURL(), nats.UserInfo("admin", "admin-example-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.admin.Close)
+	r.adminJS, _ = jetstream.New(r.admin)
+	ctx := context.Background()
+	// The administrator creates the registry (workers may only read it),
+	// with a connection a hostile reply_to would overwrite.
+	kv, err := r.adminJS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: jobs.RegistryBucket, History: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "connections.victim", []byte(`{"base_url":"https://victim.example/","profile":"p"}`)); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := r.admin.Subscribe("mtlsrelay.dead.>", func(m *nats.Msg) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		id := m.Header.Get(jobs.HeaderCallID)
+		r.dead[id] = append(r.dead[id], m)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	runWorkerConfig(t, r.srv.ClientURL(), configYAML(t, tenantWorkerConfig,
+		"NATSAUTH", `{user: worker, password: "value:worker-example-password"}`,
+		"PARTNER", r.partner.URL(), "CONCURRENCY", fmt.Sprint(concurrency)))
+	return r
+}
+
+// tenant connects as tenant's user, with its own inbox prefix; violations
+// collects the permission errors the server reports to it.
+type tenant struct {
+	name       string
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	client     *client.Client
+	mu         sync.Mutex
+	violations []string
+}
+
+func (r *tenantRelay) tenant(t *testing.T, name string) *tenant {
+	t.Helper()
+	tn := &tenant{name: name}
+	var err error
+	tn.nc, err = nats.Connect(r.srv.ClientURL(), nats.UserInfo(name, name+"-example-password"),
+		nats.CustomInboxPrefix(jobs.TenantInbox(name)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			tn.mu.Lock()
+			tn.violations = append(tn.violations, err.Error())
+			tn.mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tn.nc.Close)
+	tn.js, _ = jetstream.New(tn.nc)
+	if tn.client, err = client.New(tn.nc, client.WithTenant(name)); err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}
+
+// violated waits for the server to report a permission violation on
+// subject to the tenant.
+func (tn *tenant) violated(t *testing.T, subject string) {
+	t.Helper()
+	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		tn.mu.Lock()
+		defer tn.mu.Unlock()
+		for _, v := range tn.violations {
+			if strings.Contains(v, "Permissions Violation") && strings.Contains(v, subject) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no permissions violation on %s for %s: %v", subject, tn.name, tn.violations)
+	})
+}
+
+// deadLetter waits for the dead letter of call id and returns its reason.
+func (r *tenantRelay) deadLetter(t *testing.T, id string) string {
+	t.Helper()
+	var reason string
+	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.dead[id]) == 0 {
+			return fmt.Errorf("no dead letter for call %s", id)
+		}
+		reason = r.dead[id][0].Header.Get(jobs.HeaderDeadReason)
+		return nil
+	})
+	return reason
+}
+
+// publish sends raw call bytes to tenant's calls subject of conn.
+func (tn *tenant) publish(t *testing.T, conn, msgID string, data []byte) {
+	t.Helper()
+	msg := nats.NewMsg(jobs.Subjects{}.TenantCalls(tn.name, conn))
+	msg.Data = data
+	msg.Header.Set(jobs.HeaderMsgID, msgID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := tn.js.PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("%s publish on %s: %v", tn.name, msg.Subject, err)
+	}
+}
+
+// callAndWait sends a call of tenant to conn and returns its result, read
+// on the tenant's own results subject.
+func (tn *tenant) callAndWait(t *testing.T, conn string, c map[string]any) *jobs.Result {
+	t.Helper()
+	id := c["id"].(string)
+	reply := jobs.Subjects{}.TenantResult(tn.name, id)
+	if _, ok := c["reply_to"]; !ok {
+		c["reply_to"] = reply
+	}
+	sub, err := tn.nc.SubscribeSync(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	data, _ := json.Marshal(c)
+	tn.publish(t, conn, id, data)
+	m, err := sub.NextMsg(30 * time.Second)
+	if err != nil {
+		t.Fatalf("no result for %s's call %s: %v", tn.name, id, err)
+	}
+	if got, want := m.Header.Get(jobs.HeaderMsgID), jobs.ResultMsgID(tn.name, id); got != want {
+		t.Errorf("result Nats-Msg-Id = %q, want %q", got, want)
+	}
+	var res jobs.Result
+	if err := json.Unmarshal(m.Data, &res); err != nil {
+		t.Fatal(err)
+	}
+	return &res
+}
+
+// Every denial of the shipped accounts file, on a real server: a tenant
+// publishes only its own calls and reads only its own results; the workers
+// cannot write the registry; the administrator can.
+func TestNATSAccountsMultiTenant(t *testing.T) {
+	r := startTenantRelay(t, 4)
+	billing, shipping := r.tenant(t, "billing"), r.tenant(t, "shipping")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	t.Run("ok/tenant-calls-and-reads-its-own-results", func(t *testing.T) {
+		id := uniqueID("billing-ok")
+		res := billing.callAndWait(t, "partner", map[string]any{"id": id, "path": "echo"})
+		if !res.OK {
+			t.Fatalf("billing's call: %+v", res.Error)
+		}
+		// Stored, and readable by billing through the client.
+		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			stored, err := billing.client.StoredResult(ctx, jobs.Subjects{}.TenantResult("billing", id))
+			if err != nil || stored.ID != id {
+				return fmt.Errorf("billing reads its stored result: %v %+v", err, stored)
+			}
+			return nil
+		})
+		// The client's own subjects work end to end.
+		res, err := shipping.client.Call(ctx, &jobs.Call{ID: uniqueID("shipping-client"), Connection: "other", Path: "echo"})
+		if err != nil || !res.OK {
+			t.Fatalf("shipping's client call: %v %+v", err, res)
+		}
+	})
+	denials := []struct {
+		name    string
+		tenant  *tenant
+		subject string
+		do      func(tn *tenant) error
+	}{
+		{"fail/publish-another-tenants-calls", billing, "mtlsrelay.calls.shipping.partner", func(tn *tenant) error {
+			return tn.nc.Publish("mtlsrelay.calls.shipping.partner", []byte(`{"id":"x","path":"echo","reply_to":"mtlsrelay.results.billing.x"}`))
+		}},
+		{"fail/publish-v1-calls", billing, "mtlsrelay.calls.partner", func(tn *tenant) error {
+			return tn.nc.Publish("mtlsrelay.calls.partner", []byte(`{"id":"x","path":"echo"}`))
+		}},
+		{"fail/publish-another-tenants-direct-calls", billing, "mtlsrelay.rpc.shipping.partner", func(tn *tenant) error {
+			return tn.nc.Publish("mtlsrelay.rpc.shipping.partner", []byte(`{"id":"x","path":"echo"}`))
+		}},
+		{"fail/publish-results", billing, "mtlsrelay.results.shipping.spoofed", func(tn *tenant) error {
+			return tn.nc.Publish("mtlsrelay.results.shipping.spoofed", []byte(`{"id":"spoofed","ok":true}`))
+		}},
+		{"fail/subscribe-another-tenants-results", billing, "mtlsrelay.results.shipping.>", func(tn *tenant) error {
+			_, err := tn.nc.SubscribeSync("mtlsrelay.results.shipping.>")
+			return err
+		}},
+		{"fail/subscribe-another-tenants-inbox", billing, "_INBOX_shipping.>", func(tn *tenant) error {
+			_, err := tn.nc.SubscribeSync("_INBOX_shipping.>")
+			return err
+		}},
+		{"fail/write-the-registry", billing, "$KV.mtlsrelay_registry.connections.victim", func(tn *tenant) error {
+			return tn.nc.Publish("$KV.mtlsrelay_registry.connections.victim", []byte(`{}`))
+		}},
+		{"fail/write-call-state", shipping, "$KV.mtlsrelay_call_state.t.billing.x", func(tn *tenant) error {
+			return tn.nc.Publish("$KV.mtlsrelay_call_state.t.billing.x", []byte(`{}`))
+		}},
+		{"fail/read-dead-letters", shipping, "mtlsrelay.dead.>", func(tn *tenant) error {
+			_, err := tn.nc.SubscribeSync("mtlsrelay.dead.>")
+			return err
+		}},
+		{"fail/delete-a-stream", shipping, "$JS.API.STREAM.DELETE.MTLSRELAY_CALLS_billing", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.STREAM.DELETE.MTLSRELAY_CALLS_billing", nil)
+		}},
+	}
+	for _, d := range denials {
+		t.Run(d.name, func(t *testing.T) {
+			if err := d.do(d.tenant); err != nil && !strings.Contains(err.Error(), "Permissions Violation") {
+				t.Fatal(err)
+			}
+			d.tenant.violated(t, d.subject)
+		})
+	}
+	t.Run("fail/tenant-cannot-read-the-registry", func(t *testing.T) {
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if kv, err := billing.js.KeyValue(short, jobs.RegistryBucket); err == nil {
+			if _, err := kv.Get(short, "connections.victim"); err == nil {
+				t.Error("billing read the registry")
+			}
+		}
+	})
+	t.Run("fail/worker-cannot-write-the-registry", func(t *testing.T) {
+		wnc, err := nats.Connect(r.srv.ClientURL(), nats.UserInfo("worker", "worker-example-password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wnc.Close()
+		wjs, _ := jetstream.New(wnc)
+		kv, err := wjs.KeyValue(ctx, jobs.RegistryBucket)
+		if err != nil {
+			t.Fatalf("the worker cannot open the registry: %v", err)
+		}
+		if _, err := kv.Get(ctx, "connections.victim"); err != nil {
+			t.Fatalf("the worker cannot read the registry: %v", err)
+		}
+		short, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if _, err := kv.Put(short, "connections.victim", []byte(`{"base_url":"https://evil.example/","profile":"p"}`)); err == nil {
+			t.Error("the worker wrote the registry")
+		}
+		if err := kv.Purge(short, "connections.victim"); err == nil {
+			t.Error("the worker purged a registry key")
+		}
+		if err := wjs.DeleteKeyValue(short, jobs.RegistryBucket); err == nil {
+			t.Error("the worker deleted the registry")
+		}
+	})
+	t.Run("ok/admin-writes-the-registry", func(t *testing.T) {
+		kv, err := r.adminJS.KeyValue(ctx, jobs.RegistryBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, "connections.admin-made", []byte(`{"base_url":"https://p.example/","profile":"p"}`)); err != nil {
+			t.Fatalf("the administrator cannot write the registry: %v", err)
+		}
+	})
+	r.checkRegistryUntouched(t)
+}
+
+// checkRegistryUntouched fails when the victim connection of the registry
+// was written after the administrator put it.
+func (r *tenantRelay) checkRegistryUntouched(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := r.adminJS.KeyValue(ctx, jobs.RegistryBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "connections.victim")
+	if err != nil {
+		t.Fatalf("the victim connection is gone: %v", err)
+	}
+	if e.Revision() != 1 || !strings.Contains(string(e.Value()), "victim.example") {
+		t.Errorf("the victim connection was overwritten: revision %d, %s", e.Revision(), e.Value())
+	}
+}
+
+// stateKeys lists the call-state bucket's keys.
+func (r *tenantRelay) stateKeys(t *testing.T) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := r.adminJS.KeyValue(ctx, worker.StateBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// Each attack a hostile flow can make through the wire contract, on the
+// shipped accounts file with a real mTLS partner: the call ends with the
+// documented code, and nothing is written where it should not be.
+func TestTenantAttacks(t *testing.T) {
+	r := startTenantRelay(t, 4)
+	billing, shipping := r.tenant(t, "billing"), r.tenant(t, "shipping")
+	// shipping listens to its own results: no attack may publish there.
+	spoofed := make(chan *nats.Msg, 64)
+	sub, err := shipping.nc.ChanSubscribe("mtlsrelay.results.shipping.>", spoofed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	statesBefore := r.stateKeys(t)
+
+	// Attacks whose reply_to is refused: a dead letter, and no result
+	// anywhere.
+	for _, tc := range []struct{ name, replyTo string }{
+		{"reply-to-registry", "$KV.mtlsrelay_registry.connections.victim"},
+		{"reply-to-registry-profile", "$KV.mtlsrelay_registry.profiles.victim"},
+		{"reply-to-call-state", "$KV.mtlsrelay_call_state.t.shipping.x"},
+		{"reply-to-stream-api", "$JS.API.STREAM.DELETE.MTLSRELAY_CALLS_shipping"},
+		{"reply-to-another-tenants-results", "mtlsrelay.results.shipping.order-42"},
+		{"reply-to-another-tenants-inbox", "_INBOX_shipping.abc"},
+		{"reply-to-the-relays-calls", "mtlsrelay.calls.shipping.partner"},
+		{"reply-to-v1-results", "mtlsrelay.results.order-42"},
+	} {
+		t.Run("fail/"+tc.name, func(t *testing.T) {
+			id := uniqueID("attack")
+			data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": tc.replyTo})
+			billing.publish(t, "partner", id, data)
+			if reason := r.deadLetter(t, id); !strings.HasPrefix(reason, "invalid_call: reply_to") {
+				t.Errorf("dead letter reason %q, want invalid_call about reply_to", reason)
+			}
+		})
+	}
+
+	// Attacks that get a result on the tenant's own results subject.
+	long := strings.Repeat("a", 10)
+	for _, tc := range []struct {
+		name, conn string
+		call       map[string]any
+		code       jobs.Code
+		says       string
+	}{
+		{"connection-not-allowed", "other", map[string]any{"path": "echo"}, jobs.CodeUnknownConnection, `no connection named "other"`},
+		{"connection-unknown", "nosuch", map[string]any{"path": "echo"}, jobs.CodeUnknownConnection, `no connection named "nosuch"`},
+		{"host-header", "partner", map[string]any{"path": "echo", "headers": map[string][]string{"Host": {"db.internal"}}}, jobs.CodeInvalidCall, `header "Host" cannot be set`},
+		{"connect-method", "partner", map[string]any{"method": "CONNECT", "path": "db.internal:5432"}, jobs.CodeInvalidCall, "CONNECT is not allowed"},
+		{"trace-method", "partner", map[string]any{"method": "TRACE", "path": "echo"}, jobs.CodeInvalidCall, "TRACE is not allowed"},
+		{"path-dot-dot", "partner", map[string]any{"path": "tenantA/../../admin/users"}, jobs.CodeInvalidCall, "dot-segments"},
+		{"path-encoded-dot-dot", "partner", map[string]any{"path": "tenantA/%2e%2e/%2e%2e/admin/users"}, jobs.CodeInvalidCall, "dot-segments"},
+		{"path-replaces-query", "partner", map[string]any{"path": "echo?tenant=B"}, jobs.CodeInvalidCall, "tenant"},
+		{"query-replaces-query", "partner", map[string]any{"path": "echo", "query": map[string][]string{"tenant": {"B"}}}, jobs.CodeInvalidCall, "tenant"},
+		{"timeout-above-connection", "limited", map[string]any{"path": "echo", "timeout_ms": 60000}, jobs.CodeInvalidCall, "above connection limited's timeout"},
+		{"max-attempts-above-connection", "limited", map[string]any{"path": "echo", "max_attempts": 100}, jobs.CodeInvalidCall, "above connection limited's max_attempts"},
+		{"header-control-character", "partner", map[string]any{"path": "echo", "headers": map[string][]string{"X-A": {"a\x01b" + long}}}, jobs.CodeInvalidCall, "control character U+0001"},
+	} {
+		t.Run("fail/"+tc.name, func(t *testing.T) {
+			tc.call["id"] = uniqueID("attack")
+			res := billing.callAndWait(t, tc.conn, tc.call)
+			if res.OK || res.Error == nil || res.Error.Code != tc.code || !strings.Contains(res.Error.Message, tc.says) {
+				t.Fatalf("result %+v; want %s saying %q", res.Error, tc.code, tc.says)
+			}
+		})
+	}
+	t.Run("fail/unknown-and-not-allowed-read-alike", func(t *testing.T) {
+		a := billing.callAndWait(t, "other", map[string]any{"id": uniqueID("alike"), "path": "echo"})
+		b := billing.callAndWait(t, "nosuch2", map[string]any{"id": uniqueID("alike"), "path": "echo"})
+		if strings.ReplaceAll(a.Error.Message, "other", "X") != strings.ReplaceAll(b.Error.Message, "nosuch2", "X") {
+			t.Errorf("a connection the tenant may not use reads differently from one that does not exist:\n%s\n%s", a.Error.Message, b.Error.Message)
+		}
+	})
+	t.Run("fail/ambiguous-json", func(t *testing.T) {
+		id := uniqueID("attack")
+		reply := jobs.Subjects{}.TenantResult("billing", id)
+		s, err := billing.nc.SubscribeSync(reply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Unsubscribe()
+		billing.publish(t, "partner", id, []byte(`{"id":"`+id+`","ID":"other","path":"echo","reply_to":"`+reply+`"}`))
+		// Not decoded as a call: no result, a dead letter under its
+		// stream sequence.
+		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			for key, msgs := range r.dead {
+				if strings.HasPrefix(key, "seq-") && strings.Contains(string(msgs[0].Data), id) {
+					if reason := msgs[0].Header.Get(jobs.HeaderDeadReason); !strings.Contains(reason, `member "ID" of the call must be spelled "id"`) {
+						return fmt.Errorf("dead letter reason %q", reason)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no dead letter for the ambiguous call")
+		})
+		if m, err := s.NextMsg(500 * time.Millisecond); err == nil {
+			t.Errorf("an ambiguous call got a result: %s", m.Data)
+		}
+	})
+	t.Run("fail/duplicate-window-of-another-tenant", func(t *testing.T) {
+		// billing publishes first with the id and Nats-Msg-Id shipping
+		// will use; shipping's call still runs, once.
+		id := uniqueID("shared-id")
+		data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": jobs.Subjects{}.TenantResult("billing", id)})
+		billing.publish(t, "partner", id, data)
+		res := shipping.callAndWait(t, "partner", map[string]any{"id": id, "path": "echo", "headers": map[string][]string{partner.KeyHeader: {"shipping-" + id}}})
+		if !res.OK {
+			t.Fatalf("shipping's call with billing's id: %+v", res.Error)
+		}
+		if got := r.partner.KeyCounts()["shipping-"+id]; got != 1 {
+			t.Errorf("shipping's call reached the partner %d times, want once", got)
+		}
+	})
+	t.Run("fail/v1-subject-while-tenants-are-configured", func(t *testing.T) {
+		// Only a user allowed v1 subjects (the administrator here) can
+		// publish there; the relay answers unknown_connection.
+		id := uniqueID("v1")
+		reply := "mtlsrelay.results.v1." + id
+		res := callRaw(t, r.admin, r.adminJS, "partner", id, reply, []byte(`{"id":"`+id+`","path":"echo","reply_to":"`+reply+`"}`))
+		if res.Error == nil || res.Error.Code != jobs.CodeUnknownConnection {
+			t.Fatalf("v1 call with tenants configured: %+v", res)
+		}
+	})
+
+	// Nothing was written where it should not be.
+	r.checkRegistryUntouched(t)
+	for _, k := range r.stateKeys(t) {
+		if !slices.Contains(statesBefore, k) && !strings.HasPrefix(k, "t.billing.") && !strings.HasPrefix(k, "t.shipping.") {
+			t.Errorf("call-state key %q written outside the tenants' own keys", k)
+		}
+	}
+	for {
+		select {
+		case m := <-spoofed:
+			var res jobs.Result
+			_ = json.Unmarshal(m.Data, &res)
+			if !strings.HasPrefix(res.ID, "shared-id") && !strings.HasPrefix(res.ID, "shipping-client") {
+				t.Errorf("a result reached shipping's subjects from an attack: %s: %s", m.Subject, m.Data)
+			}
+			continue
+		default:
+		}
+		break
+	}
+}
