@@ -507,3 +507,226 @@ func TestTenantAttacks(t *testing.T) {
 		break
 	}
 }
+
+// publishAsync publishes n calls of tenant tn, made by mk, with JetStream's
+// asynchronous publish, and returns how many were stored and how many
+// its stream's duplicate window dropped.
+func (tn *tenant) publishAsync(t *testing.T, n int, mk func(i int) (conn, msgID string, data []byte)) (stored, duplicates int) {
+	t.Helper()
+	js, err := jetstream.New(tn.nc, jetstream.WithPublishAsyncMaxPending(2000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	futures := make([]jetstream.PubAckFuture, 0, n)
+	for i := range n {
+		conn, msgID, data := mk(i)
+		msg := nats.NewMsg(jobs.Subjects{}.TenantCalls(tn.name, conn))
+		msg.Data = data
+		msg.Header.Set(jobs.HeaderMsgID, msgID)
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			t.Fatalf("%s async publish %d: %v", tn.name, i, err)
+		}
+		futures = append(futures, f)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%s's %d publishes not acknowledged within 2 minutes", tn.name, n)
+	}
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate {
+				duplicates++
+			} else {
+				stored++
+			}
+		case err := <-f.Err():
+			t.Fatalf("%s publish %d: %v", tn.name, i, err)
+		}
+	}
+	return stored, duplicates
+}
+
+// Isolation, measured: tenant billing floods 10,000 calls with the ids and
+// Nats-Msg-Ids shipping will use, half of them with reply_to under
+// shipping's results; then shipping's 1,000 calls each get exactly one
+// correct result, and billing gets only refusals.
+func TestTenantIsolation(t *testing.T) {
+	r := startTenantRelay(t, 16)
+	a, b := r.tenant(t, "billing"), r.tenant(t, "shipping")
+	const bCalls, aFlood = 1000, 10000
+	run := uniqueID("iso")
+	bID := func(i int) string { return fmt.Sprintf("%s-%d", run, i) }
+
+	var mu sync.Mutex
+	bResults := map[string][]*nats.Msg{}
+	bSub, err := b.nc.Subscribe("mtlsrelay.results.shipping.>", func(m *nats.Msg) {
+		mu.Lock()
+		bResults[m.Subject] = append(bResults[m.Subject], m)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bSub.Unsubscribe()
+	aResults := map[jobs.Code]int{}
+	aSub, err := a.nc.Subscribe("mtlsrelay.results.billing.>", func(m *nats.Msg) {
+		var res jobs.Result
+		_ = json.Unmarshal(m.Data, &res)
+		mu.Lock()
+		if res.Error != nil {
+			aResults[res.Error.Code]++
+		} else {
+			aResults["ok"]++
+		}
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer aSub.Unsubscribe()
+
+	start := time.Now()
+	aStored, aDup := a.publishAsync(t, aFlood, func(i int) (string, string, []byte) {
+		id := bID(i % bCalls)
+		if i%2 == 0 {
+			// Aimed at shipping's result subject: refused, dead-lettered.
+			data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": jobs.Subjects{}.TenantResult("shipping", id)})
+			return "partner", id, data
+		}
+		// A connection billing may not use: unknown_connection.
+		data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": jobs.Subjects{}.TenantResult("billing", id)})
+		return "other", id, data
+	})
+	flood := time.Since(start)
+	start = time.Now()
+	bStored, bDup := b.publishAsync(t, bCalls, func(i int) (string, string, []byte) {
+		id := bID(i)
+		data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": jobs.Subjects{}.TenantResult("shipping", id),
+			"headers": map[string][]string{partner.KeyHeader: {"shipping-" + id}}})
+		return "partner", id, data
+	})
+	if bStored != bCalls || bDup != 0 {
+		t.Fatalf("shipping's calls: %d stored, %d dropped as duplicates; want all %d stored", bStored, bDup, bCalls)
+	}
+	checkFor(t, 2*time.Minute, 50*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(bResults) < bCalls {
+			return fmt.Errorf("%d of shipping's %d calls have a result", len(bResults), bCalls)
+		}
+		return nil
+	})
+	bDone := time.Since(start)
+	time.Sleep(time.Second) // let any extra result arrive
+	mu.Lock()
+	defer mu.Unlock()
+	keys := r.partner.KeyCounts()
+	for i := range bCalls {
+		id := bID(i)
+		msgs := bResults[jobs.Subjects{}.TenantResult("shipping", id)]
+		if len(msgs) != 1 {
+			t.Errorf("shipping's call %s got %d results, want exactly one", id, len(msgs))
+			continue
+		}
+		var res jobs.Result
+		if err := json.Unmarshal(msgs[0].Data, &res); err != nil || !res.OK || res.ID != id {
+			t.Errorf("shipping's call %s: result %v %+v", id, err, res.Error)
+			continue
+		}
+		var echo partner.EchoResponse
+		if err := json.Unmarshal([]byte(res.Body), &echo); err != nil || len(echo.Headers[partner.KeyHeader]) != 1 || echo.Headers[partner.KeyHeader][0] != "shipping-"+id {
+			t.Errorf("shipping's call %s: the partner saw another call: %v %v", id, err, echo.Headers[partner.KeyHeader])
+		}
+		if keys["shipping-"+id] != 1 {
+			t.Errorf("shipping's call %s reached the partner %d times, want once", id, keys["shipping-"+id])
+		}
+	}
+	if len(bResults) != bCalls {
+		t.Errorf("shipping's subjects got results for %d calls, want %d: billing's results reached shipping", len(bResults), bCalls)
+	}
+	// billing's stored calls all ended refused: dead letters for the
+	// reply_tos under shipping, unknown_connection for the others.
+	r.mu.Lock()
+	var aDead int
+	for i := range bCalls {
+		for _, m := range r.dead[bID(i)] {
+			if strings.HasPrefix(m.Header.Get(jobs.HeaderDeadReason), "invalid_call: reply_to") && strings.HasPrefix(m.Header.Get(jobs.HeaderMsgID), "billing.") {
+				aDead++
+			}
+		}
+	}
+	r.mu.Unlock()
+	if aResults["ok"] != 0 {
+		t.Errorf("%d of billing's flood calls succeeded", aResults["ok"])
+	}
+	if aDead+aResults[jobs.CodeUnknownConnection] < aStored {
+		t.Errorf("billing's flood: %d stored, but only %d dead letters (invalid_call) and %d unknown_connection results", aStored, aDead, aResults[jobs.CodeUnknownConnection])
+	}
+	t.Logf("billing published %d calls in %s (%d stored, %d dropped by billing's own duplicate window); they ended as %d invalid_call dead letters and %d unknown_connection results",
+		aFlood, flood.Round(time.Millisecond), aStored, aDup, aDead, aResults[jobs.CodeUnknownConnection])
+	t.Logf("shipping's %d calls with the same ids and Nats-Msg-Ids: all stored, each one result from its own partner call, all within %s", bCalls, bDone.Round(time.Millisecond))
+}
+
+// Fairness, measured: with 50,000 of billing's calls queued against a slow
+// route (100 ms each, 8 slots: about 10 minutes of work), shipping's calls
+// are served in turn with them and finish in seconds.
+func TestTenantFairness(t *testing.T) {
+	r := startTenantRelay(t, 8)
+	a, b := r.tenant(t, "billing"), r.tenant(t, "shipping")
+	const aQueued, bCalls = 50000, 100
+	run := uniqueID("fair")
+	start := time.Now()
+	a.publishAsync(t, aQueued, func(i int) (string, string, []byte) {
+		id := fmt.Sprintf("%s-a%d", run, i)
+		data, _ := json.Marshal(map[string]any{"id": id, "path": "slow", "query": map[string][]string{"ms": {"100"}},
+			"reply_to": jobs.Subjects{}.TenantResult("billing", id)})
+		return "slow", id, data
+	})
+	t.Logf("billing queued %d calls in %s", aQueued, time.Since(start).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	aStream, err := r.adminJS.Stream(ctx, jobs.TenantStream("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = aStream.Purge(context.Background()) })
+
+	slowBefore := r.partner.Requests().Routes["/slow"]
+	start = time.Now()
+	var wg sync.WaitGroup
+	var failed sync.Map
+	for i := range bCalls {
+		wg.Go(func() {
+			res, err := b.client.Call(ctx, &jobs.Call{ID: fmt.Sprintf("%s-b%d", run, i), Connection: "partner", Path: "echo"})
+			if err != nil || !res.OK {
+				failed.Store(i, fmt.Sprint(err, res))
+			}
+		})
+	}
+	wg.Wait()
+	bTook := time.Since(start)
+	aDone := r.partner.Requests().Routes["/slow"] - slowBefore
+	failed.Range(func(k, v any) bool {
+		t.Errorf("shipping's call %v: %v", k, v)
+		return true
+	})
+	info, err := aStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := info.State.Msgs
+	share := float64(bCalls) / float64(bCalls+int(aDone))
+	// billing's backlog drains at about 8 slots / 100 ms.
+	drain := time.Duration(float64(left) / 80 * float64(time.Second))
+	t.Logf("shipping's %d calls finished in %s while billing's backlog held %d calls (about %s of work left); meanwhile %d of billing's calls ran: shipping had %.0f%% of the calls finished",
+		bCalls, bTook.Round(time.Millisecond), left, drain.Round(time.Second), aDone, 100*share)
+	if left < aQueued*8/10 {
+		t.Errorf("billing's backlog fell to %d of %d before shipping's calls finished: shipping waited behind it", left, aQueued)
+	}
+	if bTook > drain/20 {
+		t.Errorf("shipping's calls took %s, more than a twentieth of billing's backlog (%s): not served in turn", bTook, drain)
+	}
+}
