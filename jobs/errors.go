@@ -59,6 +59,12 @@ const (
 	// may have reached the partner; it is not repeated, so the flow must
 	// check with the partner. Not retryable.
 	CodeOutcomeUnknown Code = "outcome_unknown"
+	// CodeMaxDeliveries: JetStream delivered the call worker.max_deliver
+	// times and it never ended (its connection saturated all along, its
+	// workers crashing on it, NATS failing each time its result was
+	// published); it was ended and dead-lettered rather than kept forever.
+	// Not retryable.
+	CodeMaxDeliveries Code = "max_deliveries"
 )
 
 // CodeInfo is one row of the table of error codes.
@@ -98,6 +104,7 @@ var codeTable = []CodeInfo{
 	{CodeInternal, false, "a defect in mtlsrelay itself"},
 	{CodeCircuitOpen, true, "the partner failed so often that the worker stopped calling it for a while"},
 	{CodeOutcomeUnknown, false, "a worker stopped while a non-idempotent request may have reached the partner"},
+	{CodeMaxDeliveries, false, "the call was delivered worker.max_deliver times without ending, and was ended"},
 }
 
 // retryableCodes are the codes whose failures are retried by default.

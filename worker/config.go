@@ -139,6 +139,11 @@ type WorkerConfig struct {
 	// AckWait is how long JetStream waits for a worker's ack before
 	// redelivering; running calls are kept alive with InProgress. Default 30s.
 	AckWait catalog.Duration `yaml:"ack_wait"`
+	// MaxDeliver bounds how many times JetStream delivers one call, its
+	// retries and hand-backs included; default 1000. A call at its last
+	// delivery ends there (max_deliveries when it could not be attempted),
+	// and one that reaches the bound unended is dead-lettered.
+	MaxDeliver int `yaml:"max_deliver"`
 	// RetryBase is the first retry delay, doubled per attempt with jitter;
 	// default 1s.
 	RetryBase catalog.Duration `yaml:"retry_base"`

@@ -258,6 +258,14 @@ func isFetchEnd(err error) bool {
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoHeartbeat)
 }
 
+// handBackBackoff is the least delay of a hand-back at delivery n: 100 ms
+// more per delivery up to 30 s, and as much again at most in jitter. With
+// worker.max_deliver 1000, a call handed back at every delivery ends after
+// about ten hours.
+func handBackBackoff(n uint64) time.Duration {
+	return jitter(min(time.Duration(n)*100*time.Millisecond, 30*time.Second))
+}
+
 // handBack returns msg to JetStream, to be delivered again after delay (at
 // once when 0). The call is no longer held: InProgress stops for it.
 func (w *Worker) handBack(msg jetstream.Msg, delay time.Duration) {
@@ -346,14 +354,28 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	ao := w.attempt(actx, call, attemptNo, queued, attemptOptions{beforeSend: beforeSend})
 	cancel()
 
+	last := int(meta.NumDelivered) >= w.maxDeliver
+	if ao.handback > 0 && last {
+		// JetStream will not deliver it again: end it here.
+		log.Warn().Uint64("deliveries", meta.NumDelivered).Msg("connection still saturated at the call's last delivery; the call ends")
+		res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeMaxDeliveries,
+			"connection %s stayed saturated or rate-limited through %d deliveries of this call (worker.max_deliver), so it was never attempted; send it again later, or raise the connection's max_conns or rate_limit",
+			call.Connection, meta.NumDelivered))
+		res.Attempt, res.Worker = attemptNo-1, w.Name()
+		w.complete(ctx, msg, call, res)
+		return
+	}
 	if ao.handback > 0 {
 		// No attempt was made: record that, so the redelivery does not
 		// count this delivery as one.
 		if err := w.state.put(ctx, call.Tenant, call.ID, callState{Attempts: attemptNo - 1}); err != nil {
 			log.Warn().Err(err).Msg("could not record a hand-back")
 		}
-		log.Debug().Dur("retry_in", ao.handback).Msg("connection saturated or rate-limited; call handed back")
-		w.handBack(msg, ao.handback)
+		// Hand-backs count as deliveries: wait longer after each, so a
+		// saturated connection takes hours, not seconds, to use them up.
+		delay := max(ao.handback, handBackBackoff(meta.NumDelivered))
+		log.Debug().Dur("retry_in", delay).Msg("connection saturated or rate-limited; call handed back")
+		w.handBack(msg, delay)
 		return
 	}
 	res := ao.Result
@@ -366,7 +388,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		return
 	}
 	attempts := maxAttempts(call, ao.conn)
-	if retry, delay := w.retry.decide(call, ao.Outcome, attemptNo, attempts); retry {
+	if retry, delay := w.retry.decide(call, ao.Outcome, attemptNo, attempts); retry && !last {
 		w.callRetried(ctx, call.Connection, res, delay)
 		if call.Progress {
 			w.publishProgress(ctx, call, res, delay, msg.Headers())

@@ -265,14 +265,19 @@ func (w *Worker) resultMsg(ctx context.Context, call *jobs.Call, res *jobs.Resul
 // stored again by a redelivery is stored once. One too large for NATS is
 // logged and skipped (nil): it never could be stored, and the call ends.
 func (w *Worker) deadLetter(ctx context.Context, in jetstream.Msg, id, conn string, reason *jobs.Error) error {
+	return w.deadLetterRaw(ctx, in.Data(), in.Subject(), id, conn, reason)
+}
+
+// deadLetterRaw is deadLetter for a call's raw bytes, published on subject.
+func (w *Worker) deadLetterRaw(ctx context.Context, data []byte, subject, id, conn string, reason *jobs.Error) error {
 	msg := nats.NewMsg(w.subj.Dead(conn))
-	msg.Data = in.Data()
+	msg.Data = data
 	// A tenant's dead letters have ids of their own, as its results do.
-	tenant, _ := w.subj.Route(in.Subject())
+	tenant, _ := w.subj.Route(subject)
 	msg.Header.Set(jobs.HeaderMsgID, jobs.ResultMsgID(tenant, id))
 	msg.Header.Set(jobs.HeaderCallID, id)
 	msg.Header.Set(jobs.HeaderDeadReason, string(reason.Code)+": "+reason.Message)
-	msg.Header.Set("Mtlsrelay-Original-Subject", in.Subject())
+	msg.Header.Set("Mtlsrelay-Original-Subject", subject)
 	ack, err := w.publishJetStream(ctx, msg, w.patience)
 	if neverPublishable(err) {
 		// It never will be: the call ends without one, rather than never.

@@ -73,6 +73,9 @@ type Worker struct {
 	inflight sync.WaitGroup
 	streams  streams.Options
 	ackWait  time.Duration
+	// maxDeliver is the consumer's MaxDeliver: a call delivered that many
+	// times is at its last delivery.
+	maxDeliver int
 
 	observability
 }
@@ -116,11 +119,13 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		ResultsMaxAge: cfg.NATS.ResultsMaxAge.D(),
 		AckWait:       cfg.Worker.AckWait.D(),
 		Tenants:       cfg.TenantNames(),
+		MaxDeliver:    cfg.Worker.MaxDeliver,
 	}
 	for _, o := range opts {
 		o(w)
 	}
 	w.ackWait = w.streams.ConsumerConfig().AckWait
+	w.maxDeliver = w.streams.ConsumerConfig().MaxDeliver
 	w.log = w.log.With().Str("worker", cfg.Worker.Name).Logger()
 	if w.resolver == nil {
 		w.resolver = secrets.NewResolver(secrets.DefaultSources(cfg.Dir))
@@ -166,6 +171,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
 	}
+	undelivered, err := w.watchUndelivered()
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return err
+	}
 	w.ready.Store(true)
 	stopObservability := w.startObservability(ctx, consumers...)
 	// Until the calls in flight end, after the shutdown grace at the latest.
@@ -178,6 +188,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	w.stopping.Store(true)
 	_ = sub.Drain()
+	_ = undelivered.Drain()
 	w.shutdown()
 	return nil
 }

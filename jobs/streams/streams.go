@@ -52,6 +52,21 @@ type Options struct {
 	// v1 subjects <prefix>.calls.<connection> only. None: MTLSRELAY_CALLS
 	// takes <prefix>.calls.> as in v1.
 	Tenants []string
+	// MaxDeliver bounds how many times JetStream delivers one call;
+	// default DefaultMaxDeliver.
+	MaxDeliver int
+}
+
+// DefaultMaxDeliver is the default bound on a call's deliveries: far above
+// any max_attempts (at most 100), with room for hand-backs while a
+// connection is saturated (their delays grow with the deliveries).
+const DefaultMaxDeliver = 1000
+
+func (o Options) maxDeliver() int {
+	if o.MaxDeliver > 0 {
+		return o.MaxDeliver
+	}
+	return DefaultMaxDeliver
 }
 
 func (o Options) storage() jetstream.StorageType {
@@ -122,15 +137,18 @@ func (o Options) Configs() []jetstream.StreamConfig {
 }
 
 // ConsumerConfig returns the configuration of the durable pull consumer
-// "workers". Attempts are counted by the worker (max_attempts is per call),
-// so JetStream's MaxDeliver is unbounded.
+// "workers". Attempts are counted by the worker (max_attempts is per call);
+// JetStream's MaxDeliver (MaxDeliver, default DefaultMaxDeliver) bounds the
+// deliveries, hand-backs included, so no call is delivered without end: a
+// call at its last delivery is ended by the worker, and one that reaches it
+// unended by whoever handles the max-deliveries advisory.
 func (o Options) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       jobs.ConsumerWorkers,
 		Description:   "mtlsrelay workers share this consumer",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       orDuration(o.AckWait, DefaultAckWait),
-		MaxDeliver:    -1,
+		MaxDeliver:    o.maxDeliver(),
 		MaxAckPending: max(o.MaxAckPending, 10000),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas:      max(o.Replicas, 1),
