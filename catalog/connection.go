@@ -20,6 +20,9 @@ const (
 	DefaultTimeout          = 30 * time.Second
 	DefaultMaxAttempts      = 5
 	DefaultMaxResponseBytes = 5 << 20
+	// MaxResponseBytesLimit bounds max_response_bytes: a body that large
+	// streams to the Object Store, never whole into a worker's memory.
+	MaxResponseBytesLimit = 1 << 30
 	DefaultBreakerFailures  = 5
 	DefaultBreakerCooldown  = 30 * time.Second
 )
@@ -79,6 +82,9 @@ func (c *Connection) Validate(name string) error {
 	}
 	if c.MaxConns < 0 || c.RateLimit < 0 || c.MaxResponseBytes < 0 {
 		return fmt.Errorf("connection %s: max_conns, rate_limit and max_response_bytes must not be negative", name)
+	}
+	if c.MaxResponseBytes > MaxResponseBytesLimit {
+		return fmt.Errorf("connection %s: max_response_bytes %d is over the limit of 1 GiB (%d)", name, c.MaxResponseBytes, int64(MaxResponseBytesLimit))
 	}
 	for _, h := range c.AllowHosts {
 		host, port, err := net.SplitHostPort(h)

@@ -71,42 +71,41 @@ func TestResultNotStoredCallNotAcked(t *testing.T) {
 	waitCallsSettled(ctx, t, env.js, 10*time.Second)
 }
 
-// TestResultTooLargeForNATS calls a partner that answers 2,000,000 bytes
-// through a NATS server with its default max_payload (1 MB): the result can
-// never be published. The call must end all the same, at once and with
-// one partner call: a response_too_large result that keeps the partner's
-// status, and a dead letter; before, it was handed back and the partner
-// called again without end.
+// A result too large for NATS (the server's default max_payload, 1 MB)
+// never makes the call loop: a body over worker.inline_body_max goes to the
+// Object Store at once, and a body under it whose encoding is still too
+// large (JSON escapes U+0001 in six bytes: 200,000 of them make 1.2 MB) is
+// moved there when the publish is refused. The result names it with a
+// body_ref; the partner is called once.
 func TestResultTooLargeForNATS(t *testing.T) {
 	nc, js, p := startSmallRelay(t)
 	if max := nc.MaxPayload(); max != 1<<20 {
 		t.Fatalf("server max_payload = %d, want the default 1 MiB", max)
 	}
-	for _, tc := range []struct{ name, reply string }{
-		{"stored", "mtlsrelay.results.toolarge.stored"},
-		{"inbox", nats.NewInbox()},
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	bodies, err := js.ObjectStore(ctx, jobs.BucketBodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, reply, query string }{
+		{"stored-over-inline-max", "mtlsrelay.results.toolarge.stored", `"n":["2000000"]`},
+		{"inbox-over-inline-max", nats.NewInbox(), `"n":["2000000"]`},
+		{"stored-escaped-too-large", "mtlsrelay.results.toolarge.escaped", `"n":["200000"],"ctrl":["1"]`},
+		{"inbox-escaped-too-large", nats.NewInbox(), `"n":["200000"],"ctrl":["1"]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := uniqueID(t.Name())
-			data := fmt.Appendf(nil, `{"id":%q,"path":"bytes","query":{"n":["2000000"]},"headers":{"X-Test-Key":[%q]},"reply_to":%q}`, id, id, tc.reply)
+			data := fmt.Appendf(nil, `{"id":%q,"path":"bytes","query":{%s},"headers":{"X-Test-Key":[%q]},"reply_to":%q}`, id, tc.query, id, tc.reply)
 			r := callRaw(t, nc, js, "partner", id, tc.reply, data)
-			if r.OK || r.Error == nil || r.Error.Code != jobs.CodeResponseTooLarge || r.Status != 200 {
-				t.Fatalf("result = ok %v, status %d, error %+v; want response_too_large with status 200", r.OK, r.Status, r.Error)
+			if !r.OK || r.Status != 200 || r.BodyRef == nil || r.Body != "" {
+				t.Fatalf("result = ok %v, status %d, error %+v, body_ref %+v, inline body %d bytes; want ok with a body_ref", r.OK, r.Status, r.Error, r.BodyRef, len(r.Body))
 			}
-			if !strings.Contains(r.Error.Message, "max_payload") || r.Body != "" {
-				t.Errorf("message %q does not name max_payload, or the body (%d bytes) was kept", r.Error.Message, len(r.Body))
+			obj, err := bodies.GetBytes(ctx, r.BodyRef.Name)
+			if err != nil || int64(len(obj)) != r.BodyRef.Size {
+				t.Fatalf("object %s: %d bytes, %v; want %d", r.BodyRef.Name, len(obj), err, r.BodyRef.Size)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
 			waitCallsSettled(ctx, t, js, 10*time.Second)
-			dead, err := js.Stream(ctx, jobs.StreamDead)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, err := dead.GetLastMsgForSubject(ctx, "mtlsrelay.dead.partner")
-			if err != nil || m.Header.Get(jobs.HeaderCallID) != id || !strings.HasPrefix(m.Header.Get(jobs.HeaderDeadReason), "response_too_large") {
-				t.Errorf("dead letter: %v %v", err, m)
-			}
 			if n := p.KeyCounts()[id]; n != 1 {
 				t.Errorf("the partner was called %d times, want 1", n)
 			}

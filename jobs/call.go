@@ -61,6 +61,11 @@ type Call struct {
 	Body string `json:"body,omitempty"`
 	// BodyBase64 is a binary request body, base64 in JSON. Exclusive with Body.
 	BodyBase64 []byte `json:"body_base64,omitempty"`
+	// BodyRef names the request body the flow uploaded to the Object
+	// Store bucket mtlsrelay_bodies first ({"name": ...}), for a body too
+	// large for a message; with tenants the name starts with "<tenant>/".
+	// Exclusive with Body, BodyBase64 and SOAP.
+	BodyRef *RequestBodyRef `json:"body_ref,omitempty"`
 	// SOAP, when set, makes the worker build a SOAP envelope around its XML.
 	SOAP *SOAP `json:"soap,omitempty"`
 	// TimeoutMS is the deadline of one whole attempt. Default: the connection's.
@@ -258,6 +263,14 @@ func (c *Call) Normalize(subjectConnection string) error {
 	}
 	if c.Body != "" && len(c.BodyBase64) > 0 {
 		return Errorf(CodeInvalidCall, "body and body_base64 are both set; send one of them")
+	}
+	if c.BodyRef != nil {
+		if c.Body != "" || len(c.BodyBase64) > 0 || c.SOAP != nil {
+			return Errorf(CodeInvalidCall, "body_ref is set with body, body_base64 or soap; send the body one way")
+		}
+		if err := CheckObjectName(c.BodyRef.Name); err != nil {
+			return err
+		}
 	}
 	if !utf8.ValidString(c.Body) {
 		return Errorf(CodeInvalidCall, "body is not valid UTF-8; send bytes as body_base64")

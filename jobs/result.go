@@ -24,6 +24,10 @@ type Result struct {
 	Body string `json:"body,omitempty"`
 	// BodyBase64 is the response body when it is not valid UTF-8.
 	BodyBase64 []byte `json:"body_base64,omitempty"`
+	// BodyRef replaces Body and BodyBase64 when the response body is larger
+	// than worker.inline_body_max: the body is in the Object Store, where
+	// it expires with nats.results_max_age.
+	BodyRef *BodyRef `json:"body_ref,omitempty"`
 	// SOAPFault is set when the response is a SOAP 1.1 or 1.2 fault.
 	SOAPFault *SOAPFault `json:"soap_fault,omitempty"`
 	// Error is set when no usable response was obtained.

@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -122,7 +123,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	if call.Kind == jobs.KindSOAP {
 		req, jerr = newSOAPRequest(ctx, call, u)
 	} else {
-		req, jerr = newRESTRequest(ctx, call, u)
+		req, jerr = newRESTRequest(ctx, call, u, x.opts.Bodies)
 	}
 	if jerr != nil {
 		return finish(jerr)
@@ -181,11 +182,43 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 		tr.recordTiming(res)
 		return finish(tooLarge(call, target.Host, resp.ContentLength, limit))
 	}
-	body, err := readBody(resp.Body, resp.ContentLength, limit)
-	tr.recordTiming(res)
-	if err != nil {
-		return finish(classify(err))
+	var body []byte
+	if b := x.opts.Bodies; b != nil && req.Method != http.MethodHead && (resp.ContentLength < 0 || resp.ContentLength > b.InlineMax()) {
+		// Perhaps too large for a message: read what a result may hold,
+		// and stream the rest, if there is more, to the bodies store.
+		inline := min(b.InlineMax(), limit)
+		head, err := io.ReadAll(io.LimitReader(resp.Body, inline+1))
+		if err != nil {
+			tr.recordTiming(res)
+			return finish(classify(err))
+		}
+		if int64(len(head)) > inline {
+			rest := &limitedBody{r: io.MultiReader(bytes.NewReader(head), resp.Body), left: limit}
+			ref, err := b.Store(ctx, call, rest, resp.Header.Get("Content-Type"))
+			tr.recordTiming(res)
+			var je *jobs.Error
+			switch {
+			case errors.Is(err, ErrBodyTooLarge):
+				return finish(tooLarge(call, target.Host, -1, limit))
+			case errors.As(err, &je):
+				return finish(je) // the store's own failure
+			case err != nil:
+				return finish(classify(err)) // reading the partner
+			}
+			res.BodyRef = ref
+			res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300
+			return finish(nil)
+		}
+		body = head
+	} else {
+		var err error
+		body, err = readBody(resp.Body, resp.ContentLength, limit)
+		if err != nil {
+			tr.recordTiming(res)
+			return finish(classify(err))
+		}
 	}
+	tr.recordTiming(res)
 	if int64(len(body)) > limit {
 		return finish(tooLarge(call, target.Host, -1, limit))
 	}

@@ -3,6 +3,7 @@ package outbound
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -27,7 +28,10 @@ var hopByHop = map[string]bool{
 
 // newRESTRequest builds the HTTP request of a REST call to u: its method,
 // its body (text or bytes, with a Content-Length) and its headers.
-func newRESTRequest(ctx context.Context, call *jobs.Call, u *url.URL) (*http.Request, *jobs.Error) {
+func newRESTRequest(ctx context.Context, call *jobs.Call, u *url.URL, bodies Bodies) (*http.Request, *jobs.Error) {
+	if call.BodyRef != nil {
+		return newStreamedRequest(ctx, call, u, bodies)
+	}
 	var body []byte
 	if b := call.RequestBody(); len(b) > 0 {
 		body = b
@@ -35,6 +39,31 @@ func newRESTRequest(ctx context.Context, call *jobs.Call, u *url.URL) (*http.Req
 	req, err := newRequest(ctx, call.Method, u, body)
 	if err != nil {
 		return nil, err
+	}
+	applyHeaders(req, call.Headers)
+	return req, nil
+}
+
+// newStreamedRequest builds the request of a call whose body the flow
+// uploaded (body_ref): the body streams from bodies, with its length, and
+// is opened again should the transport replay the request.
+func newStreamedRequest(ctx context.Context, call *jobs.Call, u *url.URL, bodies Bodies) (*http.Request, *jobs.Error) {
+	if bodies == nil {
+		return nil, jobs.Errorf(jobs.CodeInternal, "this worker keeps no bodies (no Object Store), so body_ref cannot be read")
+	}
+	body, size, err := bodies.Open(ctx, call)
+	if err != nil {
+		return nil, jobs.AsError(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, call.Method, u.String(), body)
+	if err != nil {
+		body.Close()
+		return nil, jobs.Wrap(err, jobs.CodeInvalidCall, "the call's method or URL cannot make an HTTP request; check method, path, url and query")
+	}
+	req.ContentLength = size
+	req.GetBody = func() (io.ReadCloser, error) {
+		b, _, err := bodies.Open(ctx, call)
+		return b, err
 	}
 	applyHeaders(req, call.Headers)
 	return req, nil

@@ -51,6 +51,10 @@ type ExecutorOptions struct {
 	// every address it returns before dialing it. Default
 	// net.DefaultResolver.LookupNetIP.
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// Bodies keeps bodies too large for a message: request bodies named by
+	// body_ref, responses larger than its InlineMax. Default nil: a call
+	// with body_ref fails, and responses are kept in the result.
+	Bodies Bodies
 }
 
 func (o ExecutorOptions) withDefaults() ExecutorOptions {

@@ -144,6 +144,11 @@ type WorkerConfig struct {
 	// delivery ends there (max_deliveries when it could not be attempted),
 	// and one that reaches the bound unended is dead-lettered.
 	MaxDeliver int `yaml:"max_deliver"`
+	// InlineBodyMax is the largest response body a result holds itself;
+	// a larger one goes to the Object Store bucket mtlsrelay_bodies and the
+	// result carries a body_ref. Default 256 KiB, and never more than the
+	// NATS server's max_payload allows.
+	InlineBodyMax int64 `yaml:"inline_body_max"`
 	// RetryBase is the first retry delay, doubled per attempt with jitter;
 	// default 1s.
 	RetryBase catalog.Duration `yaml:"retry_base"`

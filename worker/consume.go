@@ -519,6 +519,18 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 // handed back: the redelivery publishes the kept result.
 func (w *Worker) finish(ctx context.Context, msg jetstream.Msg, call *jobs.Call, res *jobs.Result, err error) {
 	log := zerolog.Ctx(ctx)
+	if neverPublishable(err) && (res.Body != "" || res.BodyBase64 != nil) {
+		// The body fit the inline bound but its encoding did not (JSON
+		// escapes a control character in six bytes): the body goes to the
+		// Object Store, and the result names it.
+		moved, merr := w.moveBody(ctx, call, res)
+		if merr == nil {
+			log.Warn().Err(err).Msg("the result is too large for NATS with its body inline; the body went to the Object Store")
+			w.complete(ctx, msg, call, moved)
+			return
+		}
+		log.Error().Err(merr).Msg("the result is too large for NATS, and its body could not go to the Object Store")
+	}
 	switch {
 	case err == nil:
 		w.settle(ctx, msg, call, res, false)

@@ -71,6 +71,26 @@ func (w *Worker) handleDirect(msg *nats.Msg) {
 			w.log.Error().Err(err).Msg("encoding a direct result failed")
 			return
 		}
+		mp := w.maxPayload()
+		if mp > 0 && int64(len(data)) > mp && (res.Body != "" || res.BodyBase64 != nil) {
+			// Too large for a reply with its body inline: the body goes
+			// to the Object Store, as a durable call's does.
+			tenant, _ := w.subj.Route(msg.Subject)
+			if moved, merr := w.moveBody(ctx, &jobs.Call{ID: res.ID, Tenant: tenant}, res); merr == nil {
+				res = moved
+			} else {
+				w.log.Error().Err(merr).Str("call_id", res.ID).Msg("a direct result is too large for NATS, and its body could not go to the Object Store")
+			}
+			if data, err = jobs.EncodeResult(res); err != nil {
+				return
+			}
+		}
+		if mp > 0 && int64(len(data)) > mp {
+			res = tooLargeResult(res, len(data), mp)
+			if data, err = jobs.EncodeResult(res); err != nil {
+				return
+			}
+		}
 		reply := nats.NewMsg(msg.Reply)
 		reply.Data = data
 		reply.Header.Set(jobs.HeaderCallID, res.ID)

@@ -76,6 +76,8 @@ type Worker struct {
 	// maxDeliver is the consumer's MaxDeliver: a call delivered that many
 	// times is at its last delivery.
 	maxDeliver int
+	// bodies keeps bodies too large for a message (mtlsrelay_bodies).
+	bodies *objectBodies
 
 	observability
 }
@@ -133,7 +135,8 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	if w.results, err = pubwindow.New(nc, max(cfg.Worker.Concurrency, 64), resultTimeout); err != nil {
 		return nil, err
 	}
-	w.exec = outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency})
+	w.bodies = &objectBodies{subj: w.subj, inlineMax: inlineMaxFor(cfg.Worker.InlineBodyMax, nc.MaxPayload())}
+	w.exec = outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency, Bodies: w.bodies})
 	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
@@ -203,6 +206,9 @@ func (w *Worker) ensureStreams(ctx context.Context) ([]streams.Queue, error) {
 		queues, err := streams.Ensure(cctx, w.js, w.streams)
 		if err == nil {
 			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.Name())
+		}
+		if err == nil {
+			err = w.bodies.open(cctx, w.js, w.streams.Replicas, orDefault(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge))
 		}
 		cancel()
 		if err == nil {

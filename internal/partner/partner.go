@@ -17,6 +17,12 @@
 //	/bytes?n=N          replies N bytes of 'x' with a Content-Length;
 //	                    &chunked=1 streams them without one (chunked in
 //	                    HTTP/1.1, DATA frames in HTTP/2).
+//	                    &ctrl=1 sends N bytes of U+0001 instead (valid
+//	                    UTF-8 that JSON escapes in six bytes each);
+//	                    &pattern=1 sends Pattern(N) instead, bytes that
+//	                    never repeat (PatternSHA256 is their digest).
+//	/sha256             200 JSON {"size", "sha256"} of the request body,
+//	                    streamed: the check of a large request body.
 //	/binary             replies application/octet-stream bytes that are not
 //	                    valid UTF-8.
 //	/flaky/{key}?fail=N&code=C&retry_after=V

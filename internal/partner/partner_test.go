@@ -1,7 +1,9 @@
 package partner_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -263,4 +265,27 @@ func TestOptions(t *testing.T) {
 			t.Fatalf("GET after Close = %v, want a dial error", err)
 		}
 	})
+}
+
+// Pattern's words are their offsets, whatever the read sizes.
+func TestPattern(t *testing.T) {
+	var whole bytes.Buffer
+	if _, err := io.Copy(&whole, partner.Pattern(1000)); err != nil {
+		t.Fatal(err)
+	}
+	var small bytes.Buffer
+	p, buf := partner.Pattern(1000), make([]byte, 3)
+	for {
+		n, err := p.Read(buf)
+		small.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	if whole.Len() != 1000 || !bytes.Equal(whole.Bytes(), small.Bytes()) {
+		t.Fatalf("Pattern read whole (%d bytes) and 3 bytes at a time (%d bytes) differ", whole.Len(), small.Len())
+	}
+	if got := binary.BigEndian.Uint64(whole.Bytes()[800:808]); got != 800 {
+		t.Errorf("word at 800 = %d", got)
+	}
 }

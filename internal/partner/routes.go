@@ -1,6 +1,7 @@
 package partner
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ func (s *Server) routesHandler() http.Handler {
 	mux.HandleFunc("/status/{code}", s.status)
 	mux.HandleFunc("/slow", s.slow)
 	mux.HandleFunc("/bytes", s.bytes)
+	mux.HandleFunc("/sha256", s.sha256)
 	mux.HandleFunc("/binary", s.binary)
 	mux.HandleFunc("/flaky/{key}", s.flakyRoute)
 	mux.HandleFunc("/soap", s.soap)
@@ -146,6 +148,36 @@ func (s *Server) bytes(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
 	w.WriteHeader(http.StatusOK)
+	if r.URL.Query().Get("ctrl") == "1" {
+		// Control characters: valid UTF-8 that JSON escapes in six bytes.
+		ctrl := bytes.Repeat([]byte{0x01}, len(chunk))
+		for n > 0 {
+			k := min(n, len(ctrl))
+			if _, err := w.Write(ctrl[:k]); err != nil {
+				return
+			}
+			n -= k
+		}
+		return
+	}
+	if r.URL.Query().Get("pattern") == "1" {
+		buf := make([]byte, 32<<10)
+		p := Pattern(int64(n))
+		for {
+			k, err := p.Read(buf)
+			if k > 0 {
+				if _, werr := w.Write(buf[:k]); werr != nil {
+					return
+				}
+				if chunked {
+					http.NewResponseController(w).Flush()
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
 	for n > 0 {
 		k := min(n, len(chunk))
 		if _, err := w.Write(chunk[:k]); err != nil {

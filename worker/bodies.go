@@ -1,0 +1,189 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
+)
+
+// DefaultInlineBodyMax is the largest response body a result holds itself
+// unless worker.inline_body_max says otherwise; a larger one goes to the
+// Object Store.
+const DefaultInlineBodyMax = 256 << 10
+
+// objectBodies keeps the bodies too large for a message in the Object
+// Store bucket mtlsrelay_bodies (outbound.Bodies): request bodies flows
+// uploaded, response bodies above inlineMax, streamed both ways.
+type objectBodies struct {
+	subj      jobs.Subjects
+	inlineMax int64
+	// store is the bucket, set once the worker created it (ensureStreams).
+	store atomic.Pointer[jetstream.ObjectStore]
+}
+
+var _ outbound.Bodies = (*objectBodies)(nil)
+
+// inlineMaxFor bounds configured, the largest body a result holds, so that
+// the result fits in the server's maxPayload whatever its encoding: base64
+// makes 4 bytes of 3, JSON escapes can double text, and headers, timing
+// and metadata need room.
+func inlineMaxFor(configured int64, maxPayload int64) int64 {
+	if configured <= 0 {
+		configured = DefaultInlineBodyMax
+	}
+	if maxPayload > 0 {
+		configured = min(configured, max((maxPayload-64<<10)/2, 1<<10))
+	}
+	return configured
+}
+
+func (b *objectBodies) InlineMax() int64 { return b.inlineMax }
+
+func (b *objectBodies) bucket() (jetstream.ObjectStore, error) {
+	if b == nil {
+		return nil, jobs.Errorf(jobs.CodeInternal, "this worker keeps no bodies bucket")
+	}
+	if p := b.store.Load(); p != nil {
+		return *p, nil
+	}
+	return nil, jobs.Errorf(jobs.CodeInternal, "the bodies bucket %s is not set up yet", jobs.BucketBodies)
+}
+
+// Open returns the request body call.BodyRef names. A tenant's call may
+// name only objects under "<tenant>/": another tenant's uploads are not
+// its to send.
+func (b *objectBodies) Open(ctx context.Context, call *jobs.Call) (io.ReadCloser, int64, error) {
+	name := call.BodyRef.Name
+	if call.Tenant != "" && !strings.HasPrefix(name, call.Tenant+"/") {
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not under %s/, where tenant %s's uploads go", name, call.Tenant, call.Tenant)
+	}
+	store, err := b.bucket()
+	if err != nil {
+		return nil, 0, err
+	}
+	obj, err := store.Get(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, jobs.BucketBodies)
+	case err != nil:
+		return nil, 0, natsBodyError(err, "read body_ref "+name)
+	}
+	info, err := obj.Info()
+	if err != nil {
+		obj.Close()
+		return nil, 0, natsBodyError(err, "read body_ref "+name)
+	}
+	return obj, int64(info.Size), nil
+}
+
+// resultObject is the name a response body of call is stored under:
+// results/<id>, or <tenant>/results/<id>, so a tenant's objects all start
+// with its name.
+func resultObject(call *jobs.Call) string {
+	if call.Tenant != "" {
+		return call.Tenant + "/results/" + call.ID
+	}
+	return "results/" + call.ID
+}
+
+// Store streams r into the bucket, hashing it on the way.
+func (b *objectBodies) Store(ctx context.Context, call *jobs.Call, r io.Reader, contentType string) (*jobs.BodyRef, error) {
+	store, err := b.bucket()
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	meta := jetstream.ObjectMeta{Name: resultObject(call)}
+	if contentType != "" {
+		meta.Headers = nats.Header{"Content-Type": []string{contentType}}
+	}
+	src := &readErr{r: io.TeeReader(r, h)}
+	info, err := store.Put(ctx, meta, src)
+	if err != nil {
+		if src.err != nil {
+			// The partner's side failed (or the body grew too large):
+			// Put purged what it had stored.
+			return nil, src.err
+		}
+		return nil, natsBodyError(err, "store the response body")
+	}
+	return &jobs.BodyRef{Bucket: jobs.BucketBodies, Name: meta.Name, Size: int64(info.Size), SHA256: sumHex(h), ContentType: contentType}, nil
+}
+
+func sumHex(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+
+// readErr remembers the error of its reader, to tell the partner's failures
+// from the store's.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+// natsBodyError words a failure of the bodies bucket: retryable, as NATS
+// failures pass.
+func natsBodyError(err error, doing string) *jobs.Error {
+	return jobs.Wrap(err, jobs.CodeInternal, "could not %s in bucket %s: %v", doing, jobs.BucketBodies, err).WithRetryable(true)
+}
+
+// open creates (or updates) the bodies bucket, its objects expiring with
+// the results that name them, and serves it from now on.
+func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) error {
+	store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      jobs.BucketBodies,
+		Description: "mtlsrelay bodies too large for a message: request bodies flows upload, response bodies workers store",
+		TTL:         ttl,
+		Replicas:    max(replicas, 1),
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("create or update object store %s: %w", jobs.BucketBodies, err)
+	}
+	b.store.Store(&store)
+	return nil
+}
+
+// moveBody returns res with its inline body stored in the bucket and named
+// by a body_ref instead.
+func (w *Worker) moveBody(ctx context.Context, call *jobs.Call, res *jobs.Result) (*jobs.Result, error) {
+	ct := ""
+	if vs := res.Headers["Content-Type"]; len(vs) > 0 {
+		ct = vs[0]
+	}
+	ref, err := w.bodies.Store(ctx, call, bytes.NewReader(res.ResponseBody()), ct)
+	if err != nil {
+		return nil, err
+	}
+	out := *res
+	out.Body, out.BodyBase64, out.BodyRef = "", nil, ref
+	return &out, nil
+}
+
+// orDefault is d, or def when d is not positive.
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
