@@ -22,9 +22,9 @@ const (
 	DefaultMaxResponseBytes = 5 << 20
 	// MaxResponseBytesLimit bounds max_response_bytes: a body that large
 	// streams to the Object Store, never whole into a worker's memory.
-	MaxResponseBytesLimit = 1 << 30
-	DefaultBreakerFailures  = 5
-	DefaultBreakerCooldown  = 30 * time.Second
+	MaxResponseBytesLimit  = 1 << 30
+	DefaultBreakerFailures = 5
+	DefaultBreakerCooldown = 30 * time.Second
 )
 
 // Connection is a partner endpoint: where calls go and with which profile.

@@ -3,8 +3,8 @@ package partner_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
