@@ -14,6 +14,7 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/jobs/client"
 )
 
 // Bodies larger than the NATS server's max_payload (its default, 1 MB)
@@ -109,6 +110,31 @@ connections:
 		}
 		if n := p.Requests().Routes["/sha256"] - before; n != 1 {
 			t.Errorf("the partner was called %d times, want once", n)
+		}
+	})
+	t.Run("ok/client-sends-and-reads-body-refs", func(t *testing.T) {
+		fc, err := client.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A request body over the client's inline bound goes by body_ref.
+		body, _ := io.ReadAll(partner.Pattern(1 << 20))
+		res, err := fc.Call(ctx, &jobs.Call{ID: uniqueID("client-up"), Connection: "big", Method: "POST", Path: "sha256", BodyBase64: body})
+		if err != nil || !res.OK {
+			t.Fatalf("%v %+v", err, res)
+		}
+		var got partner.BodyDigest
+		if err := json.Unmarshal(res.ResponseBody(), &got); err != nil || got.Size != 1<<20 || got.SHA256 != partner.PatternSHA256(1<<20) {
+			t.Errorf("the partner received %+v (%v)", got, err)
+		}
+		// A response body_ref is read into the result for the flow, checked.
+		res, err = fc.Call(ctx, &jobs.Call{ID: uniqueID("client-down"), Connection: "big", Path: "bytes", Query: map[string][]string{"n": {"2000000"}, "pattern": {"1"}}})
+		if err != nil || !res.OK || res.BodyRef == nil {
+			t.Fatalf("%v %+v", err, res)
+		}
+		h := sha256.Sum256(res.ResponseBody())
+		if hex.EncodeToString(h[:]) != partner.PatternSHA256(2000000) {
+			t.Errorf("the client read another body than the partner sent")
 		}
 	})
 	t.Run("fail/request-body-ref-missing", func(t *testing.T) {

@@ -4,9 +4,15 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
+
 	json "github.com/goccy/go-json"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +30,33 @@ type Client struct {
 	subj jobs.Subjects
 	// tenant is the flow's tenant; "" sends v1 calls.
 	tenant string
+	// inlineMax is the largest request body sent inside the call; fetchMax
+	// the largest body_ref a result's body is read from for the flow.
+	inlineMax, fetchMax int64
+}
+
+// Defaults of the body options.
+const (
+	// DefaultInlineMax is the largest request body sent inside a call; a
+	// larger one is uploaded to the Object Store and sent as body_ref.
+	DefaultInlineMax = 256 << 10
+	// DefaultFetchMax is the largest response body Call reads from the
+	// Object Store into the result for the flow.
+	DefaultFetchMax = 64 << 20
+)
+
+// WithBodyLimits sets the largest request body sent inside a call (a
+// larger one goes by body_ref) and the largest response body Call and
+// CallProgress read from a body_ref into the result; 0 keeps a default.
+func WithBodyLimits(inlineMax, fetchMax int64) Option {
+	return func(c *Client) {
+		if inlineMax > 0 {
+			c.inlineMax = inlineMax
+		}
+		if fetchMax > 0 {
+			c.fetchMax = fetchMax
+		}
+	}
 }
 
 // Option configures a Client.
@@ -46,7 +79,7 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{nc: nc, js: js}
+	c := &Client{nc: nc, js: js, inlineMax: DefaultInlineMax, fetchMax: DefaultFetchMax}
 	for _, o := range opts {
 		o(c)
 	}
@@ -56,8 +89,11 @@ func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 // Subjects returns the subjects the client uses.
 func (c *Client) Subjects() jobs.Subjects { return c.subj }
 
-func (c *Client) prepare(call *jobs.Call) ([]byte, error) {
+func (c *Client) prepare(ctx context.Context, call *jobs.Call) ([]byte, error) {
 	if err := call.Normalize(""); err != nil {
+		return nil, err
+	}
+	if err := c.uploadLarge(ctx, call); err != nil {
 		return nil, err
 	}
 	if call.ReplyTo == "" {
@@ -99,7 +135,7 @@ func (c *Client) callSubject(connection string, rpc bool) string {
 // duplicate window is stored once. A call without reply_to gets
 // <prefix>.results.<id>, kept in MTLSRELAY_RESULTS.
 func (c *Client) Enqueue(ctx context.Context, call *jobs.Call) (*jetstream.PubAck, error) {
-	data, err := c.prepare(call)
+	data, err := c.prepare(ctx, call)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +162,7 @@ func (c *Client) Call(ctx context.Context, call *jobs.Call) (*jobs.Result, error
 // CallProgress is Call, handing each progress message that arrives before
 // the final result to onProgress (which may be nil).
 func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress func(*jobs.Result)) (*jobs.Result, error) {
-	data, err := c.prepare(call)
+	data, err := c.prepare(ctx, call)
 	if err != nil {
 		return nil, err
 	}
@@ -145,13 +181,16 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 				fallback, cancel := context.WithTimeout(context.Background(), c.nc.Opts.Timeout)
 				defer cancel()
 				if r, serr := c.StoredResult(fallback, call.ReplyTo); serr == nil && !r.Progress {
-					return r, nil
+					return r, c.fetchBody(fallback, r)
 				}
 			}
 			return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
 		}
 		r, err := jobs.DecodeResult(msg.Data)
 		if err != nil || !r.Progress {
+			if err == nil {
+				err = c.fetchBody(ctx, r)
+			}
 			return r, err
 		}
 		if onProgress != nil {
@@ -164,6 +203,9 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 // persistence, lowest latency; the result is the reply. ctx bounds the wait.
 func (c *Client) Direct(ctx context.Context, call *jobs.Call) (*jobs.Result, error) {
 	if err := call.Normalize(""); err != nil {
+		return nil, err
+	}
+	if err := c.uploadLarge(ctx, call); err != nil {
 		return nil, err
 	}
 	data, err := json.Marshal(call)
@@ -180,7 +222,11 @@ func (c *Client) Direct(ctx context.Context, call *jobs.Call) (*jobs.Result, err
 		}
 		return nil, err
 	}
-	return jobs.DecodeResult(reply.Data)
+	res, err := jobs.DecodeResult(reply.Data)
+	if err != nil {
+		return nil, err
+	}
+	return res, c.fetchBody(ctx, res)
 }
 
 // StoredResult returns the last result stored in MTLSRELAY_RESULTS on
@@ -246,3 +292,101 @@ func (c *Client) ConsumeResults(ctx context.Context, o ResultsOptions, handle fu
 	}
 	return cc.Stop, nil
 }
+
+// uploadLarge sends a request body over the inline bound by body_ref.
+func (c *Client) uploadLarge(ctx context.Context, call *jobs.Call) error {
+	if int64(len(call.Body)+len(call.BodyBase64)) <= c.inlineMax {
+		return nil
+	}
+	ref, err := c.PutBody(ctx, c.objectName("calls/"+call.ID), bytes.NewReader(call.RequestBody()))
+	if err != nil {
+		return err
+	}
+	call.Body, call.BodyBase64, call.BodyRef = "", nil, ref
+	return nil
+}
+
+// objectName is the name of an object the client uploads: under
+// "<tenant>/" for a tenant's client, where a worker accepts its body_refs.
+func (c *Client) objectName(name string) string {
+	if c.tenant != "" {
+		return c.tenant + "/" + name
+	}
+	return name
+}
+
+// PutBody uploads a request body to the Object Store bucket
+// mtlsrelay_bodies under name (a tenant's client puts it under
+// "<tenant>/"), streamed from r, and returns the body_ref a call sends
+// instead of body. Enqueue, Call and Direct do it themselves for a body
+// larger than the inline bound (WithBodyLimits).
+func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (*jobs.RequestBodyRef, error) {
+	store, err := c.js.ObjectStore(ctx, jobs.BucketBodies)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s (a worker creates it): %w", jobs.BucketBodies, err)
+	}
+	if _, err := store.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
+		return nil, fmt.Errorf("upload the request body to %s/%s: %w", jobs.BucketBodies, name, err)
+	}
+	return &jobs.RequestBodyRef{Name: name}, nil
+}
+
+// OpenBody returns a reader of res's response body, wherever it is: in the
+// result, or in the Object Store (body_ref), where it is checked against
+// the body_ref's size and SHA-256 as it is read (a mismatch is an error at
+// the end).
+func (c *Client) OpenBody(ctx context.Context, res *jobs.Result) (io.ReadCloser, error) {
+	if res.BodyRef == nil {
+		return io.NopCloser(bytes.NewReader(res.ResponseBody())), nil
+	}
+	store, err := c.js.ObjectStore(ctx, res.BodyRef.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", res.BodyRef.Bucket, err)
+	}
+	obj, err := store.Get(ctx, res.BodyRef.Name)
+	if err != nil {
+		return nil, fmt.Errorf("read %s/%s: %w", res.BodyRef.Bucket, res.BodyRef.Name, err)
+	}
+	return &checkedBody{r: obj, c: obj, h: sha256.New(), ref: res.BodyRef}, nil
+}
+
+// fetchBody reads a result's body_ref into Body or BodyBase64, up to the
+// client's fetch bound; a larger one stays a body_ref for OpenBody.
+func (c *Client) fetchBody(ctx context.Context, res *jobs.Result) error {
+	if res.BodyRef == nil || res.BodyRef.Size > c.fetchMax {
+		return nil
+	}
+	r, err := c.OpenBody(ctx, res)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	res.SetBody(b)
+	return nil
+}
+
+// checkedBody reads a body_ref's object and checks its size and SHA-256
+// at the end.
+type checkedBody struct {
+	r   io.Reader
+	c   io.Closer
+	h   hash.Hash
+	n   int64
+	ref *jobs.BodyRef
+}
+
+func (b *checkedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.h.Write(p[:n])
+	b.n += int64(n)
+	if err == io.EOF && (b.n != b.ref.Size || hex.EncodeToString(b.h.Sum(nil)) != b.ref.SHA256) {
+		return n, fmt.Errorf("body %s/%s: read %d bytes with sha256 %x, want %d bytes with %s", b.ref.Bucket, b.ref.Name, b.n, b.h.Sum(nil), b.ref.Size, b.ref.SHA256)
+	}
+	return n, err
+}
+
+func (b *checkedBody) Close() error { return b.c.Close() }
