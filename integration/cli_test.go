@@ -2,13 +2,19 @@ package integration
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -178,6 +184,31 @@ connections:
 	_, errOut, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "echo", "--progress", "--direct")
 	if code == 0 || !strings.Contains(errOut, "durable") {
 		t.Errorf("--progress --direct: exit %d, want a refusal naming durable calls: %s", code, errOut)
+	}
+	// --data @FILE over 256 KiB goes by body_ref; --output writes a body
+	// that came back by body_ref.
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.bin")
+	f, err := os.Create(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(f, partner.Pattern(3<<20)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, errOut, code = runCLI(t, nil, "call", "partner", "--nats", url, "-X", "POST", "--path", "sha256", "--data", "@"+in)
+	var digest partner.BodyDigest
+	if err := json.Unmarshal([]byte(out), &r); code != 0 || err != nil || json.Unmarshal([]byte(r.Body), &digest) != nil ||
+		digest.Size != 3<<20 || digest.SHA256 != partner.PatternSHA256(3<<20) {
+		t.Errorf("--data @3MiB-file: exit %d, the partner got %+v\n%s%s", code, digest, out, errOut)
+	}
+	outFile := filepath.Join(dir, "out.bin")
+	out, errOut, code = runCLI(t, nil, "call", "partner", "--nats", url, "--path", "bytes", "--query", "n=2000000", "--query", "pattern=1", "--output", outFile)
+	got, _ := os.ReadFile(outFile)
+	sum := sha256.Sum256(got)
+	if code != 0 || len(got) != 2000000 || hex.EncodeToString(sum[:]) != partner.PatternSHA256(2000000) || !strings.Contains(out, `"body_ref"`) {
+		t.Errorf("--output: exit %d, %d bytes written\n%s%s", code, len(got), out, errOut)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
@@ -22,7 +23,7 @@ import (
 
 func newCallCmd() *cobra.Command {
 	var (
-		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo string
+		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo, output string
 		headers, query                                                                                []string
 		noWait, direct, progress                                                                      bool
 		timeout                                                                                       time.Duration
@@ -49,14 +50,25 @@ func newCallCmd() *cobra.Command {
 			if call.ID == "" {
 				call.ID = newID()
 			}
-			body, err := readData(data)
+			soap := soapAction != "" || soapVersion != ""
+			// A large file is uploaded by reference once connected.
+			upload, err := largeFile(data, soap)
 			if err != nil {
 				return err
 			}
-			if soapAction != "" || soapVersion != "" {
-				call.SOAP = &jobs.SOAP{Version: soapVersion, Action: soapAction, Body: body}
-			} else {
-				call.Body = body
+			if upload == "" {
+				body, err := readData(data)
+				if err != nil {
+					return err
+				}
+				switch {
+				case soap:
+					call.SOAP = &jobs.SOAP{Version: soapVersion, Action: soapAction, Body: body}
+				case utf8.ValidString(body):
+					call.Body = body
+				default:
+					call.BodyBase64 = []byte(body)
+				}
 			}
 			if call.Headers, err = parsePairs(headers, ":", "-H 'Name: value'"); err != nil {
 				return err
@@ -93,6 +105,17 @@ func newCallCmd() *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), wait(timeout))
 			defer cancel()
+			if upload != "" {
+				f, err := os.Open(upload)
+				if err != nil {
+					return fmt.Errorf("--data @%s: %w", upload, err)
+				}
+				call.BodyRef, err = client.PutBody(ctx, "calls/"+call.ID, f)
+				f.Close()
+				if err != nil {
+					return err
+				}
+			}
 			var res *jobs.Result
 			switch {
 			case noWait:
@@ -113,6 +136,12 @@ func newCallCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if output != "" {
+				if err := writeBody(ctx, client, res, output); err != nil {
+					return err
+				}
+				res.Body, res.BodyBase64 = "", nil
+			}
 			if err := printJSON(res); err != nil {
 				return err
 			}
@@ -129,12 +158,13 @@ func newCallCmd() *cobra.Command {
 	f.StringVarP(&method, "method", "X", "", "HTTP method (default GET, POST for SOAP)")
 	f.StringVar(&path, "path", "", "path joined to the connection's base URL")
 	f.StringVar(&absURL, "url", "", "absolute URL instead of --path (its host must be allowed)")
-	f.StringVarP(&data, "data", "d", "", "request body, or @FILE to read it from a file (@- for stdin)")
+	f.StringVarP(&data, "data", "d", "", "request body, or @FILE to read it from a file (@- for stdin); a file over 256 KiB is uploaded to the Object Store and sent as body_ref")
 	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
 	f.StringArrayVar(&query, "query", nil, "query parameter name=value (repeatable)")
 	f.StringVar(&soapAction, "soap-action", "", "make a SOAP call with this action; --data is the Body XML")
 	f.StringVar(&soapVersion, "soap-version", "", "SOAP version 1.1 (default) or 1.2")
 	f.StringVar(&id, "id", "", "call id (default: random)")
+	f.StringVarP(&output, "output", "o", "", "write the response body to this file (a body_ref is read from the Object Store) and leave it out of the printed result")
 	f.StringVar(&replyTo, "reply-to", "", "result subject (default mtlsrelay.results.<id>)")
 	f.IntVar(&maxAttempts, "max-attempts", 0, "attempts (default: the connection's)")
 	f.DurationVar(&timeout, "timeout", 0, "attempt deadline (default: the connection's)")
@@ -153,6 +183,43 @@ func newID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return "cli-" + hex.EncodeToString(b)
+}
+
+// largeFile returns the path of --data @FILE when the file is too large
+// to send inside the call (it is then uploaded and sent by body_ref), ""
+// otherwise. A SOAP body always goes inside the call.
+func largeFile(d string, soap bool) (string, error) {
+	name, ok := strings.CutPrefix(d, "@")
+	if !ok || name == "-" || soap {
+		return "", nil
+	}
+	st, err := os.Stat(name)
+	if err != nil {
+		return "", fmt.Errorf("--data %s: %w", d, err)
+	}
+	if st.Size() > client.DefaultInlineMax {
+		return name, nil
+	}
+	return "", nil
+}
+
+// writeBody writes res's response body to path, from the result or, for a
+// body_ref, streamed from the Object Store and checked.
+func writeBody(ctx context.Context, c *client.Client, res *jobs.Result, path string) error {
+	r, err := c.OpenBody(ctx, res)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--output: %w", err)
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return fmt.Errorf("--output %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 func readData(d string) (string, error) {

@@ -298,7 +298,7 @@ func (c *Client) uploadLarge(ctx context.Context, call *jobs.Call) error {
 	if int64(len(call.Body)+len(call.BodyBase64)) <= c.inlineMax {
 		return nil
 	}
-	ref, err := c.PutBody(ctx, c.objectName("calls/"+call.ID), bytes.NewReader(call.RequestBody()))
+	ref, err := c.PutBody(ctx, "calls/"+call.ID, bytes.NewReader(call.RequestBody()))
 	if err != nil {
 		return err
 	}
@@ -325,6 +325,7 @@ func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (*jobs.R
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s (a worker creates it): %w", jobs.BucketBodies, err)
 	}
+	name = c.objectName(name)
 	if _, err := store.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
 		return nil, fmt.Errorf("upload the request body to %s/%s: %w", jobs.BucketBodies, name, err)
 	}
