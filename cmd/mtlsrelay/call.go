@@ -24,10 +24,10 @@ import (
 func newCallCmd() *cobra.Command {
 	var (
 		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo, output string
-		headers, query                                                                                []string
-		noWait, direct, progress                                                                      bool
-		timeout                                                                                       time.Duration
-		maxAttempts                                                                                   int
+		headers, query                                                                                        []string
+		noWait, direct, progress                                                                              bool
+		timeout                                                                                               time.Duration
+		maxAttempts                                                                                           int
 	)
 	cmd := &cobra.Command{
 		Use:   "call CONNECTION",
