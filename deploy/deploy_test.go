@@ -271,6 +271,19 @@ func TestKubernetesWorker(t *testing.T) {
 	if cfg.NATS.Replicas != 3 {
 		t.Errorf("nats.replicas = %d, want 3 on a NATS cluster", cfg.NATS.Replicas)
 	}
+	// The workers log in to NATS, over TLS: the example is for production.
+	if !cfg.NATS.HasCredentials() {
+		t.Errorf("the nats section has no credentials (user and password, creds_file, token or nkey_seed_file): the workers would connect anonymously")
+	}
+	if cfg.NATS.User != "" && cfg.NATS.Password == "" {
+		t.Errorf("nats.user %q has no password", cfg.NATS.User)
+	}
+	if cfg.NATS.AllowPlaintext {
+		t.Errorf("nats.allow_plaintext is set: the production example must reach NATS over TLS")
+	}
+	if err := cfg.NATS.CheckPlaintext(cfg.NATS.URL); err != nil {
+		t.Error(err)
+	}
 
 	d := kubeObject(t, "Deployment", "mtlsrelay-worker")
 	if r, _ := dig(d, "spec", "replicas").(int); r != 2 {
@@ -310,10 +323,37 @@ func TestKubernetesWorker(t *testing.T) {
 		mounts[str(dig(m, "mountPath"))] = str(dig(m, "name"))
 	}
 	secretOfVolume := map[string]string{}
+	itemsOfVolume := map[string]map[string]string{} // volume -> path -> key, when it lists items
 	for _, v := range asList(dig(pod, "volumes")) {
 		if s := str(dig(v, "secret", "secretName")); s != "" {
 			secretOfVolume[str(dig(v, "name"))] = s
+			for _, it := range asList(dig(v, "secret", "items")) {
+				if itemsOfVolume[str(dig(v, "name"))] == nil {
+					itemsOfVolume[str(dig(v, "name"))] = map[string]string{}
+				}
+				itemsOfVolume[str(dig(v, "name"))][str(dig(it, "path"))] = str(dig(it, "key"))
+			}
 		}
+	}
+	// secretFile reports why path is not a key of a Secret mounted in the
+	// pod ("" when it is).
+	secretFile := func(path string) string {
+		dir, file := filepath.Split(path)
+		vol, ok := mounts[strings.TrimSuffix(dir, "/")]
+		if !ok {
+			return "is in no mounted folder"
+		}
+		key := file
+		if items := itemsOfVolume[vol]; items != nil {
+			if key, ok = items[file]; !ok {
+				return fmt.Sprintf("is not among the items of volume %s", vol)
+			}
+		}
+		sec := kubeObject(t, "Secret", secretOfVolume[vol])
+		if dig(sec, "stringData", key) == nil && dig(sec, "data", key) == nil {
+			return fmt.Sprintf("Secret %s has no key %s", secretOfVolume[vol], key)
+		}
+		return ""
 	}
 	envNames := map[string]bool{}
 	for _, e := range asList(dig(c, "env")) {
@@ -326,6 +366,42 @@ func TestKubernetesWorker(t *testing.T) {
 			}
 		}
 	}
+	// The NATS credentials reach the pod too: the password (or token) from
+	// the environment, the files from mounted Secrets.
+	for key, ref := range map[string]string{"nats.password": cfg.NATS.Password, "nats.token": cfg.NATS.Token} {
+		if ref == "" {
+			continue
+		}
+		r, err := secrets.ParseRef(ref)
+		if err != nil {
+			t.Errorf("%s: %v", key, err)
+			continue
+		}
+		switch r.Scheme {
+		case secrets.SchemeEnv:
+			if !envNames[r.Body] {
+				t.Errorf("%s: env:%s is not set in the pod (env or envFrom Secret)", key, r.Body)
+			}
+		case secrets.SchemeFile:
+			if why := secretFile(r.Body); why != "" {
+				t.Errorf("%s: file:%s %s", key, r.Body, why)
+			}
+		default:
+			t.Errorf("%s: %s, want an env: or file: reference to a Secret", key, ref)
+		}
+	}
+	for key, path := range map[string]string{
+		"nats.creds_file": cfg.NATS.CredsFile, "nats.nkey_seed_file": cfg.NATS.NKeySeedFile,
+		"nats.tls.ca_file": cfg.NATS.TLS.CAFile, "nats.tls.cert_file": cfg.NATS.TLS.CertFile, "nats.tls.key_file": cfg.NATS.TLS.KeyFile,
+	} {
+		if path == "" {
+			continue
+		}
+		if why := secretFile(path); why != "" {
+			t.Errorf("%s %s %s", key, path, why)
+		}
+	}
+
 	for name, p := range cfg.Profiles {
 		for _, ref := range []string{p.Keystore, p.Password, p.Truststore} {
 			if ref == "" {
@@ -401,6 +477,7 @@ func TestCompose(t *testing.T) {
 	natsImage := regexp.MustCompile(`^nats:2\.\d+`)
 	var clientURLs []string
 	clusterNames := map[string]bool{}
+	natsUsers := map[string]bool{} // user + NUL + password (as written, ${...} included)
 	for _, name := range []string{"nats-1", "nats-2", "nats-3"} {
 		s := svc(name)
 		if img := str(s["image"]); !natsImage.MatchString(img) {
@@ -416,6 +493,11 @@ func TestCompose(t *testing.T) {
 		if !opts.JetStream || opts.StoreDir == "" || opts.ServerName != name || opts.HTTPPort != 8222 {
 			t.Errorf("%s: jetstream=%v store_dir=%q name=%q http_port=%d", name, opts.JetStream, opts.StoreDir, opts.ServerName, opts.HTTPPort)
 		}
+		// Clients must log in: no anonymous publisher of calls.
+		if opts.Username == "" || opts.Password == "" {
+			t.Errorf("%s: no --user and --pass: the server takes anonymous clients", name)
+		}
+		natsUsers[opts.Username+"\x00"+opts.Password] = true
 		clusterNames[opts.Cluster.Name] = true
 		var routes []string
 		for _, r := range opts.Routes {
@@ -434,9 +516,58 @@ func TestCompose(t *testing.T) {
 	if len(clusterNames) != 1 || clusterNames[""] {
 		t.Errorf("cluster names %v: the three servers must share one", clusterNames)
 	}
+	if len(natsUsers) != 1 {
+		t.Errorf("the NATS servers have %d different users; the workers log in to all three with one", len(natsUsers))
+	}
 
-	if v := svc("vault"); !strings.HasPrefix(str(v["image"]), "hashicorp/vault:") || !slices.Contains(strs(v["command"]), "-dev") {
-		t.Errorf("vault: %v %v, want hashicorp/vault in dev mode", v["image"], v["command"])
+	// Vault in dev mode, over https: -dev-tls writes its CA to a volume
+	// that the services reading Vault mount for VAULT_CACERT.
+	v := svc("vault")
+	vcmd := strs(v["command"])
+	if !strings.HasPrefix(str(v["image"]), "hashicorp/vault:") || !slices.Contains(vcmd, "-dev") || !slices.Contains(vcmd, "-dev-tls") {
+		t.Errorf("vault: %v %v, want hashicorp/vault in dev mode with -dev-tls", v["image"], vcmd)
+	}
+	var vaultTLSVolume string
+	for _, a := range vcmd {
+		if dir, ok := strings.CutPrefix(a, "-dev-tls-cert-dir="); ok {
+			for _, m := range strs(v["volumes"]) {
+				if parts := strings.Split(m, ":"); len(parts) >= 2 && parts[1] == dir {
+					vaultTLSVolume = parts[0]
+				}
+			}
+		}
+	}
+	if vaultTLSVolume == "" {
+		t.Errorf("vault: -dev-tls-cert-dir is not a mounted volume: the workers cannot read its CA")
+	}
+	if !slices.Contains(vcmd, "-dev-tls-san=vault") {
+		t.Errorf("vault: its certificate must name the host the services call it by (-dev-tls-san=vault)")
+	}
+	for name := range services {
+		s := svc(name)
+		env, _ := s["environment"].(map[string]any)
+		addr := str(env["VAULT_ADDR"])
+		if addr == "" {
+			continue
+		}
+		// What the worker's Vault client accepts: https, or http on loopback only.
+		if err := (vault.Config{Address: addr}).Validate(); err != nil {
+			t.Errorf("%s: VAULT_ADDR %s: %v", name, addr, err)
+		}
+		ca := str(env["VAULT_CACERT"])
+		if u, err := url.Parse(addr); err == nil && u.Scheme == "https" && ca == "" {
+			t.Errorf("%s: VAULT_ADDR %s without VAULT_CACERT: Vault's dev CA is not trusted", name, addr)
+			continue
+		}
+		mounted := false
+		for _, m := range strs(s["volumes"]) {
+			if parts := strings.Split(m, ":"); len(parts) >= 2 && parts[0] == vaultTLSVolume && strings.HasPrefix(ca, parts[1]+"/") {
+				mounted = true
+			}
+		}
+		if ca != "" && !mounted {
+			t.Errorf("%s: VAULT_CACERT %s is not in volume %s, where Vault writes its CA", name, ca, vaultTLSVolume)
+		}
 	}
 
 	// The demo partner: certificates for the name the workers call it by.
@@ -488,6 +619,19 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: stop_grace_period %v must exceed worker.shutdown_grace %s", name, s["stop_grace_period"], cfg.Worker.ShutdownGrace.D())
 		}
 		env, _ := s["environment"].(map[string]any)
+		// The worker logs in to the NATS servers as their user, and the
+		// URLs it is given pass its clear-text check (serve would refuse).
+		if !cfg.NATS.HasCredentials() {
+			t.Errorf("%s: the config's nats section has no credentials", name)
+		}
+		if r, err := secrets.ParseRef(cfg.NATS.Password); err != nil || r.Scheme != secrets.SchemeEnv {
+			t.Errorf("%s: nats.password %q, want an env: reference that compose sets", name, cfg.NATS.Password)
+		} else if !natsUsers[cfg.NATS.User+"\x00"+str(env[r.Body])] {
+			t.Errorf("%s: nats.user %q with %s=%q is not the NATS servers' --user and --pass", name, cfg.NATS.User, r.Body, str(env[r.Body]))
+		}
+		if err := cfg.NATS.CheckPlaintext(natsFlag); err != nil {
+			t.Errorf("%s: --nats %s: %v", name, natsFlag, err)
+		}
 		for pname, p := range cfg.Profiles {
 			for _, ref := range []string{p.Keystore, p.Password, p.Truststore} {
 				r, err := secrets.ParseRef(ref)
@@ -584,6 +728,16 @@ func TestConfigFilesLoad(t *testing.T) {
 			err = checkProviderSections(cfg)
 		}
 		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if err := cfg.NATS.Validate(); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+		if cfg.NATS.URL != "" && !cfg.NATS.HasCredentials() {
+			t.Errorf("%s: nats.url %s without credentials: the workers would connect anonymously", f, cfg.NATS.URL)
+		}
+		if err := cfg.NATS.CheckPlaintext(cfg.NATS.URL); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
 	}

@@ -314,6 +314,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, name := range sortedKeys(c.Tenants) {
 		if !jobs.ValidName(name) {
 			errs = append(errs, fmt.Errorf("tenants: name %q must be 1-128 chars of [A-Za-z0-9_-]: it is a subject token and part of a stream name", name))

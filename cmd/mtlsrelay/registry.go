@@ -68,13 +68,16 @@ func (f *registryFlags) open(ctx context.Context) (reg *registry.Registry, close
 		}
 		key = "file:" + abs
 	}
-	opts := []nats.Option{nats.Name("mtlsrelay registry command")}
-	if cfg.NATS.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	if cfg.Dir == "" {
+		cfg.Dir = dir
 	}
-	nc, err := nats.Connect(url, opts...)
+	auth, err := natsAuthOptions(url, cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to NATS at %s: %w; pass --nats or start a worker", url, err)
+		return nil, nil, err
+	}
+	nc, err := nats.Connect(url, append(auth, nats.Name("mtlsrelay registry command"))...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w; pass --nats or start a worker", redactURL(url), err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -68,7 +69,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&configPath, "config", "", "YAML config file")
 	f.StringVar(&natsURL, "nats", "", "NATS URL of an external cluster (default: start an embedded server)")
 	f.StringVar(&dataDir, "data-dir", "", "embedded server's JetStream directory (default ./mtlsrelay-data)")
-	f.StringVar(&listen, "listen", "", "embedded server's client address (default 127.0.0.1:4222)")
+	f.StringVar(&listen, "listen", "", "embedded server's client address (default 127.0.0.1:4222; a non-loopback address needs nats.embedded.users or accounts_file)")
 	f.StringVar(&adminAddr, "admin-addr", "", "address of /healthz, /readyz, /metrics (default 127.0.0.1:9464, \"off\" disables)")
 	f.StringVar(&name, "name", "", "worker name in results and logs (default host-pid)")
 	f.IntVar(&concurrency, "concurrency", 0, "calls in flight (default 64)")
@@ -90,9 +91,10 @@ func loadConfig(path string) (*worker.Config, error) {
 }
 
 func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
-	url := cfg.NATS.URL
-	if url == "" {
-		srv, err := embedded.Start(embedded.Options{Listen: cfg.NATS.Embedded.Listen, StoreDir: cfg.NATS.Embedded.DataDir})
+	name := "mtlsrelay worker " + cfg.Worker.Name
+	var nc *nats.Conn
+	if cfg.NATS.URL == "" {
+		srv, err := startEmbedded(ctx, cfg)
 		if err != nil {
 			return err
 		}
@@ -100,12 +102,23 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 			srv.Shutdown()
 			srv.WaitForShutdown()
 		}()
-		url = srv.ClientURL()
-		log.Info().Str("url", url).Str("data_dir", cfg.NATS.Embedded.DataDir).Msg("embedded NATS server with JetStream started")
-	}
-	nc, err := connectNATS(url, cfg, "mtlsrelay worker "+cfg.Worker.Name, log)
-	if err != nil {
-		return err
+		auth := "none (loopback only)"
+		switch {
+		case srv.Internal():
+			auth = "nats.embedded.users"
+		case srv.Auth():
+			auth = "nats.embedded.accounts_file"
+		}
+		log.Info().Str("url", srv.ClientURL()).Str("data_dir", cfg.NATS.Embedded.DataDir).Str("auth", auth).
+			Msg("embedded NATS server with JetStream started")
+		if nc, err = connectEmbedded(srv, cfg, name, log); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if nc, err = connectNATS(cfg.NATS.URL, cfg, name, log); err != nil {
+			return err
+		}
 	}
 	defer nc.Close()
 	sources, closeSources, err := secretSources(ctx, cfg, log)
@@ -197,13 +210,29 @@ func watchRegistry(ctx context.Context, reg *registry.Registry, w *worker.Worker
 }
 
 // connectNATS connects with reconnection forever, so a worker rides out a
-// NATS restart or failover.
+// NATS restart or failover. Credentials of cfg are refused over plain
+// nats:// to a non-loopback server unless nats.allow_plaintext is set.
 func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name(name),
+	opts := append(reconnectOptions(log), nats.Name(name), nats.RetryOnFailedConnect(true))
+	if cfg == nil {
+		cfg = &worker.Config{} // still refuse a password in the URL over plain nats://
+	}
+	auth, err := natsAuthOptions(url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, append(opts, auth...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+	}
+	return nc, nil
+}
+
+// reconnectOptions reconnect forever and log disconnections.
+func reconnectOptions(log zerolog.Logger) []nats.Option {
+	return []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
-		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if c.IsClosed() {
 				return // closed on purpose, at shutdown
@@ -214,16 +243,69 @@ func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("NATS reconnected")
 		}),
 	}
-	if cfg != nil {
-		auth, err := cfg.NATS.AuthOptions(context.Background(), secrets.DefaultSources(cfg.Dir), cfg.Dir)
+}
+
+// natsAuthOptions returns the authentication and TLS options of cfg's nats
+// section for a connection to url (comma-separated servers), after
+// refusing credentials that would cross the network in clear text. Every
+// command that connects to NATS uses it.
+func natsAuthOptions(url string, cfg *worker.Config) ([]nats.Option, error) {
+	if err := cfg.NATS.CheckPlaintext(url); err != nil {
+		return nil, err
+	}
+	return cfg.NATS.AuthOptions(context.Background(), secrets.DefaultSources(cfg.Dir), cfg.Dir)
+}
+
+// startEmbedded starts the embedded NATS server of cfg, with the users or
+// accounts file of nats.embedded; it refuses a non-loopback listen address
+// without them.
+func startEmbedded(ctx context.Context, cfg *worker.Config) (*embedded.Server, error) {
+	e := cfg.NATS.Embedded
+	users, err := e.ResolvedUsers(ctx, secrets.DefaultSources(cfg.Dir), cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	opts := embedded.Options{Listen: e.Listen, StoreDir: e.DataDir, AccountsFile: e.AccountsFile}
+	if opts.AccountsFile != "" && !filepath.IsAbs(opts.AccountsFile) && cfg.Dir != "" {
+		opts.AccountsFile = filepath.Join(cfg.Dir, opts.AccountsFile)
+	}
+	for _, u := range users {
+		opts.Users = append(opts.Users, embedded.User{Name: u.User, Password: u.Password})
+	}
+	return embedded.StartServer(opts)
+}
+
+// connectEmbedded connects the worker to its own embedded server, in
+// process: nothing crosses the network. With nats.embedded.users it
+// connects as the internal user, whose random password is made at each
+// start; with nats.embedded.accounts_file, as the user of that file that
+// nats.user/password (or token, nkey_seed_file) names. The
+// first connection must succeed, so a wrong user stops the worker at once.
+func connectEmbedded(srv *embedded.Server, cfg *worker.Config, name string, log zerolog.Logger) (*nats.Conn, error) {
+	opts := append(reconnectOptions(log), nats.Name(name))
+	opts = append(opts, srv.ConnectOptions()...)
+	if srv.Auth() && !srv.Internal() {
+		if !cfg.NATS.HasCredentials() && srv.NoAuthUser() == "" {
+			return nil, fmt.Errorf("nats.embedded.accounts_file: the worker connects to its embedded server as a user of that file: " +
+				"set nats.user and nats.password (or nats.nkey_seed_file, nats.token) to the workers' user, e.g. user worker of docs/nats-accounts.conf")
+		}
+		// In process: no TLS, and no URL the credentials could leak to.
+		n := cfg.NATS
+		n.TLS = worker.NATSTLSConfig{}
+		auth, err := n.AuthOptions(context.Background(), secrets.DefaultSources(cfg.Dir), cfg.Dir)
 		if err != nil {
 			return nil, err
 		}
 		opts = append(opts, auth...)
 	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(srv.ClientURL(), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+		if srv.Auth() && !srv.Internal() {
+			// A refused login closes the in-process pipe without an -ERR.
+			return nil, fmt.Errorf("the embedded NATS server refused the worker (%w): nats.user and nats.password (or nats.token, nats.nkey_seed_file) "+
+				"must be those of a user of nats.embedded.accounts_file, in an account with jetstream enabled", err)
+		}
+		return nil, fmt.Errorf("connect to the embedded NATS server: %w", err)
 	}
 	return nc, nil
 }

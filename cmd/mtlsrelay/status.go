@@ -28,10 +28,10 @@ func newStatusCmd() *cobra.Command {
 			"asks each for its status, and reads consumer workers of MTLSRELAY_CALLS for the calls pending.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var opts []nats.Option
+			cfg := &worker.Config{}
 			if configPath != "" {
-				cfg, err := worker.LoadConfig(configPath)
-				if err != nil {
+				var err error
+				if cfg, err = worker.LoadConfig(configPath); err != nil {
 					return err
 				}
 				if natsURL == "" {
@@ -40,16 +40,17 @@ func newStatusCmd() *cobra.Command {
 				if prefix == "" {
 					prefix = cfg.NATS.Prefix
 				}
-				if cfg.NATS.CredsFile != "" {
-					opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
-				}
 			}
 			if natsURL == "" {
 				natsURL = "nats://127.0.0.1:4222"
 			}
+			opts, err := natsAuthOptions(natsURL, cfg)
+			if err != nil {
+				return err
+			}
 			nc, err := nats.Connect(natsURL, append(opts, nats.Name("mtlsrelay status"))...)
 			if err != nil {
-				return fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+				return fmt.Errorf("connect to NATS at %s: %w", redactURL(natsURL), err)
 			}
 			defer nc.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), wait+10*time.Second)

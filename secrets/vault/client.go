@@ -131,6 +131,25 @@ func (c *Client) newAPIClient() (*api.Client, error) {
 				"cannot load vault.ca_cert %q; check that it exists and holds PEM certificates", c.cfg.CACert)
 		}
 	}
+	// The transport must protect the token: no VAULT_SKIP_VERIFY, and no
+	// plain http beyond this host.
+	insecure := false
+	if tr, ok := ac.HttpClient.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
+		insecure = tr.TLSClientConfig.InsecureSkipVerify
+	}
+	if err := checkSkipVerify(os.Getenv(api.EnvVaultInsecure), insecure); err != nil {
+		return nil, err
+	}
+	key, addr := "vault.address", ac.Address
+	switch {
+	case ac.AgentAddress != "":
+		key, addr = api.EnvVaultAgentAddr, ac.AgentAddress
+	case c.cfg.Address == "":
+		key = api.EnvVaultAddress
+	}
+	if err := checkAddress(key, addr); err != nil {
+		return nil, err
+	}
 	if c.cert != nil {
 		// Read through the resolver on each new connection, so a pair
 		// rotated on disk is presented at the next login.

@@ -4,6 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -135,6 +139,11 @@ func (c Config) Validate() error {
 	if c.Timeout < 0 {
 		return jobs.Errorf(jobs.CodeKeystoreInvalid, "vault.timeout %v is negative; use a duration such as 10s", c.Timeout)
 	}
+	if c.Address != "" {
+		if err := checkAddress("vault.address", c.Address); err != nil {
+			return err
+		}
+	}
 	a := c.Auth
 	refs := []struct{ key, text string }{{"token", a.Token}, {"role_id", a.RoleID}, {"secret_id", a.SecretID}}
 	for _, r := range refs {
@@ -163,6 +172,49 @@ func (c Config) Validate() error {
 		return jobs.Errorf(jobs.CodeKeystoreInvalid, "vault.auth.method %q is not supported; use token, approle, kubernetes or cert", a.Method)
 	}
 	return nil
+}
+
+// checkAddress refuses a Vault address over plain http:// to a host that
+// is not loopback (127.0.0.0/8, ::1, localhost): the token and every
+// secret read would cross the network unencrypted. key names the setting
+// (vault.address, VAULT_ADDR, VAULT_AGENT_ADDR). Loopback http is allowed
+// for a dev server or a Vault Agent on the same host; https:// and unix://
+// always are. The error is a configuration error (keystore_invalid).
+func checkAddress(key, addr string) error {
+	u, err := url.Parse(addr)
+	if err != nil || !strings.EqualFold(u.Scheme, "http") {
+		return nil // the API client reports an address it cannot use
+	}
+	if isLoopback(u.Hostname()) {
+		return nil
+	}
+	return jobs.Errorf(jobs.CodeKeystoreInvalid,
+		"%s %s is plain http to a host that is not loopback: the Vault token and every secret read would cross the network unencrypted; "+
+			"use https://%s (with vault.ca_cert, or VAULT_CACERT, for a private CA). Plain http is accepted only on 127.0.0.1, ::1 or localhost",
+		key, u.Redacted(), u.Host)
+}
+
+// checkSkipVerify refuses VAULT_SKIP_VERIFY=true (value is the variable's
+// text): without verifying Vault's certificate anyone on the path could
+// pose as Vault and take the token. The error is a configuration error
+// (keystore_invalid).
+func checkSkipVerify(value string, insecure bool) error {
+	if v, err := strconv.ParseBool(strings.TrimSpace(value)); (err == nil && v) || insecure {
+		return jobs.Errorf(jobs.CodeKeystoreInvalid,
+			"VAULT_SKIP_VERIFY is set to true: the worker does not talk to Vault without verifying its TLS certificate, since anyone on the path could pose as Vault and take the token; "+
+				"unset VAULT_SKIP_VERIFY and give Vault's CA in vault.ca_cert (or VAULT_CACERT)")
+	}
+	return nil
+}
+
+// isLoopback reports whether host is localhost or a loopback IP.
+func isLoopback(host string) bool {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // plainConfig has Config's fields and none of its methods, for encoding.
