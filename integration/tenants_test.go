@@ -278,6 +278,17 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			d.tenant.violated(t, d.subject)
 		})
 	}
+	t.Run("ok/cli-call-as-a-tenant", func(t *testing.T) {
+		cfg := writeConfig(t, "nats: {url: \""+r.srv.ClientURL()+"\", user: billing, password: \"value:billing-example-password\"}\n")
+		out, errOut, code := runCLI(t, nil, "call", "partner", "--config", cfg, "--tenant", "billing", "--path", "echo")
+		if code != 0 || !strings.Contains(out, `"ok": true`) {
+			t.Fatalf("call --tenant billing: exit %d\n%s%s", code, out, errOut)
+		}
+		out, _, code = runCLI(t, nil, "call", "other", "--config", cfg, "--tenant", "billing", "--path", "echo")
+		if code != 2 || !strings.Contains(out, "unknown_connection") {
+			t.Errorf("call --tenant billing on a connection it may not use: exit %d\n%s", code, out)
+		}
+	})
 	t.Run("fail/tenant-cannot-read-the-registry", func(t *testing.T) {
 		short, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
@@ -23,11 +24,11 @@ import (
 
 func newCallCmd() *cobra.Command {
 	var (
-		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo, output string
-		headers, query                                                                                        []string
-		noWait, direct, progress                                                                              bool
-		timeout                                                                                               time.Duration
-		maxAttempts                                                                                           int
+		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo, output, tenant string
+		headers, query                                                                                                []string
+		noWait, direct, progress                                                                                      bool
+		timeout                                                                                                       time.Duration
+		maxAttempts                                                                                                   int
 	)
 	cmd := &cobra.Command{
 		Use:   "call CONNECTION",
@@ -94,12 +95,18 @@ func newCallCmd() *cobra.Command {
 			if natsURL == "" {
 				natsURL = "nats://127.0.0.1:4222"
 			}
-			nc, err := connectNATS(natsURL, cfg, "mtlsrelay call", zerolog.Nop())
+			var extra []nats.Option
+			if tenant != "" {
+				// Replies and acks under the tenant's own inbox prefix, the
+				// one its NATS user may subscribe to.
+				extra = append(extra, nats.CustomInboxPrefix(jobs.TenantInbox(tenant)))
+			}
+			nc, err := connectNATS(natsURL, cfg, "mtlsrelay call", zerolog.Nop(), extra...)
 			if err != nil {
 				return err
 			}
 			defer nc.Close()
-			client, err := client.New(nc, client.WithSubjects(jobs.Subjects{Prefix: prefix}))
+			client, err := client.New(nc, client.WithSubjects(jobs.Subjects{Prefix: prefix}), client.WithTenant(tenant))
 			if err != nil {
 				return err
 			}
@@ -155,6 +162,7 @@ func newCallCmd() *cobra.Command {
 	f.StringVar(&natsURL, "nats", "", "NATS URL (default: nats.url of --config, else nats://127.0.0.1:4222)")
 	f.StringVar(&configPath, "config", "", "config file whose nats section (URL, credentials, TLS, prefix) to use")
 	f.StringVar(&prefix, "prefix", "", "subject prefix (default mtlsrelay)")
+	f.StringVar(&tenant, "tenant", "", "send as this tenant: calls on <prefix>.calls.<tenant>.<connection>, results under <prefix>.results.<tenant>, inbox _INBOX_<tenant>")
 	f.StringVarP(&method, "method", "X", "", "HTTP method (default GET, POST for SOAP)")
 	f.StringVar(&path, "path", "", "path joined to the connection's base URL")
 	f.StringVar(&absURL, "url", "", "absolute URL instead of --path (its host must be allowed)")

@@ -212,8 +212,9 @@ func watchRegistry(ctx context.Context, reg *registry.Registry, w *worker.Worker
 // connectNATS connects with reconnection forever, so a worker rides out a
 // NATS restart or failover. Credentials of cfg are refused over plain
 // nats:// to a non-loopback server unless nats.allow_plaintext is set.
-func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger) (*nats.Conn, error) {
+func connectNATS(url string, cfg *worker.Config, name string, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := append(reconnectOptions(log), nats.Name(name), nats.RetryOnFailedConnect(true))
+	opts = append(opts, extra...)
 	if cfg == nil {
 		cfg = &worker.Config{} // still refuse a password in the URL over plain nats://
 	}
