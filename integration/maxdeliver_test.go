@@ -136,3 +136,34 @@ func TestCallEndsWhenItsConnectionStaysSaturated(t *testing.T) {
 		t.Errorf("dead letter reason %q", reason)
 	}
 }
+
+// worker.max_memory admits calls by bytes besides the slots: with a budget
+// that holds one call, calls run one at a time, the others waiting in
+// JetStream (handed back), and all finish.
+func TestMemoryAdmission(t *testing.T) {
+	srv := startNATS(t)
+	p := startPartner(t)
+	startWorker(t, srv.ClientURL(), configYAML(t, `
+worker: {concurrency: 8, admin_addr: "off", max_memory: 1}
+registry: {disabled: true}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+connections:
+  partner: {base_url: "PARTNER", profile: p, breaker_failures: -1}
+`, "PARTNER", p.URL()))
+	nc, js := connect(t, srv.ClientURL())
+	results := make(chan *jobs.Result, 4)
+	for range 4 {
+		go func() {
+			results <- call(t, nc, js, "partner", map[string]any{"path": "slow", "query": map[string][]string{"ms": {"300"}}})
+		}()
+	}
+	for range 4 {
+		if r := <-results; !r.OK {
+			t.Errorf("call %s: %+v", r.ID, r.Error)
+		}
+	}
+	if got := p.Requests().MaxInFlight; got != 1 {
+		t.Errorf("the partner saw %d calls at once; a budget of one call should let one through at a time", got)
+	}
+}

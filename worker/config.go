@@ -149,6 +149,12 @@ type WorkerConfig struct {
 	// result carries a body_ref. Default 256 KiB, and never more than the
 	// NATS server's max_payload allows.
 	InlineBodyMax int64 `yaml:"inline_body_max"`
+	// MaxMemory bounds, in bytes, what the calls in flight may hold (their
+	// messages, inline bodies, result encodings, stream buffers), besides
+	// concurrency: a call that does not fit waits in JetStream. Default
+	// half the container's memory limit when the cgroup sets one, else no
+	// bound but concurrency. Negative: no bound.
+	MaxMemory int64 `yaml:"max_memory"`
 	// RetryBase is the first retry delay, doubled per attempt with jitter;
 	// default 1s.
 	RetryBase catalog.Duration `yaml:"retry_base"`

@@ -23,11 +23,12 @@ import (
 // call.
 func (w *Worker) consume(ctx context.Context, queues []streams.Queue) {
 	concurrency := w.cfg.Worker.Concurrency
-	work := make(chan jetstream.Msg)
+	work := make(chan admitted)
 	for range concurrency {
 		go func() {
-			for msg := range work {
-				w.safeHandle(msg)
+			for a := range work {
+				w.safeHandle(a.msg)
+				w.memory.release(a.bytes)
 				w.slots.Release(1)
 				w.inflight.Done()
 			}
@@ -72,7 +73,7 @@ func (w *Worker) pausedForResults(ctx context.Context, paused *bool) bool {
 
 // pullBatches takes calls from the one calls stream of a relay without
 // tenants, in batches as large as the free slots.
-func (w *Worker) pullBatches(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) {
+func (w *Worker) pullBatches(ctx context.Context, cons jetstream.Consumer, work chan<- admitted) {
 	concurrency := w.cfg.Worker.Concurrency
 	batchMax := int64(w.cfg.Worker.FetchBatch)
 	// Under load slots free up one at a time; a pull per freed slot would
@@ -117,8 +118,7 @@ func (w *Worker) pullBatches(ctx context.Context, cons jetstream.Consumer, work 
 				w.slots.Release(1)
 				continue
 			}
-			w.inflight.Add(1)
-			work <- msg
+			w.dispatch(msg, work)
 		}
 		cancel()
 		w.slots.Release(n - got)
@@ -136,7 +136,7 @@ const fairBatch = 8
 // semaphore's first-come order, one at a time, so while several tenants
 // have calls queued the slots go to them in turn: a tenant with 50,000
 // calls queued gets its share, not the worker.
-func (w *Worker) pullInTurn(ctx context.Context, q streams.Queue, work chan<- jetstream.Msg) {
+func (w *Worker) pullInTurn(ctx context.Context, q streams.Queue, work chan<- admitted) {
 	var pulls pullBackoff
 	paused := false
 	for ctx.Err() == nil {
@@ -161,12 +161,35 @@ func (w *Worker) pullInTurn(ctx context.Context, q streams.Queue, work chan<- je
 				_ = msg.Nak()
 				continue
 			}
-			w.inflight.Add(1)
-			work <- msg
+			w.dispatch(msg, work)
 		}
 		cancel()
 		w.pullEnded(ctx, &pulls, got, batch.Error())
 	}
+}
+
+// admitted is a call that holds a slot and its bytes of the memory budget.
+type admitted struct {
+	msg   jetstream.Msg
+	bytes int64
+}
+
+// dispatch hands msg, which holds a slot, to the pool when the memory
+// budget (worker.max_memory) has room for it; else it gives the slot back
+// and hands the call back to wait in JetStream, not in the heap.
+func (w *Worker) dispatch(msg jetstream.Msg, work chan<- admitted) {
+	n, ok := w.memory.tryAdmit(len(msg.Data()))
+	if !ok {
+		w.slots.Release(1)
+		var delivered uint64 = 1
+		if meta, err := msg.Metadata(); err == nil {
+			delivered = meta.NumDelivered
+		}
+		w.handBack(msg, handBackBackoff(delivered))
+		return
+	}
+	w.inflight.Add(1)
+	work <- admitted{msg: msg, bytes: n}
 }
 
 // pullEnded reads how a pull ended: got calls, and the batch's error.

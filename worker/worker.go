@@ -78,6 +78,8 @@ type Worker struct {
 	maxDeliver int
 	// bodies keeps bodies too large for a message (mtlsrelay_bodies).
 	bodies *objectBodies
+	// memory admits calls by bytes (worker.max_memory); nil admits all.
+	memory *memoryBudget
 
 	observability
 }
@@ -136,6 +138,11 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		return nil, err
 	}
 	w.bodies = &objectBodies{subj: w.subj, inlineMax: inlineMaxFor(cfg.Worker.InlineBodyMax, nc.MaxPayload())}
+	maxMemory := cfg.Worker.MaxMemory
+	if maxMemory == 0 {
+		maxMemory = defaultMaxMemory()
+	}
+	w.memory = newMemoryBudget(maxMemory, w.bodies.inlineMax)
 	w.exec = outbound.NewExecutor(outbound.ExecutorOptions{MaxIdleConnsPerHost: cfg.Worker.Concurrency, Bodies: w.bodies})
 	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
