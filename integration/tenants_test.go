@@ -54,6 +54,13 @@ type tenantRelay struct {
 }
 
 func startTenantRelay(t *testing.T, concurrency int) *tenantRelay {
+	return startTenantRelayWith(t, concurrency, false)
+}
+
+// startTenantRelayWith starts the relay with its worker in process, or, with
+// binary, as the real `mtlsrelay serve` reading a config file (which also
+// watches the registry).
+func startTenantRelayWith(t *testing.T, concurrency int, binary bool) *tenantRelay {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	opts, err := server.ProcessConfigFile(filepath.Join(filepath.Dir(file), "..", "docs", "nats-accounts.conf"))
@@ -87,9 +94,13 @@ func startTenantRelay(t *testing.T, concurrency int) *tenantRelay {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	runWorkerConfig(t, r.srv.ClientURL(), configYAML(t, tenantWorkerConfig,
-		"NATSAUTH", `{user: worker, password: "value:worker-example-password"}`,
-		"PARTNER", r.partner.URL(), "CONCURRENCY", fmt.Sprint(concurrency)))
+	repl := []string{"NATSAUTH", `{user: worker, password: "value:worker-example-password"}`,
+		"PARTNER", r.partner.URL(), "CONCURRENCY", fmt.Sprint(concurrency)}
+	if binary {
+		startWorkerProcess(t, r.srv.ClientURL(), writeConfig(t, tenantWorkerConfig, repl...), "tenant-relay")
+		return r
+	}
+	runWorkerConfig(t, r.srv.ClientURL(), configYAML(t, tenantWorkerConfig, repl...))
 	return r
 }
 
@@ -375,7 +386,8 @@ func (r *tenantRelay) stateKeys(t *testing.T) []string {
 // shipped accounts file with a real mTLS partner: the call ends with the
 // documented code, and nothing is written where it should not be.
 func TestTenantAttacks(t *testing.T) {
-	r := startTenantRelay(t, 4)
+	// The real binary, from its config file: it reads the registry too.
+	r := startTenantRelayWith(t, 4, true)
 	billing, shipping := r.tenant(t, "billing"), r.tenant(t, "shipping")
 	// shipping listens to its own results: no attack may publish there.
 	spoofed := make(chan *nats.Msg, 64)
@@ -407,6 +419,49 @@ func TestTenantAttacks(t *testing.T) {
 			}
 		})
 	}
+	t.Run("fail/unknown-connection-with-reply-to-registry", func(t *testing.T) {
+		// Rejected for its connection, the call still publishes nothing
+		// where results may not go: before, this wrote profiles.victim.
+		id := uniqueID("attack")
+		data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": "$KV.mtlsrelay_registry.profiles.victim"})
+		billing.publish(t, "nosuch", id, data)
+		if reason := r.deadLetter(t, id); !strings.HasPrefix(reason, "unknown_connection") {
+			t.Errorf("dead letter reason %q, want unknown_connection", reason)
+		}
+		short, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		kv, _ := r.adminJS.KeyValue(short, jobs.RegistryBucket)
+		if e, err := kv.Get(short, "profiles.victim"); err == nil {
+			t.Errorf("profiles.victim was written: %s", e.Value())
+		}
+	})
+	t.Run("fail/registry-profile-naming-the-workers-files", func(t *testing.T) {
+		// Write access to the registry does not give use of the worker's
+		// own keystores: a registry profile may not name file: secrets.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		kv, err := r.adminJS.KeyValue(ctx, jobs.RegistryBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, "profiles.stolen", []byte(`{"keystore":"file:`+fixture(t, "client-openssl.p12")+`","password":"env:MTLSRELAY_NO_SUCH_VARIABLE"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, "connections.stolen", []byte(`{"base_url":"`+r.partner.URL()+`","profile":"stolen"}`)); err != nil {
+			t.Fatal(err)
+		}
+		var res *jobs.Result
+		checkFor(t, 20*time.Second, 100*time.Millisecond, func() error {
+			res = shipping.callAndWait(t, "stolen", map[string]any{"id": uniqueID("stolen"), "path": "echo"})
+			if res.Error != nil && res.Error.Code == jobs.CodeUnknownConnection {
+				return fmt.Errorf("the workers have not read the registry entry yet")
+			}
+			return nil
+		})
+		if res.OK || res.Error == nil || res.Error.Code != jobs.CodeSecretUnavailable || !strings.Contains(res.Error.Message, "registry.allow_local_refs") {
+			t.Fatalf("result %+v; want secret_unavailable naming registry.allow_local_refs", res.Error)
+		}
+	})
 
 	// Attacks that get a result on the tenant's own results subject.
 	long := strings.Repeat("a", 10)
@@ -509,7 +564,8 @@ func TestTenantAttacks(t *testing.T) {
 		case m := <-spoofed:
 			var res jobs.Result
 			_ = json.Unmarshal(m.Data, &res)
-			if !strings.HasPrefix(res.ID, "shared-id") && !strings.HasPrefix(res.ID, "shipping-client") {
+			// shipping's own calls; anything else came from an attack.
+			if !strings.HasPrefix(res.ID, "shared-id") && !strings.HasPrefix(res.ID, "shipping-client") && !strings.HasPrefix(res.ID, "stolen") {
 				t.Errorf("a result reached shipping's subjects from an attack: %s: %s", m.Subject, m.Data)
 			}
 			continue
