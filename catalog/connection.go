@@ -60,6 +60,12 @@ type Connection struct {
 	FollowRedirects bool `yaml:"follow_redirects,omitempty" json:"follow_redirects,omitempty"`
 	// MaxResponseBytes bounds a response body. Default 5 MiB.
 	MaxResponseBytes int64 `yaml:"max_response_bytes,omitempty" json:"max_response_bytes,omitempty"`
+	// Auth adds credentials on top of mTLS: basic, bearer, header or an
+	// OAuth2 token. A call may then not send its own Authorization.
+	Auth *Auth `yaml:"auth,omitempty" json:"auth,omitempty"`
+	// Proxy names the egress proxy (a key of proxies), "none" for direct.
+	// Empty: worker.proxy.
+	Proxy string `yaml:"proxy,omitempty" json:"proxy,omitempty"`
 }
 
 // Validate checks the connection's own fields; name is used in messages.
@@ -82,6 +88,11 @@ func (c *Connection) Validate(name string) error {
 	}
 	if c.MaxConns < 0 || c.RateLimit < 0 || c.MaxResponseBytes < 0 {
 		return fmt.Errorf("connection %s: max_conns, rate_limit and max_response_bytes must not be negative", name)
+	}
+	if c.Auth != nil {
+		if err := c.Auth.validate(name); err != nil {
+			return err
+		}
 	}
 	if c.MaxResponseBytes > MaxResponseBytesLimit {
 		return fmt.Errorf("connection %s: max_response_bytes %d is over the limit of 1 GiB (%d)", name, c.MaxResponseBytes, int64(MaxResponseBytesLimit))

@@ -65,6 +65,19 @@ const (
 	// published); it was ended and dead-lettered rather than kept forever.
 	// Not retryable.
 	CodeMaxDeliveries Code = "max_deliveries"
+
+	// Contract additions (v2).
+
+	// CodeAuthFailed: the partner's token endpoint refused the client
+	// (connection auth); not retried.
+	CodeAuthFailed Code = "auth_failed"
+	// CodeProxyRefused: the egress proxy answered the CONNECT with 403 or
+	// 407; not retried.
+	CodeProxyRefused Code = "proxy_refused"
+	// CodeServerCertRevoked: the partner's certificate is revoked (OCSP or
+	// CRL), or its status could not be had under revocation: require; not
+	// retried.
+	CodeServerCertRevoked Code = "server_cert_revoked"
 )
 
 // CodeInfo is one row of the table of error codes.
@@ -105,6 +118,9 @@ var codeTable = []CodeInfo{
 	{CodeCircuitOpen, true, "the partner failed so often that the worker stopped calling it for a while"},
 	{CodeOutcomeUnknown, false, "a worker stopped while a non-idempotent request may have reached the partner"},
 	{CodeMaxDeliveries, false, "the call was delivered worker.max_deliver times without ending, and was ended"},
+	{CodeAuthFailed, false, "the partner's token endpoint refused the client credentials of the connection's auth"},
+	{CodeProxyRefused, false, "the egress proxy refused the CONNECT (403 or 407)"},
+	{CodeServerCertRevoked, false, "the partner's certificate is revoked, or its status could not be had under revocation: require"},
 }
 
 // retryableCodes are the codes whose failures are retried by default.

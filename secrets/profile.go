@@ -54,7 +54,19 @@ type Profile struct {
 	// the server may renegotiate TLS 1.2, which some IIS servers do to ask
 	// for the client certificate of one path only.
 	Renegotiation string `yaml:"renegotiation,omitempty" json:"renegotiation,omitempty"`
+	// Revocation is "off" (the default), "prefer" or "require": whether
+	// the partner's certificate is checked by OCSP (stapled, else the
+	// responder it names) and CRL distribution points. prefer accepts when
+	// no answer can be had; require does not (server_cert_revoked).
+	Revocation string `yaml:"revocation,omitempty" json:"revocation,omitempty"`
 }
+
+// Revocation checking of a profile's partners.
+const (
+	RevocationOff     = "off"
+	RevocationPrefer  = "prefer"
+	RevocationRequire = "require"
+)
 
 // profileRefs are a profile's references, parsed.
 type profileRefs struct {
@@ -121,6 +133,11 @@ func (p Profile) parse() (profileRefs, error) {
 	}
 	if _, err := p.renegotiation(); err != nil {
 		return r, err
+	}
+	switch p.Revocation {
+	case "", RevocationOff, RevocationPrefer, RevocationRequire:
+	default:
+		return r, jobs.Errorf(jobs.CodeKeystoreInvalid, "the profile's revocation %q is not supported; use \"off\" (the default), \"prefer\" or \"require\"", p.Revocation)
 	}
 	if strings.ContainsAny(p.ServerName, "/ \t") {
 		return r, jobs.Errorf(jobs.CodeKeystoreInvalid, "the profile's server_name %q is not a host name; write the name only, without scheme or path", p.ServerName)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -45,6 +46,9 @@ type Config struct {
 	// it lists, and have results and duplicate windows of their own. Every
 	// worker of a relay must have the same tenants.
 	Tenants map[string]TenantConfig `yaml:"tenants"`
+	// Proxies are the egress proxies connections may go through, by name
+	// (worker.proxy, a connection's proxy).
+	Proxies map[string]catalog.Proxy `yaml:"proxies"`
 
 	// Dir is the folder relative file: references are resolved against: the
 	// config file's folder, or the working directory.
@@ -170,6 +174,9 @@ type WorkerConfig struct {
 	// default ["_INBOX"]. Anything else ($KV..., $JS..., the relay's own
 	// streams) is refused with invalid_call and nothing is published there.
 	ReplyPrefixes []string `yaml:"reply_prefixes"`
+	// Proxy is the egress proxy of every connection that names none (a key
+	// of proxies); empty: direct.
+	Proxy string `yaml:"proxy"`
 	// CertExpiryWarnDays is how many days before a profile's client
 	// certificate expires the worker logs a warning (at load and daily) and
 	// reports it in mtlsrelay_client_cert_expiring; default 30, negative
@@ -322,6 +329,31 @@ func (c *Config) Validate() error {
 	}
 	if err := c.NATS.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, name := range sortedKeys(c.Proxies) {
+		p := c.Proxies[name]
+		u, err := url.Parse(p.URL)
+		if !jobs.ValidName(name) || name == catalog.ProxyNone {
+			errs = append(errs, fmt.Errorf("proxies: name %q must be 1-128 chars of [A-Za-z0-9_-], and not %q", name, catalog.ProxyNone))
+		}
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			errs = append(errs, fmt.Errorf("proxies.%s.url %q must be http://host:port or https://host:port, without credentials (use username and password)", name, p.URL))
+		}
+		if (p.Username == "") != (p.Password == "") {
+			errs = append(errs, fmt.Errorf("proxies.%s: give both username and password (a secret reference), or neither", name))
+		}
+	}
+	if p := c.Worker.Proxy; p != "" && p != catalog.ProxyNone {
+		if _, ok := c.Proxies[p]; !ok {
+			errs = append(errs, fmt.Errorf("worker.proxy %q is not a key of proxies", p))
+		}
+	}
+	for _, name := range sortedKeys(c.Connections) {
+		if p := c.Connections[name].Proxy; p != "" && p != catalog.ProxyNone {
+			if _, ok := c.Proxies[p]; !ok {
+				errs = append(errs, fmt.Errorf("connection %s: proxy %q is not a key of proxies (or \"none\")", name, p))
+			}
+		}
 	}
 	for _, name := range sortedKeys(c.Tenants) {
 		if !jobs.ValidName(name) {
