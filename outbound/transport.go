@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
@@ -55,6 +56,15 @@ type ExecutorOptions struct {
 	// body_ref, responses larger than its InlineMax. Default nil: a call
 	// with body_ref fails, and responses are kept in the result.
 	Bodies Bodies
+	// Secrets reads a secret reference (env:, file:, vault:...): the
+	// credentials of a connection's auth and of proxies. Default nil:
+	// connections with auth, and proxies with a password, fail.
+	Secrets func(ctx context.Context, ref string) ([]byte, error)
+	// Proxies are the egress proxies by name (a connection's proxy), and
+	// DefaultProxy the one of connections that name none ("" or "none":
+	// direct).
+	Proxies      map[string]catalog.Proxy
+	DefaultProxy string
 }
 
 func (o ExecutorOptions) withDefaults() ExecutorOptions {

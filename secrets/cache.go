@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sync"
@@ -152,6 +153,26 @@ func (r *Resolver) Resolve(ctx context.Context, name string, p Profile) (*Materi
 		return nil, err
 	}
 	return m, nil
+}
+
+// Secret reads the secret that reference ref names (env:, file:, vault:,
+// cyberark:, registry:...) through the resolver's sources, for the
+// credentials that are not a profile's (a connection's auth, a proxy's
+// password). Each call reads the source, whose own caching applies (Vault
+// KV answers are reused for vault.poll_interval), so a rotated secret is
+// used at the next read. The bytes are the caller's; a trailing newline
+// is dropped, as for passwords.
+func (r *Resolver) Secret(ctx context.Context, ref string) ([]byte, error) {
+	parsed, err := ParseRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	sec, err := r.sources.Fetch(ctx, parsed)
+	if err != nil {
+		return nil, err
+	}
+	out := bytes.TrimSuffix(sec.Data, []byte("\n"))
+	return bytes.Clone(bytes.TrimSuffix(out, []byte("\r"))), nil
 }
 
 // Invalidate forgets what is cached for profile name, so the next Resolve
