@@ -166,6 +166,17 @@ func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error
 				"host %q is not allowed by connection %s; add it to the connection's allow_hosts or use a path under %s",
 				u.Host, call.Connection, c.BaseURL)
 		}
+		if sameHost(u, base) {
+			// On base_url's own host a url is a path by another name: it
+			// stays under base_url's path and keeps its query.
+			if !underPath(u.EscapedPath(), base.EscapedPath()) {
+				return nil, jobs.Errorf(jobs.CodeInvalidCall,
+					"url %s leaves connection %s's base_url path %s; use path, or a url under it", u.Redacted(), call.Connection, base.EscapedPath())
+			}
+			if err := checkFixedQuery(base.Query(), u.Query(), call); err != nil {
+				return nil, err
+			}
+		}
 		if len(call.Query) > 0 {
 			q := u.Query()
 			for k, vs := range call.Query {
@@ -183,14 +194,8 @@ func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error
 	if err != nil {
 		return nil, jobs.Errorf(jobs.CodeInvalidCall, "the query in path does not parse; give parameters in query instead")
 	}
-	for k, vs := range call.Query {
-		given[k] = append(given[k], vs...)
-	}
-	for k := range given {
-		if fixed.Has(k) {
-			return nil, jobs.Errorf(jobs.CodeInvalidCall,
-				"query parameter %q is set by connection %s's base_url, and a call cannot give it again; drop it from the call's path and query", k, call.Connection)
-		}
+	if err := checkFixedQuery(fixed, given, call); err != nil {
+		return nil, err
 	}
 	var parts []string
 	for _, p := range []string{base.RawQuery, pathQuery} {
@@ -203,6 +208,48 @@ func (c *Connection) RequestURL(call *jobs.Call, base *url.URL) (*url.URL, error
 	}
 	u.RawQuery = strings.Join(parts, "&")
 	return u, nil
+}
+
+// checkFixedQuery refuses a call that gives (in given, or in its query) a
+// parameter base_url sets, compared without case: ASP.NET and others read
+// query names so.
+func checkFixedQuery(fixed, given url.Values, call *jobs.Call) error {
+	names := make([]string, 0, len(given)+len(call.Query))
+	for k := range given {
+		names = append(names, k)
+	}
+	for k := range call.Query {
+		names = append(names, k)
+	}
+	for _, k := range names {
+		for f := range fixed {
+			if strings.EqualFold(k, f) {
+				return jobs.Errorf(jobs.CodeInvalidCall,
+					"query parameter %q is set by connection %s's base_url, and a call cannot give it again; drop it from the call's path and query", k, call.Connection)
+			}
+		}
+	}
+	return nil
+}
+
+// sameHost reports whether u names base's host and port.
+func sameHost(u, base *url.URL) bool {
+	if base == nil {
+		return false
+	}
+	port := func(x *url.URL) string {
+		if p := x.Port(); p != "" {
+			return p
+		}
+		return "443"
+	}
+	return strings.EqualFold(u.Hostname(), base.Hostname()) && port(u) == port(base)
+}
+
+// underPath reports whether the escaped path p is base or under it.
+func underPath(p, base string) bool {
+	base = strings.TrimSuffix(base, "/")
+	return p == base || strings.HasPrefix(p, base+"/") || (base == "" && (p == "" || strings.HasPrefix(p, "/")))
 }
 
 // joinPath appends path to base with one slash between them, so
@@ -237,6 +284,9 @@ func joinPath(base *url.URL, path string) (*url.URL, string) {
 // hosts (ssh, admin consoles) to a flow.
 func (c *Connection) HostAllowed(u, base *url.URL) bool {
 	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if strings.Contains(host, "%") {
+		return false // an IPv6 zone would match a wildcard by its text
+	}
 	if port == "" {
 		port = "443"
 	}

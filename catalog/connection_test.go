@@ -78,6 +78,8 @@ func TestRequestURLKeepsBaseQuery(t *testing.T) {
 		{"fail/path-replaces-query", jobs.Call{Path: "x?tenant=B"}, ""},
 		{"fail/query-replaces-query", jobs.Call{Path: "x", Query: map[string][]string{"tenant": {"B"}}}, ""},
 		{"fail/encoded-name-replaces-query", jobs.Call{Path: "x?%74enant=B"}, ""},
+		{"fail/name-in-another-case-replaces-query", jobs.Call{Path: "x", Query: map[string][]string{"TENANT": {"B"}}}, ""},
+		{"fail/url-on-base-host-replaces-query", jobs.Call{URL: "https://api.partner.example/tenantA/x?tenant=B"}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,7 +87,7 @@ func TestRequestURLKeepsBaseQuery(t *testing.T) {
 			call.Connection = "partner"
 			u, err := conn.RequestURL(&call, base)
 			if tc.want == "" {
-				if je := jobs.AsError(err); je == nil || je.Code != jobs.CodeInvalidCall || !strings.Contains(je.Message, `query parameter "tenant" is set by connection partner's base_url`) {
+				if je := jobs.AsError(err); je == nil || je.Code != jobs.CodeInvalidCall || !strings.Contains(strings.ToLower(je.Message), `query parameter "tenant" is set by connection partner's base_url`) {
 					t.Fatalf("RequestURL = %v, %v; want invalid_call naming tenant", u, err)
 				}
 				return
@@ -196,5 +198,30 @@ func TestLookup(t *testing.T) {
 	}
 	if _, _, err := cat.Lookup("orphan"); jobs.AsError(err).Code != jobs.CodeUnknownProfile {
 		t.Errorf("unknown profile: %v", err)
+	}
+}
+
+// A url on base_url's own host is a path by another name: it stays under
+// base_url's path; another allowed host's url goes where it says. A host
+// with an IPv6 zone matches no entry.
+func TestRequestURLOnBaseHost(t *testing.T) {
+	conn := &catalog.Connection{BaseURL: "https://api.partner.example/tenants/A/", Profile: "p", AllowHosts: []string{"*.partner.example", "files.example"}}
+	base := mustURL(t, conn.BaseURL)
+	for _, tc := range []struct {
+		url  string
+		code jobs.Code // "" means allowed
+	}{
+		{"https://api.partner.example/tenants/A/x", ""},
+		{"https://api.partner.example/tenants/A", ""},
+		{"https://api.partner.example/tenants/B/admin", jobs.CodeInvalidCall},
+		{"https://api.partner.example/tenants/AB", jobs.CodeInvalidCall},
+		{"https://files.example/anything", ""},
+		{"https://[::ffff:198.51.100.7%25.partner.example]/x", jobs.CodeHostNotAllowed},
+	} {
+		call := jobs.Call{URL: tc.url, Connection: "partner"}
+		_, err := conn.RequestURL(&call, base)
+		if got := jobs.CodeOf(err); got != tc.code {
+			t.Errorf("%s: code %q (%v), want %q", tc.url, got, err, tc.code)
+		}
 	}
 }

@@ -1,8 +1,6 @@
 package catalog
 
 import (
-	"time"
-
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -16,7 +14,9 @@ func (c *Connection) CheckCall(call *jobs.Call, name string) error {
 		if c.Timeout > 0 {
 			limit = c.Timeout.D()
 		}
-		if time.Duration(call.TimeoutMS)*time.Millisecond > limit {
+		// Compared in milliseconds: a huge timeout_ms would overflow a
+		// Duration and pass as negative.
+		if int64(call.TimeoutMS) > limit.Milliseconds() {
 			return jobs.Errorf(jobs.CodeInvalidCall,
 				"timeout_ms %d is above connection %s's timeout of %s; ask for %d or less, or have the connection's timeout raised",
 				call.TimeoutMS, name, limit, limit.Milliseconds())

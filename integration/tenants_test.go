@@ -280,6 +280,24 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 		{"fail/delete-a-stream", shipping, "$JS.API.STREAM.DELETE.MTLSRELAY_CALLS_billing", func(tn *tenant) error {
 			return tn.nc.Publish("$JS.API.STREAM.DELETE.MTLSRELAY_CALLS_billing", nil)
 		}},
+		// Consumer names are not scoped by tenant: a tenant may use no
+		// consumer API on the results stream (else it could pull, ack or
+		// delete another tenant's consumer).
+		{"fail/pull-from-a-results-consumer", billing, "$JS.API.CONSUMER.MSG.NEXT.MTLSRELAY_RESULTS.shipping-results", func(tn *tenant) error {
+			return tn.nc.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.MTLSRELAY_RESULTS.shipping-results", "_INBOX_billing.x", []byte(`{"batch":1}`))
+		}},
+		{"fail/delete-a-results-consumer", billing, "$JS.API.CONSUMER.DELETE.MTLSRELAY_RESULTS.shipping-results", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.CONSUMER.DELETE.MTLSRELAY_RESULTS.shipping-results", nil)
+		}},
+		{"fail/create-a-results-consumer", billing, "$JS.API.CONSUMER.CREATE.MTLSRELAY_RESULTS.mine.mtlsrelay.results.billing.>", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.CONSUMER.CREATE.MTLSRELAY_RESULTS.mine.mtlsrelay.results.billing.>", nil)
+		}},
+		{"fail/ack-a-results-message", billing, "$JS.ACK.MTLSRELAY_RESULTS.shipping-results.1.1.1.1.1.0", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.ACK.MTLSRELAY_RESULTS.shipping-results.1.1.1.1.1.0", nil)
+		}},
+		{"fail/direct-get-another-tenants-result", billing, "$JS.API.DIRECT.GET.MTLSRELAY_RESULTS.mtlsrelay.results.shipping.x", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.DIRECT.GET.MTLSRELAY_RESULTS.mtlsrelay.results.shipping.x", nil)
+		}},
 	}
 	for _, d := range denials {
 		t.Run(d.name, func(t *testing.T) {

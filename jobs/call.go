@@ -157,6 +157,11 @@ func DecodeCall(data []byte, subjectConnection string) (*Call, error) {
 	if len(data) > MaxCallBytes {
 		return nil, Errorf(CodeInvalidCall, "call is %d bytes, over the limit of %d; send large bodies by reference", len(data), MaxCallBytes)
 	}
+	if !utf8.Valid(data) {
+		// Decoders replace invalid bytes, so two invalid keys would become
+		// one the policy filter in front never saw.
+		return nil, Errorf(CodeInvalidCall, "call is not valid UTF-8 JSON")
+	}
 	var c Call
 	if err := unmarshalCall(data, &c); err != nil {
 		return nil, Errorf(CodeInvalidCall, "call is not valid JSON: %s", describeJSONError(err))
@@ -317,6 +322,14 @@ func (c *Call) validateTarget() error {
 		if u.User != nil {
 			return Errorf(CodeInvalidCall, "url must not carry user info; put credentials in headers")
 		}
+		if strings.Contains(u.Host, "%") {
+			// An IPv6 zone ("[::1%25x.partner.example]") would match a
+			// wildcard allow_hosts entry by its text.
+			return Errorf(CodeInvalidCall, "url host must not carry an IPv6 zone (%%)")
+		}
+		if err := checkSegments(u.EscapedPath()); err != nil {
+			return err
+		}
 	}
 	if c.Path != "" {
 		u, err := url.Parse(c.Path)
@@ -344,6 +357,14 @@ func checkSegments(escaped string) error {
 		if err != nil {
 			return Errorf(CodeInvalidCall, "path has a malformed percent-escape in %q", truncate(seg, 64))
 		}
+		if strings.Contains(strings.ToLower(dec), "%2") || strings.Contains(strings.ToLower(dec), "%5c") {
+			// Encoded twice (%252e): a gateway that decodes again would
+			// see a dot, a slash or a backslash.
+			return Errorf(CodeInvalidCall, "path segment %q is percent-encoded twice; send each character encoded once", truncate(seg, 64))
+		}
+		// Java servers (Tomcat, Jetty) drop ";params" from a segment
+		// before resolving it: "..;x" is "..".
+		dec, _, _ = strings.Cut(dec, ";")
 		if dec == "." || dec == ".." {
 			return Errorf(CodeInvalidCall, "path segment %q is a dot-segment; a call's path stays under its connection's base_url, so dot-segments (raw or percent-encoded) are refused", truncate(seg, 64))
 		}
@@ -397,6 +418,14 @@ var relayHeaders = map[string]string{
 	"upgrade":             "hop-by-hop headers belong to the relay's own connection",
 	"proxy-connection":    "hop-by-hop headers belong to the relay's own connection",
 	"proxy-authorization": "proxy credentials are the relay's, set by its config",
+	// Headers that gateways and frameworks honour to rewrite the path,
+	// the method or the host after the relay chose them.
+	"x-original-url":         "it rewrites the path on IIS and some gateways, out of the connection's base_url",
+	"x-rewrite-url":          "it rewrites the path on IIS and some gateways, out of the connection's base_url",
+	"x-http-method-override": "it changes the method a framework runs; set method instead",
+	"x-http-method":          "it changes the method a framework runs; set method instead",
+	"x-method-override":      "it changes the method a framework runs; set method instead",
+	"x-forwarded-host":       "it names another host to gateways and frameworks",
 }
 
 // forbiddenMethods take a request out of its connection (CONNECT opens a

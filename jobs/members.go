@@ -22,8 +22,9 @@ func membersOf(v any) [][]byte {
 }
 
 var (
-	callMembers = membersOf(Call{})
-	soapMembers = membersOf(SOAP{})
+	callMembers    = membersOf(Call{})
+	soapMembers    = membersOf(SOAP{})
+	bodyRefMembers = membersOf(RequestBodyRef{})
 )
 
 // maxJSONDepth bounds how deeply a call's JSON may nest; a call's own
@@ -52,7 +53,7 @@ type jsonObject struct {
 // cost twice the decoding itself).
 func checkMembers(data []byte) error {
 	var stack []jsonObject
-	expectKey, soapNext := false, false
+	expectKey, soapNext, bodyRefNext := false, false, false
 	for i := 0; i < len(data); i++ {
 		switch data[i] {
 		case '{', '[':
@@ -68,9 +69,11 @@ func checkMembers(data []byte) error {
 				o.fields = callMembers
 			case soapNext && o.object:
 				o.fields = soapMembers
+			case bodyRefNext && o.object:
+				o.fields = bodyRefMembers
 			}
 			stack = append(stack, o)
-			expectKey, soapNext = o.object, false
+			expectKey, soapNext, bodyRefNext = o.object, false, false
 		case '}', ']':
 			stack = stack[:len(stack)-1]
 			expectKey = false
@@ -90,6 +93,7 @@ func checkMembers(data []byte) error {
 					return err
 				}
 				soapNext = len(stack) == 1 && string(key) == "soap"
+				bodyRefNext = len(stack) == 1 && string(key) == "body_ref"
 			}
 			i = end
 		}

@@ -172,10 +172,19 @@ func dialEgress(d *net.Dialer, lookup func(ctx context.Context, network, host st
 		var refused *jobs.Error
 		var lastErr error
 		for _, a := range addrs {
-			if kind, bad := restricted(a); bad && !hostExplicit && !pol.explicit[a.Unmap().String()] {
+			explicit := hostExplicit || pol.explicit[a.Unmap().String()]
+			if kind, bad := restricted(a); bad && !explicit {
 				refused = jobs.Wrap(errEgressRefused, jobs.CodeHostNotAllowed,
 					"%s resolves to %s, %s; connection %s may reach it only if its base_url or allow_hosts names %q or %q explicitly",
 					host, a, kind, pol.connection, host, a.Unmap().String())
+				continue
+			}
+			if a.Zone() != "" && !explicit {
+				// A zone is for a link-local address on this host's own
+				// link; a partner's public address never has one, and Go
+				// ignores a zone it does not know.
+				refused = jobs.Wrap(errEgressRefused, jobs.CodeHostNotAllowed,
+					"%s is an address with an IPv6 zone, which connection %s may reach only if it names it explicitly", a, pol.connection)
 				continue
 			}
 			c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), port))

@@ -510,4 +510,23 @@ func TestMergeRefusesLocalRefs(t *testing.T) {
 	if _, _, err := allowed.Lookup("c-file-keystore"); err != nil {
 		t.Errorf("with allow_local_refs: %v", err)
 	}
+
+	// A registry connection's auth may not send the worker's own secrets.
+	authSnap := registry.Snapshot{
+		Profiles: map[string]secrets.Profile{"remote": {Keystore: "vault:secret/p#p12"}},
+		Connections: map[string]catalog.Connection{
+			"leaks-env":  {BaseURL: "https://attacker.example/", Profile: "remote", Auth: &catalog.Auth{Type: "header", Name: "X-K", Value: "env:MTLSRELAY_REGISTRY_KEY"}},
+			"leaks-file": {BaseURL: "https://attacker.example/", Profile: "remote", Auth: &catalog.Auth{Type: "bearer", Token: "file:/run/secrets/vault-secret-id"}},
+			"vault-auth": {BaseURL: "https://p.example/", Profile: "remote", Auth: &catalog.Auth{Type: "bearer", Token: "vault:secret/p#token"}},
+		},
+	}
+	merged := registry.Merge(nil, nil, authSnap, false, zerolog.Nop())
+	for _, name := range []string{"leaks-env", "leaks-file"} {
+		if _, _, err := merged.Lookup(name); jobs.CodeOf(err) != jobs.CodeUnknownConnection {
+			t.Errorf("connection %s with a local auth reference: Lookup = %v, want it refused", name, err)
+		}
+	}
+	if _, _, err := merged.Lookup("vault-auth"); err != nil {
+		t.Errorf("connection with a vault: auth reference refused: %v", err)
+	}
 }

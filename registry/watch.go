@@ -164,9 +164,40 @@ func Merge(cfgProfiles map[string]secrets.Profile, cfgConnections map[string]cat
 			log.Info().Str("connection", name).Msg("registry connection shadowed by the worker's config file, which wins")
 			continue
 		}
+		if !allowLocalRefs && conn.Auth != nil {
+			if err := checkAuthRefs(name, conn.Auth); err != nil {
+				// Its calls end as for a connection that does not exist,
+				// and the log says why.
+				log.Error().Str("connection", name).Str("reason", err.Message).Msg("registry connection refused: its auth names the worker's own secrets")
+				continue
+			}
+		}
 		c.Connections[name] = conn
 	}
 	return c
+}
+
+// checkAuthRefs applies CheckRefs' rule to the secrets of a registry
+// connection's auth: a header value of env:MTLSRELAY_REGISTRY_KEY would
+// otherwise send the worker's own secret to the connection's host.
+func checkAuthRefs(name string, a *catalog.Auth) *jobs.Error {
+	for _, f := range []struct{ field, text string }{
+		{"password", a.Password}, {"token", a.Token}, {"value", a.Value}, {"client_secret", a.ClientSecret},
+	} {
+		if f.text == "" {
+			continue
+		}
+		ref, err := secrets.ParseRef(f.text)
+		if err != nil {
+			return jobs.AsError(err)
+		}
+		if !slices.Contains(RemoteSchemes, ref.Scheme) {
+			return jobs.Errorf(jobs.CodeSecretUnavailable,
+				"registry connection %s: its auth %s is a %s: reference, and registry entries may reference only %s: secrets unless the worker's config sets registry.allow_local_refs: true",
+				name, f.field, ref.Scheme, strings.Join(RemoteSchemes, ":, "))
+		}
+	}
+	return nil
 }
 
 // RemoteSchemes are the secret references a registry profile may use by

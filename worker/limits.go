@@ -145,6 +145,14 @@ func (l *connLimits) record(res *jobs.Result, now time.Time) {
 	}
 }
 
+// shortenedTimeout reports a timeout of a call that asked for less time
+// than its connection gives: it says nothing of the partner, and counting
+// it would let one flow open the circuit for everyone (timeout_ms: 1).
+func shortenedTimeout(call *jobs.Call, conn *catalog.Connection, res *jobs.Result) bool {
+	return res != nil && res.Error != nil && res.Error.Code == jobs.CodeTimeout &&
+		call.TimeoutMS > 0 && conn.AttemptTimeout(nil) > conn.AttemptTimeout(call)
+}
+
 // partnerFailure says whether res shows the partner failing (it could not
 // be reached in time, or answered 502/503/504), and whether res says
 // anything about the partner at all (a bad keystore does not).

@@ -103,7 +103,9 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 	}
 	out := w.exec.Attempt(ctx, call, conn, mat)
 	w.metrics.observeAttempt(call.Connection, queued, out.Result)
-	lim.record(out.Result, time.Now())
+	if !shortenedTimeout(call, conn, out.Result) {
+		lim.record(out.Result, time.Now())
+	}
 	return attemptOutcome{Outcome: out, conn: conn}
 }
 

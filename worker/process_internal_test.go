@@ -319,3 +319,19 @@ func TestDirectCallWithForbiddenReplyIsDropped(t *testing.T) {
 		t.Errorf("mtlsrelay_direct_calls_refused_total = %v, want 4", got)
 	}
 }
+
+// A flow that asks for a shorter timeout than its connection's cannot open
+// the connection's circuit for everyone with the timeouts it causes.
+func TestShortenedTimeoutsDoNotOpenTheBreaker(t *testing.T) {
+	conn := &catalog.Connection{Timeout: catalog.Duration(30 * time.Second)}
+	timeout := &jobs.Result{Error: jobs.Errorf(jobs.CodeTimeout, "t")}
+	if !shortenedTimeout(&jobs.Call{TimeoutMS: 1}, conn, timeout) {
+		t.Error("a 1 ms timeout on a 30 s connection counted against the partner")
+	}
+	if shortenedTimeout(&jobs.Call{}, conn, timeout) || shortenedTimeout(&jobs.Call{TimeoutMS: 30000}, conn, timeout) {
+		t.Error("a timeout at the connection's own deadline did not count")
+	}
+	if shortenedTimeout(&jobs.Call{TimeoutMS: 1}, conn, &jobs.Result{Status: 503}) {
+		t.Error("a 503 did not count")
+	}
+}

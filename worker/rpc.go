@@ -13,6 +13,9 @@ import (
 // directAdmissionWait bounds how long a direct call waits for a slot.
 const directAdmissionWait = 2 * time.Second
 
+// directMaxTotal bounds a direct call's attempts and retry waits together.
+const directMaxTotal = time.Minute
+
 // handleDirect serves a core request on <prefix>.rpc.<connection>: the call
 // runs at once, retries happen in process within the call's attempts, and
 // the result is the reply. Nothing is persisted: the caller retries if the
@@ -122,12 +125,21 @@ func (w *Worker) runDirect(parent context.Context, msg *nats.Msg) *jobs.Result {
 		w.callFinished(parent, w.subj.ConnectionOf(msg.Subject), res)
 		return res
 	}
-	ctx := log.WithContext(parent)
+	// A direct call holds one of the worker's direct slots from its first
+	// attempt to its last: bound the whole, so no caller (who has likely
+	// given up by then) keeps a slot through long retry waits.
+	ctx, cancel := context.WithTimeout(log.WithContext(parent), directMaxTotal)
+	defer cancel()
 	for n := 1; ; n++ {
 		ao := w.attempt(ctx, call, n, time.Since(start), attemptOptions{block: true})
 		if ao.handback > 0 {
-			// Only when the worker is stopping: there is no one to hand back to.
-			res := jobs.FailedResult(call, jobs.Errorf(jobs.CodeCanceled, "the worker stopped before it could make this direct call; send it again"))
+			// The worker is stopping, or the call's time ran out while it
+			// waited for its connection: there is no one to hand back to.
+			jerr := jobs.Errorf(jobs.CodeCanceled, "the worker stopped before it could make this direct call; send it again")
+			if w.callCtx.Err() == nil {
+				jerr = jobs.Errorf(jobs.CodeTimeout, "this direct call waited for connection %s (max_conns, rate_limit) until its %s were up; send it durably, or later", call.Connection, directMaxTotal)
+			}
+			res := jobs.FailedResult(call, jerr)
 			res.Worker, res.Attempt = w.Name(), n
 			return res
 		}
