@@ -29,7 +29,10 @@ type Material struct {
 	// ClientSessionCache so connections resume. GetClientCertificate offers
 	// the certificate even when the server's list of acceptable CAs does not
 	// name its issuer, as OpenSSL and Java clients do: many servers list CAs
-	// loosely, and the server is the one to decide.
+	// loosely, and the server is the one to decide. When the profile's
+	// revocation is prefer or require, VerifyConnection checks the
+	// partner's certificate by OCSP and CRL (see RevocationChecker) and
+	// fails the handshake with a *jobs.Error of CodeServerCertRevoked.
 	Config *tls.Config
 	// Leaf is the client certificate presented.
 	Leaf *x509.Certificate
@@ -83,6 +86,9 @@ func (r *Resolver) build(name string, p Profile, refs profileRefs, got map[Ref]S
 		Renegotiation:      renegotiation,
 		ServerName:         p.ServerName,
 		ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		// Revocation of the partner's certificate (revocation: prefer or
+		// require; nil when off): see revocation.go.
+		VerifyConnection: defaultRevocation.VerifyConnection(name, p.Revocation),
 	}
 	PresentAlways(cfg)
 	return &Material{Profile: name, Config: cfg, Leaf: cert.Leaf, Version: version}, nil

@@ -76,6 +76,11 @@ type Options struct {
 	Addr string
 	// Certificate is the server's certificate and key.
 	Certificate tls.Certificate
+	// OCSPStaple is a DER OCSP response stapled to every handshake whose
+	// client asks for one (status_request), as Certificate.OCSPStaple; it
+	// replaces any staple Certificate carries. The server sends it as it
+	// is, whatever it says. Default: Certificate's staple (usually none).
+	OCSPStaple []byte
 	// ClientCAs verify client certificates; a client certificate is required.
 	ClientCAs *x509.CertPool
 	// MinTLSVersion is the lowest TLS version accepted. Default TLS 1.2.
@@ -149,8 +154,12 @@ func Start(opts Options) (*Server, error) {
 		routes: make(map[string]int64),
 		flaky:  make(map[string]int),
 	}
+	cert := opts.Certificate
+	if opts.OCSPStaple != nil {
+		cert.OCSPStaple = opts.OCSPStaple
+	}
 	tcfg := &tls.Config{
-		Certificates: []tls.Certificate{opts.Certificate},
+		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    opts.ClientCAs,
 		MinVersion:   minV,

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -245,6 +246,24 @@ func TestOptions(t *testing.T) {
 		_, err := tr.RoundTrip(req)
 		if err == nil || !strings.Contains(err.Error(), "certificate required") {
 			t.Fatalf("RoundTrip without a certificate = %v, want the certificate_required alert", err)
+		}
+	})
+	for _, tlsMax := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(fmt.Sprintf("ok/ocsp-staple-%s", tls.VersionName(tlsMax)), func(t *testing.T) {
+			// The staple is sent as given: the server does not parse it.
+			staple := []byte{0x30, 0x03, 0x0a, 0x01, 0x03}
+			f := start(t, func(o *partner.Options) { o.OCSPStaple = staple; o.MaxTLSVersion = tlsMax }, false)
+			resp, _ := f.do(t, "GET", "/echo", "", nil, "")
+			if got := resp.TLS.OCSPResponse; !bytes.Equal(got, staple) {
+				t.Fatalf("client got OCSP staple %x, want %x", got, staple)
+			}
+		})
+	}
+	t.Run("ok/no-staple-by-default", func(t *testing.T) {
+		f := start(t, nil, false)
+		resp, _ := f.do(t, "GET", "/echo", "", nil, "")
+		if got := resp.TLS.OCSPResponse; got != nil {
+			t.Fatalf("client got OCSP staple %x, want none", got)
 		}
 	})
 	t.Run("fail/missing-options", func(t *testing.T) {

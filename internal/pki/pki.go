@@ -108,6 +108,15 @@ type LeafOptions struct {
 	// it in the past for an expired certificate, or set NotBefore in the
 	// future for one that is not yet valid.
 	NotAfter time.Time
+	// OCSPServer are OCSP responder URLs, written to the Authority
+	// Information Access extension. None by default.
+	OCSPServer []string
+	// CRLDistributionPoints are URLs of CRLs, written to the CRL
+	// Distribution Points extension. None by default.
+	CRLDistributionPoints []string
+	// OCSPSigning makes a delegated OCSP responder's certificate: its one
+	// extended key usage is OCSPSigning, and Client and Server are ignored.
+	OCSPSigning bool
 }
 
 // Leaf is an issued certificate with its key and issuer.
@@ -151,11 +160,16 @@ func (ca *CA) Issue(opts LeafOptions) (*Leaf, error) {
 		return nil, errors.New("pki: NotAfter must be after NotBefore")
 	}
 	var usage []x509.ExtKeyUsage
-	if opts.Server || !opts.Client {
-		usage = append(usage, x509.ExtKeyUsageServerAuth)
-	}
-	if opts.Client || !opts.Server {
-		usage = append(usage, x509.ExtKeyUsageClientAuth)
+	switch {
+	case opts.OCSPSigning:
+		usage = []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}
+	default:
+		if opts.Server || !opts.Client {
+			usage = append(usage, x509.ExtKeyUsageServerAuth)
+		}
+		if opts.Client || !opts.Server {
+			usage = append(usage, x509.ExtKeyUsageClientAuth)
+		}
 	}
 	subject := pkix.Name{CommonName: cn}
 	if opts.Organization != "" {
@@ -172,6 +186,9 @@ func (ca *CA) Issue(opts LeafOptions) (*Leaf, error) {
 		IPAddresses:    opts.IPAddresses,
 		SubjectKeyId:   keyID(&key.PublicKey),
 		AuthorityKeyId: ca.Cert.SubjectKeyId,
+
+		OCSPServer:            opts.OCSPServer,
+		CRLDistributionPoints: opts.CRLDistributionPoints,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {

@@ -71,6 +71,38 @@ func TestIssue(t *testing.T) {
 	}
 }
 
+func TestIssueRevocationURLs(t *testing.T) {
+	ca, err := pki.NewCA("Test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue(pki.LeafOptions{
+		DNSNames:              []string{"localhost"},
+		Server:                true,
+		OCSPServer:            []string{"http://127.0.0.1:1/ocsp"},
+		CRLDistributionPoints: []string{"http://127.0.0.1:1/ca.crl"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := leaf.Cert.OCSPServer; len(got) != 1 || got[0] != "http://127.0.0.1:1/ocsp" {
+		t.Errorf("OCSPServer = %q", got)
+	}
+	if got := leaf.Cert.CRLDistributionPoints; len(got) != 1 || got[0] != "http://127.0.0.1:1/ca.crl" {
+		t.Errorf("CRLDistributionPoints = %q", got)
+	}
+	responder, err := ca.Issue(pki.LeafOptions{CommonName: "OCSP responder", OCSPSigning: true, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := responder.Cert.ExtKeyUsage; len(got) != 1 || got[0] != x509.ExtKeyUsageOCSPSigning {
+		t.Errorf("responder ExtKeyUsage = %v, want OCSPSigning only", got)
+	}
+	if _, err := responder.Cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}}); err != nil {
+		t.Errorf("responder certificate does not verify for OCSP signing: %v", err)
+	}
+}
+
 func TestEncodings(t *testing.T) {
 	ca, err := pki.NewCA("Test CA")
 	if err != nil {
