@@ -133,7 +133,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	}
 	hs.inject(req.Header)
 
-	pt := x.transports.get(call.Connection, mat)
+	pt := x.transports.getVia(call.Connection, conn.Proxy, mat)
 	defer pt.release()
 	target := Target{Host: HostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
 	classify := func(err error) *jobs.Error {

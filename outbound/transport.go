@@ -41,7 +41,8 @@ type ExecutorOptions struct {
 	IdleConnTimeout time.Duration
 	// Proxy chooses an HTTP CONNECT proxy per request. Default nil: direct
 	// connections; HTTPS_PROXY and friends are not consulted unless Proxy is
-	// set to http.ProxyFromEnvironment.
+	// set to http.ProxyFromEnvironment. It applies to direct routes only:
+	// a connection whose proxy is one of Proxies goes through that one.
 	Proxy func(*http.Request) (*url.URL, error)
 	// DisableHTTP2 keeps to HTTP/1.1 even when a partner offers HTTP/2.
 	// Default false: HTTP/2 is used when the partner offers it through ALPN.
@@ -193,13 +194,15 @@ type profileTransports struct {
 // (a new profile or a rotated secret), and read through an atomic pointer.
 type transportCache struct {
 	opts ExecutorOptions
+	// proxies are the routes through ExecutorOptions.Proxies (proxy.go).
+	proxies *proxyRoutes
 
 	mu        sync.Mutex // serializes writers
 	byProfile atomic.Pointer[map[string]profileTransports]
 }
 
 func newTransportCache(opts ExecutorOptions) *transportCache {
-	c := &transportCache{opts: opts}
+	c := &transportCache{opts: opts, proxies: newProxyRoutes(opts)}
 	empty := map[string]profileTransports{}
 	c.byProfile.Store(&empty)
 	return c
@@ -213,8 +216,21 @@ func newTransportCache(opts ExecutorOptions) *transportCache {
 // Pools are per connection, not only per profile, because each connection
 // has its own egress rules: a pooled connection that one connection's
 // allow_hosts permitted must not serve another connection's call.
+//
+// get is getVia for a connection that names no proxy (the worker's
+// default proxy, if any).
 func (c *transportCache) get(conn string, mat *secrets.Material) *pooledTransport {
-	key := conn + "\x00" + mat.Profile
+	return c.getVia(conn, "", mat)
+}
+
+// getVia is get for a connection whose proxy setting is proxy
+// (catalog.Connection.Proxy: "" for the worker's default, "none", or a
+// proxy's name). Pools are per route too (proxy.go): a connection through
+// one proxy never serves a call meant for another proxy or for a direct
+// connection.
+func (c *transportCache) getVia(conn, proxy string, mat *secrets.Material) *pooledTransport {
+	routeKey, route := c.proxies.route(conn, proxy)
+	key := conn + "\x00" + mat.Profile + "\x00" + routeKey
 	if pt, ok := (*c.byProfile.Load())[key]; ok && pt.cur.version == mat.Version {
 		return pt.cur
 	}
@@ -234,7 +250,7 @@ func (c *transportCache) get(conn string, mat *secrets.Material) *pooledTranspor
 		if pt.prev != nil {
 			pt.prev.rt.CloseIdleConnections()
 		}
-		next = profileTransports{cur: &pooledTransport{version: mat.Version, rt: c.newTransport(mat)}, prev: pt.cur}
+		next = profileTransports{cur: &pooledTransport{version: mat.Version, rt: c.newTransport(mat, route)}, prev: pt.cur}
 	}
 	next.cur.retired.Store(false)
 	if next.prev != nil {
@@ -263,8 +279,9 @@ func (c *transportCache) closeIdle() {
 // newTransport builds the HTTP transport of one version of a profile's
 // material: TLS settings cloned from it, keep-alive pool sized by the
 // options, HTTP/2 when the partner offers it, no redirects (the executor
-// calls RoundTrip directly).
-func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
+// calls RoundTrip directly). route, when not nil, is the proxy the
+// transport reaches partners through.
+func (c *transportCache) newTransport(mat *secrets.Material, route *proxyRoute) *http.Transport {
 	o := c.opts
 	cfg := mat.Config.Clone()
 	secrets.PresentAlways(cfg)
@@ -287,6 +304,13 @@ func (c *transportCache) newTransport(mat *secrets.Material) *http.Transport {
 			SendPingTimeout: 30 * time.Second,
 			PingTimeout:     15 * time.Second,
 		},
+	}
+	if route != nil {
+		// Through a proxy (proxy.go): CONNECT to the partner, mutual TLS
+		// inside the tunnel. The dialer reaches the proxy only, without
+		// the egress policy's address checks (the proxy resolves the
+		// partner's name); allow_hosts was checked before any dial.
+		route.configure(tr, dialer, o.TLSHandshakeTimeout, o.UserAgent, o.Secrets)
 	}
 	// A partner that renegotiates to ask for the client certificate (old
 	// IIS set-ups) can only do so on HTTP/1.1: HTTP/2 forbids renegotiation.
