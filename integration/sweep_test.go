@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/testhydra"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -30,10 +31,30 @@ func (p panicSource) Fetch(context.Context, secrets.Ref) (secrets.Secret, error)
 
 // TestNoSecretLeaks sweeps everything a worker writes — its log at debug
 // level, results, dead letters, metrics, and what follows a panic — for the
-// password and the key bytes of every profile kind.
+// password and the key bytes of every profile kind, and for the
+// credentials of connection auth: client secrets, client assertions and
+// tokens of OAuth2 (a real Hydra), basic passwords, bearer tokens and
+// header values.
 func TestNoSecretLeaks(t *testing.T) {
 	srv := startNATS(t)
 	p := startPartner(t)
+	hydra := startHydra(t)
+	const (
+		sweepClientSecret  = "sweep-client-secret-a81c"
+		sweepPostSecret    = "sweep-post-secret-f09b"
+		sweepRefusedSecret = "sweep-refused-secret-33d7"
+		sweepBasicPassword = "sweep-basic-password-1e2f"
+		sweepBearerToken   = "sweep-bearer-token-c4c4"
+		sweepHeaderValue   = "sweep-header-value-77aa"
+	)
+	hydra.CreateClient(t, testhydra.Client{ID: "sweep-basic", Secret: sweepClientSecret, AuthMethod: "client_secret_basic", Scope: "s1"})
+	hydra.CreateClient(t, testhydra.Client{ID: "sweep-post", Secret: sweepPostSecret, AuthMethod: "client_secret_post"})
+	hydra.CreateClient(t, testhydra.Client{ID: "sweep-refused", Secret: "sweep-refused-right-secret", AuthMethod: "client_secret_basic"})
+	jwk, alg := testhydra.JWK(fixtureLeaf(t, "client.pem"))
+	hydra.CreateClient(t, testhydra.Client{ID: "sweep-jwt", AuthMethod: "private_key_jwt", JWKS: []map[string]any{jwk}, SigningAlg: alg})
+	t.Setenv("MTLSRELAY_SWEEP_CLIENT_SECRET", sweepClientSecret)
+	t.Setenv("MTLSRELAY_SWEEP_BASIC", sweepBasicPassword)
+	t.Setenv("MTLSRELAY_SWEEP_HEADER", sweepHeaderValue)
 	p12, err := os.ReadFile(fixture(t, "client-openssl.p12"))
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +88,15 @@ connections:
   wrong:      {base_url: "PARTNER", profile: wrong}
   panicking:  {base_url: "PARTNER", profile: panicking}
   untrusting: {base_url: "PARTNER", profile: untrusting}
-`, "PARTNER", p.URL(), "INLINE", inline)
+  oauth-basic:   {base_url: "PARTNER", profile: p12, auth: {type: oauth2, token_url: "TOKENURL", client_id: sweep-basic, client_secret: "env:MTLSRELAY_SWEEP_CLIENT_SECRET", scopes: [s1]}}
+  oauth-post:    {base_url: "PARTNER", profile: p12, auth: {type: oauth2, token_url: "TOKENURL", client_id: sweep-post, client_auth: client_secret_post, client_secret: "value:SWEEPPOST"}}
+  oauth-jwt:     {base_url: "PARTNER", profile: p12, auth: {type: oauth2, token_url: "TOKENURL", client_id: sweep-jwt, client_auth: private_key_jwt}}
+  oauth-refused: {base_url: "PARTNER", profile: p12, auth: {type: oauth2, token_url: "TOKENURL", client_id: sweep-refused, client_secret: "value:SWEEPREFUSED"}}
+  static-basic:  {base_url: "PARTNER", profile: p12, auth: {type: basic, username: sweeper, password: "env:MTLSRELAY_SWEEP_BASIC"}}
+  static-bearer: {base_url: "PARTNER", profile: p12, auth: {type: bearer, token: "value:SWEEPBEARER"}}
+  static-header: {base_url: "PARTNER", profile: p12, auth: {type: header, name: X-Sweep-Key, value: "env:MTLSRELAY_SWEEP_HEADER"}}
+`, "PARTNER", p.URL(), "INLINE", inline, "TOKENURL", hydra.TokenURL,
+		"SWEEPPOST", sweepPostSecret, "SWEEPREFUSED", sweepRefusedSecret, "SWEEPBEARER", sweepBearerToken)
 	sources := secrets.DefaultSources(t.TempDir())
 	sources.Register(secrets.SchemeCyberArk, panicSource{secret: fixturePassword})
 	logs := &syncBuffer{}
@@ -97,6 +126,25 @@ connections:
 			}
 		}
 	}
+	// Connection auth: the partner's /status/200 does not echo the
+	// request, so whatever credential shows below leaked from the worker.
+	for _, conn := range []string{"oauth-basic", "oauth-post", "oauth-jwt", "oauth-refused", "static-basic", "static-bearer", "static-header"} {
+		r := call(t, nc, js, conn, map[string]any{"path": "status/200", "method": "POST", "body": "x"})
+		if conn == "oauth-refused" {
+			if r.Error == nil || r.Error.Code != jobs.CodeAuthFailed {
+				t.Errorf("refused client: %+v", r.Error)
+			}
+			continue
+		}
+		if !r.OK {
+			t.Errorf("%s: status %d error %+v", conn, r.Status, r.Error)
+		}
+	}
+	// A call's own Authorization is refused (the call, its own value with
+	// it, is dead-lettered as any refused call is: that is the flow's data).
+	if r := call(t, nc, js, "oauth-basic", map[string]any{"path": "status/200", "headers": map[string][]string{"Authorization": {"Bearer the-flow-s-own"}}}); r.Error == nil || r.Error.Code != jobs.CodeInvalidCall {
+		t.Errorf("own Authorization: %+v", r.Error)
+	}
 	// Results and dead letters as stored, raw.
 	for _, stream := range []string{jobs.StreamResults, jobs.StreamDead} {
 		everything.WriteString(readStream(t, js, stream))
@@ -119,13 +167,31 @@ connections:
 	}
 
 	all := everything.String()
-	for what, secret := range map[string]string{
-		"keystore password": fixturePassword,
-		"env-only password": envPassword,
-		"inline keystore":   inline[100:160],
-		"PEM key body":      pemKeyFragment(t, "client.pem"),
-		"encrypted PEM key": pemKeyFragment(t, "client-encrypted.pem"),
-	} {
+	leaks := map[string]string{
+		"keystore password":     fixturePassword,
+		"env-only password":     envPassword,
+		"inline keystore":       inline[100:160],
+		"PEM key body":          pemKeyFragment(t, "client.pem"),
+		"encrypted PEM key":     pemKeyFragment(t, "client-encrypted.pem"),
+		"client secret":         sweepClientSecret,
+		"inline client secret":  sweepPostSecret,
+		"refused client secret": sweepRefusedSecret,
+		"basic password":        sweepBasicPassword,
+		"basic credentials":     base64.StdEncoding.EncodeToString([]byte("sweeper:" + sweepBasicPassword)),
+		"bearer token":          sweepBearerToken,
+		"header value":          sweepHeaderValue,
+	}
+	creds := hydra.Credentials() // secrets, assertions and tokens at the token endpoint
+	if len(creds) < 6 {
+		t.Errorf("the token endpoint saw %d credentials; want the secrets, an assertion and the tokens", len(creds))
+	}
+	for i, c := range creds {
+		if len(c) > 32 {
+			c = c[len(c)-32:] // the signature of an assertion, the tail of a token
+		}
+		leaks[fmt.Sprintf("token endpoint credential %d", i)] = c
+	}
+	for what, secret := range leaks {
 		if strings.Contains(all, secret) {
 			i := strings.Index(all, secret)
 			t.Errorf("%s leaked: ...%s...", what, all[max(0, i-120):min(len(all), i+40)])

@@ -36,12 +36,13 @@ type Executor struct {
 	opts       ExecutorOptions
 	transports *transportCache
 	derived    derivedCache
+	oauth      *oauthTokens
 }
 
 // NewExecutor returns an executor; zero options mean the defaults.
 func NewExecutor(opts ExecutorOptions) *Executor {
 	opts = opts.withDefaults()
-	return &Executor{opts: opts, transports: newTransportCache(opts)}
+	return &Executor{opts: opts, transports: newTransportCache(opts), oauth: newOAuthTokens()}
 }
 
 // Close closes the idle connections of every transport. Attempts still
@@ -71,6 +72,12 @@ type Outcome struct {
 // (429/502/503/504) are left to the caller's retry policy. Error is set only
 // when no usable response was obtained, or when its body exceeds
 // conn.ResponseLimit() (response_too_large, status and headers kept).
+//
+// A connection with auth gets its credentials on the request (outbound's
+// auth.go): a header built from secrets read now, or an OAuth2 token from
+// the cache or the token endpoint. When the partner answers 401 to a
+// request made with a token, the token is renewed once and the request
+// made once more, within the same deadline.
 func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) Outcome {
 	start := time.Now()
 	res := &jobs.Result{}
@@ -114,6 +121,9 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	timeout := conn.AttemptTimeout(call)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// Credentials are read and tokens requested within the attempt's
+	// deadline, but without its trace: a token request is not the call's.
+	authCtx := ctx
 	tr := &tracer{start: start}
 	ctx = httptrace.WithClientTrace(ctx, tr.clientTrace())
 	ctx, hs := startHTTPSpan(ctx, call.Method, u, tr)
@@ -135,6 +145,13 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 
 	pt := x.transports.getVia(call.Connection, conn.Proxy, mat)
 	defer pt.release()
+	var cred *credential
+	if conn.Auth != nil {
+		if cred, jerr = x.credentials(authCtx, call.Connection, conn, mat, pt); jerr != nil {
+			return finish(jerr)
+		}
+		cred.apply(req)
+	}
 	target := Target{Host: HostPort(u), Profile: mat.Profile, SystemRoots: mat.Config.RootCAs == nil, Timeout: timeout}
 	classify := func(err error) *jobs.Error {
 		// The attempt's context explains failures whose own error does not
@@ -164,6 +181,11 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	req = req.WithContext(withEgress(req.Context(), cd.egress))
 	client := &http.Client{Transport: pt.rt, CheckRedirect: redirectPolicy(call, conn, cd.base)}
 	resp, err := client.Do(req)
+	if err == nil && resp.StatusCode == http.StatusUnauthorized && cred.renewable() {
+		// The token may have been revoked or have expired early: renew it
+		// once and try once more.
+		resp, err = x.retryUnauthorized(authCtx, call.Connection, conn, mat, pt, cred, client, req, resp)
+	}
 	if err != nil {
 		err = withConnFailure(err, tr)
 		out.Sent = tr.sent()
@@ -228,6 +250,35 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	}
 	res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300 && res.SOAPFault == nil
 	return finish(nil)
+}
+
+// retryUnauthorized renews the token of cred, which the partner refused
+// with first (a 401), and makes req once more with the new one. It returns
+// first as it is when req's body cannot be sent again, and the renewal's
+// failure (a *jobs.Error: auth_failed, connect_failed...) when there is no
+// new token.
+func (x *Executor) retryUnauthorized(ctx context.Context, name string, conn *catalog.Connection, mat *secrets.Material, pt *pooledTransport,
+	cred *credential, client *http.Client, req *http.Request, first *http.Response) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return first, nil
+	}
+	// Read what little the 401 holds, so its connection can serve the retry.
+	_, _ = io.Copy(io.Discard, io.LimitReader(first.Body, 64<<10))
+	first.Body.Close()
+	next, jerr := x.oauth.renew(ctx, cred, x, name, conn, mat, pt)
+	if jerr != nil {
+		return nil, jerr
+	}
+	again := req.Clone(req.Context())
+	if req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			return nil, err
+		}
+		again.Body = body
+	}
+	next.apply(again)
+	return client.Do(again)
 }
 
 // readBody reads at most limit+1 bytes of body, to its end. When the
@@ -462,6 +513,13 @@ func redirectPolicy(call *jobs.Call, conn *catalog.Connection, base *url.URL) fu
 			return jobs.Errorf(jobs.CodeHostNotAllowed,
 				"the partner redirected to %s://%s, which connection %s does not allow; add the host to allow_hosts if the redirect is expected",
 				req.URL.Scheme, req.URL.Host, call.Connection)
+		}
+		if conn.Auth != nil && !strings.EqualFold(req.URL.Host, via[0].URL.Host) {
+			// The connection's credentials are for the host the call
+			// went to, not for every host it may be redirected to.
+			for _, h := range conn.Auth.HeaderNames() {
+				req.Header.Del(h)
+			}
 		}
 		return nil
 	}

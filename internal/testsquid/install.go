@@ -78,13 +78,12 @@ func findOrInstall(t testing.TB) (string, error) {
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		return cmd.CombinedOutput()
 	}
-	out, err := install()
-	if err != nil {
+	if _, err := install(); err != nil {
 		// The package lists may be missing (a fresh container) or stale.
 		if upd, uerr := exec.Command("apt-get", "update").CombinedOutput(); uerr != nil {
 			return "", fmt.Errorf("apt-get update: %v\n%s", uerr, tailLines(upd, 20))
 		}
-		if out, err = install(); err != nil {
+		if out, err := install(); err != nil {
 			return "", fmt.Errorf("apt-get install %s: %v\n%s", Package, err, tailLines(out, 20))
 		}
 	}
