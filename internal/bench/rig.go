@@ -333,7 +333,7 @@ func (r *rig) natsName() string {
 
 // benchStreams are the streams a run creates on the NATS server: the three
 // of SPEC.md and the workers' call-state bucket.
-var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket}
+var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies}
 
 // checkExternalNATS makes sure the server at url is one the run may use: it
 // answers, has JetStream, and holds none of the streams a run creates and
