@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/filelock"
 )
 
 var (
@@ -62,7 +64,7 @@ func findOrBuild(t testing.TB) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return "", err
 	}
-	unlock, err := lockFile(out + ".lock")
+	unlock, err := filelock.Lock(out + ".lock")
 	if err != nil {
 		return "", err
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/filelock"
 )
 
 var (
@@ -64,7 +66,7 @@ func findOrInstall(t testing.TB) (string, error) {
 		return "", fmt.Errorf("squid is not installed and there is no apt-get to install it: install Squid with basic_ncsa_auth")
 	}
 	// Test binaries of several packages may start at once: one installs.
-	unlock, err := lockFile(filepath.Join(os.TempDir(), "mtlsrelay-testsquid-install.lock"))
+	unlock, err := filelock.Lock(filepath.Join(os.TempDir(), "mtlsrelay-testsquid-install.lock"))
 	if err != nil {
 		return "", err
 	}
