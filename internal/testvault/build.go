@@ -1,91 +1,27 @@
 package testvault
 
 import (
-	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/mtlsrelay/mtlsrelay/internal/filelock"
+	"github.com/mtlsrelay/mtlsrelay/internal/toolbuild"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+// vault builds the Vault server from integration/tools/vault.
+var vault = &toolbuild.Tool{
+	Name: "vault", Title: "Vault", Version: Version, BinaryEnv: BinaryEnv,
+	Dir: toolsDir(), Package: ".", Takes: "about 6 minutes on 2 cores",
+}
+
+func toolsDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "integration", "tools", "vault")
+}
 
 // Binary returns the path of the Vault server binary, building it into the
-// user's cache directory when it is not there yet. Test packages running in
-// parallel build it once: a lock file serializes them, and the binary is
-// written under a temporary name and renamed into place.
-func Binary(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() { binPath, binErr = findOrBuild(t) })
-	if binErr != nil {
-		t.Fatalf("testvault: %v", binErr)
-	}
-	return binPath
-}
+// user's cache directory when it is not there yet.
+func Binary(t testing.TB) string { return vault.Binary(t) }
 
 // CachePath is where a built binary is kept: os.UserCacheDir()/mtlsrelay/vault-1.19.0.
-func CachePath() (string, error) {
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("no cache directory for the Vault binary (set %s): %w", BinaryEnv, err)
-	}
-	return filepath.Join(dir, "mtlsrelay", "vault-"+Version), nil
-}
-
-func findOrBuild(t testing.TB) (string, error) {
-	if p := os.Getenv(BinaryEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s=%s: %w", BinaryEnv, p, err)
-		}
-		return p, nil
-	}
-	out, err := CachePath()
-	if err != nil {
-		return "", err
-	}
-	if executable(out) {
-		return out, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return "", err
-	}
-	unlock, err := filelock.Lock(out + ".lock")
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if executable(out) { // built by another package while we waited
-		return out, nil
-	}
-	_, file, _, _ := runtime.Caller(0)
-	src := filepath.Join(filepath.Dir(file), "..", "..", "integration", "tools", "vault")
-	t.Logf("testvault: building Vault %s into %s (about 6 minutes on 2 cores the first time)", Version, out)
-	start := time.Now()
-	tmp := fmt.Sprintf("%s.tmp-%d", out, os.Getpid())
-	cmd := exec.Command("go", "build", "-ldflags=-s -w", "-o", tmp, ".")
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("building Vault in %s: %v\n%s", src, err, b)
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		return "", err
-	}
-	t.Logf("testvault: built Vault in %s", time.Since(start).Round(time.Second))
-	return out, nil
-}
-
-func executable(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
-}
+func CachePath() (string, error) { return vault.CachePath() }
