@@ -2,7 +2,9 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
 
 	"github.com/spf13/cobra"
@@ -13,6 +15,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	o := bench.DefaultOptions()
 	var cpuProfile, memProfile string
+	var inProcess bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
@@ -24,9 +27,36 @@ allocations and peak RSS. A last phase, the queue floor, replaces the workers wi
 responder that makes no HTTP call: the JetStream work alone, and the ratio it allows.
 
 --inflight N selects the memory-bound mode: only the relay, N calls in flight;
-with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.`,
+with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.
+
+--large-bodies selects the large-bodies mode: only the relay, --concurrency (or
+--inflight) calls in flight until --calls are made, each downloading a
+--large-body-bytes response (default 100 MB) that the worker streams into the Object
+Store and returns as a body_ref. Every body_ref is checked against the partner's
+SHA-256, one body in --verify-every is read back and hashed, every object deleted. The
+worker runs as a process of its own (this command, re-run), whose peak RSS is
+reported and bounded by --max-rss-mib (its GOMEMLIMIT is then 80% of it).
+
+--direct-calls selects the direct-calls mode: direct calls (core NATS requests to
+mtlsrelay.rpc.<connection>) at --direct-rate next to the same request made by the
+direct client, on the idle worker, then again while the worker serves durable calls at
+half its measured peak (or --paced-rate).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.LargeBodies {
+				if !cmd.Flags().Changed("call-timeout") {
+					o.CallTimeout = bench.DefaultLargeCallTimeout
+				}
+				if !inProcess {
+					exe, err := os.Executable()
+					if err != nil {
+						return fmt.Errorf("the worker process runs this command again: %w", err)
+					}
+					o.WorkerCommand = func(args []string) *exec.Cmd {
+						return exec.Command(exe, append([]string{"bench", workerProcessCmd}, args...)...)
+					}
+				}
+			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {
@@ -56,16 +86,37 @@ with --max-rss-mib the command exits non-zero when the peak RSS exceeds the boun
 	f.BoolVar(&o.SkipFloor, "skip-floor", false, "leave out the last phase, the queue floor: the relay's closed loop with the workers replaced by a responder that makes no HTTP call")
 	f.StringVar(&o.NATSURL, "nats", "", "run the relay on this NATS server (JetStream on, holding no mtlsrelay streams; they are created and deleted) instead of one in-process, for example on another machine as in production")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
-	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak)")
+	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak); with --direct-calls, the durable load's")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")
 	f.Float64Var(&o.MaxRSSMiB, "max-rss-mib", 0, "exit non-zero when the peak RSS exceeds this many MiB")
-	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path")
+	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path (10m with --large-bodies unless set)")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the relay's measured closed-loop phase to this file (go tool pprof -tags shows each part's share)")
 	f.StringVar(&o.ProfileDir, "profile-dir", "", "write a CPU profile of every measured phase to this folder: direct-closed.pprof, relay-closed.pprof, direct-paced.pprof, relay-paced.pprof, floor-closed.pprof")
 	f.StringVar(&memProfile, "memprofile", "", "write an allocation profile of the whole run to this file (with --inflight, the relay alone)")
+	f.BoolVar(&o.LargeBodies, "large-bodies", false, "large-bodies mode: only the relay, each call downloading --large-body-bytes by body_ref; the worker's peak RSS")
+	f.Int64Var(&o.LargeBodyBytes, "large-body-bytes", bench.DefaultLargeBodyBytes, "response size of the large-bodies mode")
+	f.IntVar(&o.Calls, "calls", 0, "calls of the large-bodies mode (default twice the calls in flight)")
+	f.IntVar(&o.VerifyEvery, "verify-every", bench.DefaultVerifyEvery, "large-bodies mode: read back and hash the first body and 1 in this many")
+	f.BoolVar(&inProcess, "worker-in-process", false, "large-bodies mode: run the worker in this process (the peak RSS is then the whole process's)")
+	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
+	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")
+	f.Float64Var(&o.DirectRate, "direct-rate", bench.DefaultDirectRate, "direct-calls mode: rate of the direct and rpc phases, calls/s")
+	cmd.AddCommand(&cobra.Command{
+		Use:                workerProcessCmd,
+		Short:              "A worker of `mtlsrelay bench --large-bodies` in a process of its own (started by it)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return bench.WorkerProcessMain(cmd.Context(), args, os.Stdin, os.Stdout)
+		},
+	})
 	return cmd
 }
+
+// workerProcessCmd is the hidden subcommand of bench that runs a worker
+// process of the large-bodies mode.
+const workerProcessCmd = "worker-process"
 
 // writeAllocsProfile writes the allocations made since the process started
 // (pprof "allocs": go tool pprof -sample_index=alloc_objects).

@@ -28,6 +28,13 @@
 // the load generator, and so does the CPU.
 // The direct phase, which has the same partner and generator, shows that
 // baseline.
+//
+// Two more modes answer the project's issue 14: the large-bodies mode
+// (Options.LargeBodies: 100 MB responses by body_ref, the worker in a
+// process of its own so that its peak RSS is its own, see largebodies.go
+// and workerproc.go) and the direct-calls mode (Options.DirectCalls: direct
+// calls' latency over the partner's own time, idle and under a durable
+// load, see directcalls.go).
 package bench
 
 import (
@@ -38,10 +45,14 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // Routes of the partner a run can call.
@@ -123,7 +134,71 @@ type Options struct {
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
+
+	// LargeBodies selects the large-bodies mode: only the relay, with
+	// Inflight (or Concurrency) calls in flight until Calls have been made,
+	// each a GET of /bytes?n=LargeBodyBytes&pattern=1, a body the worker
+	// streams into the Object Store bucket mtlsrelay_bodies, its result
+	// carrying a body_ref. Every body_ref is checked against the pattern's
+	// size and SHA-256, one body in VerifyEvery is read back from the
+	// bucket and hashed, and each object is deleted once its result is in.
+	// The report's point is the worker's peak RSS: with WorkerCommand the
+	// workers run as processes of their own and theirs is measured;
+	// without, the bench process's. MaxRSSMiB then bounds the worker's.
+	LargeBodies bool
+	// LargeBodyBytes is the size of each response of the large-bodies
+	// mode. Zero means 100,000,000 (100 MB).
+	LargeBodyBytes int64
+	// Calls is how many calls the large-bodies mode makes. Zero means
+	// twice the calls in flight.
+	Calls int
+	// VerifyEvery: the large-bodies mode reads back and hashes the first
+	// body and one in VerifyEvery after it. Zero means 8; 1 reads all.
+	VerifyEvery int
+	// WorkerCommand, when set, runs the large-bodies mode's workers as
+	// processes of their own: it returns the command that runs
+	// WorkerProcessMain with args (`mtlsrelay bench` runs itself as
+	// `mtlsrelay bench worker-process`). Its Stderr, when nil, is the
+	// bench's, where GODEBUG=gctrace=1 (inherited) writes.
+	WorkerCommand func(args []string) *exec.Cmd
+	// WorkerHeapProfile, with WorkerCommand, is where a worker process
+	// writes a heap profile (pprof) each time its heap passes its previous
+	// peak by 10%: the last one written shows the heap near its peak.
+	// Several workers write <name>-<n><ext>.
+	WorkerHeapProfile string
+
+	// DirectCalls selects the direct-calls mode: the latency of direct
+	// calls (core NATS requests to <prefix>.rpc.<connection>, as
+	// client.Client.Direct makes them) next to the same request made by
+	// the direct HTTP client (the partner's own time), both paced at
+	// DirectRate, first with the worker idle, then while it also serves a
+	// paced durable load at half its peak durable rate (measured in the
+	// run, or PacedRate).
+	DirectCalls bool
+	// DirectRate is the rate of the direct-calls mode's measured phases.
+	// Zero means 200 calls/s.
+	DirectRate float64
 }
+
+// Defaults of the large-bodies and direct-calls modes.
+const (
+	DefaultLargeBodyBytes = 100_000_000
+	DefaultVerifyEvery    = 8
+	DefaultDirectRate     = 200
+	// DefaultLargeCallTimeout is the call timeout `mtlsrelay bench
+	// --large-bodies` uses unless --call-timeout says otherwise.
+	DefaultLargeCallTimeout = 10 * time.Minute
+)
+
+func (o Options) largeBodyBytes() int64 {
+	if o.LargeBodyBytes > 0 {
+		return o.LargeBodyBytes
+	}
+	return DefaultLargeBodyBytes
+}
+
+// workerProcesses reports whether the workers run as processes of their own.
+func (o Options) workerProcesses() bool { return o.LargeBodies && o.WorkerCommand != nil }
 
 // DefaultOptions returns the options of `mtlsrelay bench` without flags.
 func DefaultOptions() Options {
@@ -156,6 +231,18 @@ func (o Options) withDefaults() Options {
 	if o.CallTimeout <= 0 {
 		o.CallTimeout = d.CallTimeout
 	}
+	if o.LargeBodies {
+		o.LargeBodyBytes = o.largeBodyBytes()
+		if o.Calls <= 0 {
+			o.Calls = 2 * o.inflight()
+		}
+		if o.VerifyEvery <= 0 {
+			o.VerifyEvery = DefaultVerifyEvery
+		}
+	}
+	if o.DirectCalls && o.DirectRate <= 0 {
+		o.DirectRate = DefaultDirectRate
+	}
 	return o
 }
 
@@ -178,6 +265,30 @@ func (o Options) validate() error {
 	}
 	if o.inflight() > 100000 {
 		errs = append(errs, fmt.Errorf("at most 100000 calls in flight, not %d", o.inflight()))
+	}
+	if o.LargeBodies && o.DirectCalls {
+		errs = append(errs, errors.New("the large-bodies mode or the direct-calls mode: not both"))
+	}
+	if o.DirectCalls && o.Inflight > 0 {
+		errs = append(errs, errors.New("the direct-calls mode takes --concurrency for its peak phase, not --inflight (the memory-bound mode)"))
+	}
+	if o.LargeBodies {
+		if o.Route != RouteBytes {
+			errs = append(errs, fmt.Errorf("the large-bodies mode calls /bytes, not route %q", o.Route))
+		}
+		// Smaller bodies would come back inline, not by body_ref.
+		if o.LargeBodyBytes <= worker.DefaultInlineBodyMax || o.LargeBodyBytes > catalog.MaxResponseBytesLimit {
+			errs = append(errs, fmt.Errorf("large body bytes must be over %d (the worker's inline_body_max) and at most 1 GiB, not %d", worker.DefaultInlineBodyMax, o.LargeBodyBytes))
+		}
+		if o.Calls < o.inflight() {
+			errs = append(errs, fmt.Errorf("%d calls cannot keep %d in flight", o.Calls, o.inflight()))
+		}
+	}
+	if o.WorkerHeapProfile != "" && !o.workerProcesses() {
+		errs = append(errs, errors.New("a worker heap profile needs the large-bodies mode with worker processes (WorkerCommand)"))
+	}
+	if o.DirectCalls && o.DirectRate > 100000 {
+		errs = append(errs, fmt.Errorf("a direct rate of at most 100000 calls/s, not %.0f", o.DirectRate))
 	}
 	return errors.Join(errs...)
 }
@@ -230,11 +341,17 @@ type Report struct {
 	// DuplicateResults counts results that arrived for a call already
 	// completed (redeliveries); they are not counted twice.
 	DuplicateResults int64 `json:"duplicate_results"`
+	// LargeBodies is what the large-bodies mode measured besides Relay,
+	// its calls as the bench process saw them.
+	LargeBodies *LargeBodies `json:"large_bodies,omitempty"`
+	// DirectCalls is what the direct-calls mode measured; Relay is its
+	// durable peak phase.
+	DirectCalls *DirectCalls `json:"direct_calls,omitempty"`
 }
 
 // Setup records what was measured and where.
 type Setup struct {
-	Mode          string  `json:"mode"` // "side-by-side" or "memory-bound"
+	Mode          string  `json:"mode"` // "side-by-side", "memory-bound", "large-bodies" or "direct-calls"
 	Protocol      string  `json:"protocol"`
 	Method        string  `json:"method"`
 	Idempotent    bool    `json:"idempotent"`
@@ -350,7 +467,8 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			fmt.Fprintf(out, format+"\n", args...)
 		}
 	}
-	if o.MaxRSSMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+	// Worker processes get their memory limit in their environment.
+	if o.MaxRSSMiB > 0 && os.Getenv("GOMEMLIMIT") == "" && !o.workerProcesses() {
 		prev := debug.SetMemoryLimit(int64(o.MaxRSSMiB * 0.8 * (1 << 20)))
 		defer debug.SetMemoryLimit(prev)
 	}
@@ -369,7 +487,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	shape := shapeOf(o)
 	rep := &Report{Setup: Setup{
 		Mode: "side-by-side", Protocol: proto, Method: shape.method, Idempotent: !o.NonIdempotent || shape.method == "GET", Route: "/" + shape.path,
-		BodyBytes: o.BodyBytes, Concurrency: o.inflight(), Workers: o.Workers,
+		BodyBytes: len(shape.body), Concurrency: o.inflight(), Workers: o.Workers,
 		Seconds: o.Duration.Seconds(), WarmupSeconds: o.Warmup.Seconds(),
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), NATS: r.natsName(),
@@ -379,10 +497,21 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		rep.Setup.MemoryLimitMiB = mib(limit)
 	}
 	if o.Route == RouteBytes {
-		rep.Setup.ResponseBytes = o.ResponseBytes
+		rep.Setup.ResponseBytes = max(o.ResponseBytes, shape.wantLen)
 	}
 
-	if o.Inflight > 0 {
+	switch {
+	case o.LargeBodies:
+		rep.Setup.Mode = "large-bodies"
+		if err := runLargeBodies(ctx, o, r, rep, prof, progress); err != nil {
+			return rep, err
+		}
+	case o.DirectCalls:
+		rep.Setup.Mode = "direct-calls"
+		if err := runDirectCalls(ctx, o, r, rep, prof, progress); err != nil {
+			return rep, err
+		}
+	case o.Inflight > 0:
 		rep.Setup.Mode = "memory-bound"
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Inflight, o.Warmup, o.Duration)
 		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Inflight, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
@@ -391,7 +520,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		if err := needCalls(rep.Relay); err != nil {
 			return rep, err
 		}
-	} else {
+	default:
 		progress("direct, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
 		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, prof.writer("direct", "closed")); err != nil {
 			return nil, err
@@ -463,8 +592,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	} else {
 		writeTable(out, rep)
 	}
-	if o.MaxRSSMiB > 0 && rep.PeakRSSMiB > o.MaxRSSMiB {
-		return rep, &RSSLimitError{PeakMiB: rep.PeakRSSMiB, LimitMiB: o.MaxRSSMiB}
+	peak := rep.PeakRSSMiB
+	if lb := rep.LargeBodies; lb != nil {
+		peak = lb.WorkerPeakRSSMiB
+	}
+	if o.MaxRSSMiB > 0 && peak > o.MaxRSSMiB {
+		return rep, &RSSLimitError{PeakMiB: peak, LimitMiB: o.MaxRSSMiB}
 	}
 	return rep, nil
 }

@@ -160,6 +160,12 @@ func newRelayCaller(client *client.Client, o Options, runID string) *relayCaller
 var errNoResult = errors.New("no result within the call timeout")
 
 func (r *relayCaller) call(ctx context.Context) (stages, error) {
+	_, st, err := r.roundTrip(ctx)
+	return st, err
+}
+
+// roundTrip enqueues one call and waits for its result.
+func (r *relayCaller) roundTrip(ctx context.Context) (resultStatus, stages, error) {
 	start := time.Now()
 	id := "bench-" + r.runID + "-" + strconv.FormatUint(r.seq.Add(1), 10)
 	ch := make(chan *nats.Msg, 1)
@@ -178,7 +184,7 @@ func (r *relayCaller) call(ctx context.Context) (stages, error) {
 	}
 	if _, err := r.client.Enqueue(ctx, c); err != nil {
 		r.pending.Delete(id)
-		return stages{}, fmt.Errorf("enqueue: %w", err)
+		return resultStatus{}, stages{}, fmt.Errorf("enqueue: %w", err)
 	}
 	st := stages{enqueue: time.Since(start)}
 	t := time.NewTimer(r.timeout + 5*time.Second)
@@ -187,13 +193,13 @@ func (r *relayCaller) call(ctx context.Context) (stages, error) {
 	case m := <-ch:
 		rs, err := checkResult(m.Data)
 		st.queued, st.attempt = fromMillis(rs.Timing.QueuedMS), fromMillis(rs.Timing.TotalMS)
-		return st, err
+		return rs, st, err
 	case <-t.C:
 		r.pending.Delete(id)
-		return st, errNoResult
+		return resultStatus{}, st, errNoResult
 	case <-ctx.Done():
 		r.pending.Delete(id)
-		return st, ctx.Err()
+		return resultStatus{}, st, ctx.Err()
 	}
 }
 
@@ -216,6 +222,8 @@ type resultStatus struct {
 	Status int         `json:"status"`
 	Error  *jobs.Error `json:"error"`
 	Timing jobs.Timing `json:"timing"`
+	// BodyRef names the body kept in the Object Store (large bodies).
+	BodyRef *jobs.BodyRef `json:"body_ref"`
 }
 
 func checkResult(data []byte) (resultStatus, error) {

@@ -23,10 +23,23 @@ func writeTable(out io.Writer, rep *Report) {
 	if s.Workers == 1 {
 		workers = "worker"
 	}
+	if lb := rep.LargeBodies; lb != nil {
+		body += ", by body_ref"
+		if lb.WorkerProcess {
+			workers += " in a process of its own"
+			if s.Workers > 1 {
+				workers = "workers, each in a process of its own"
+			}
+		}
+	}
 	fmt.Fprintf(out, "\nmtlsrelay bench (%s): %s %s %s (%s), %d %s, %d calls in flight\n",
 		s.Mode, s.Protocol, s.Method, s.Route, body, s.Workers, workers, s.Concurrency)
-	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %gs measured per phase after %gs warm-up; NATS server %s\n\n",
-		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], s.Seconds, s.WarmupSeconds, s.NATS)
+	measured := fmt.Sprintf("%gs measured per phase after %gs warm-up", s.Seconds, s.WarmupSeconds)
+	if rep.LargeBodies != nil {
+		measured = "every call measured, no warm-up"
+	}
+	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n\n",
+		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], measured, s.NATS)
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tLOOP\tCALLS\tERRORS\tCALLS/S\tP50 MS\tP99 MS\tMAX MS\tCONNS\tFULL HS/1k\tALLOCS/CALL\tKiB/CALL\tCPU µs/CALL\tCORES\tRSS MiB\t")
@@ -55,10 +68,15 @@ func writeTable(out io.Writer, rep *Report) {
 			ph.P50MS-st.EnqueueP50MS-st.QueuedP50MS-st.AttemptP50MS)
 	}
 
-	if rep.Direct != nil {
+	switch {
+	case rep.LargeBodies != nil:
+		writeLargeBodies(out, rep)
+	case rep.Direct != nil:
 		fmt.Fprintf(out, "throughput relay/direct: %.2f (relay %.0f calls/s, direct %.0f calls/s)\n",
 			rep.Ratio, rep.Relay.Throughput, rep.Direct.Throughput)
-	} else {
+	case rep.DirectCalls != nil:
+		writeDirectCalls(out, rep)
+	default:
 		fmt.Fprintf(out, "relay throughput: %.0f calls/s with %d calls in flight\n", rep.Relay.Throughput, rep.Relay.InFlight)
 	}
 	if rep.Floor != nil {
@@ -80,7 +98,11 @@ func writeTable(out io.Writer, rep *Report) {
 	if rep.Setup.MemoryLimitMiB > 0 {
 		limit = fmt.Sprintf(", Go memory limit %.0f MiB", rep.Setup.MemoryLimitMiB)
 	}
-	fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
+	if lb := rep.LargeBodies; lb != nil && lb.WorkerProcess {
+		fmt.Fprintf(out, "peak RSS of the bench process, without the worker (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
+	} else {
+		fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
+	}
 	for _, ph := range rep.phases() {
 		if ph != nil && ph.FirstError != "" {
 			fmt.Fprintf(out, "first error, %s %s: %s\n", ph.Name, ph.Loop, ph.FirstError)
@@ -96,11 +118,91 @@ func writeTable(out io.Writer, rep *Report) {
 	if s.NATS != natsInProcess {
 		nats = ""
 	}
+	if lb := rep.LargeBodies; lb != nil && lb.WorkerProcess {
+		fmt.Fprintf(out, "allocations, RSS and CPU in the table are the bench process's: %spartner and load generator; the worker's own are above\n", nats)
+		return
+	}
 	fmt.Fprintf(out, "allocations, RSS and CPU are the whole process's: workers, %spartner and load generator\n", nats)
+}
+
+// writeLargeBodies writes the large-bodies mode's figures.
+func writeLargeBodies(out io.Writer, rep *Report) {
+	lb, ph := rep.LargeBodies, rep.Relay
+	fmt.Fprintf(out, "bodies: %d of %d bytes by body_ref in %.1f s, %.1f MB/s; each body_ref checked against the partner's size and SHA-256 (%.12s...)\n",
+		ph.Calls, lb.BodyBytes, ph.Seconds, lb.MBPerSecond, lb.SHA256)
+	fmt.Fprintf(out, "read back from the bucket and hashed: %d bodies (the first and 1 in %d), %d mismatched or unreadable\n",
+		lb.Verified, lb.VerifyEvery, lb.VerifyFailures)
+	if lb.FirstVerifyErr != "" {
+		fmt.Fprintf(out, "first read-back failure: %s\n", lb.FirstVerifyErr)
+	}
+	fmt.Fprintf(out, "objects deleted once their result was in: %d (%d failed); bucket at most %.0f MB, %.1f MB at the end\n",
+		lb.Deleted, lb.DeleteErrors, lb.BucketPeakMB, lb.BucketEndMB)
+	if lb.FirstDeleteErr != "" {
+		fmt.Fprintf(out, "first delete failure: %s\n", lb.FirstDeleteErr)
+	}
+	for _, w := range lb.Workers {
+		limit := "no Go memory limit"
+		if w.MemoryLimitMiB > 0 {
+			limit = fmt.Sprintf("Go memory limit %.0f MiB", w.MemoryLimitMiB)
+		}
+		fmt.Fprintf(out, "worker process %s: peak RSS %.1f MiB (VmHWM %.1f, largest VmRSS sampled %.1f, ru_maxrss %.1f); Go heap peak %.1f MiB, heap goal peak %.1f MiB, runtime-mapped peak %.1f MiB, %d collections, %s; %.1f s of CPU\n",
+			w.Name, w.PeakRSSMiB, w.VmHWMMiB, w.SampledRSSMiB, w.MaxRSSMiB, w.HeapPeakMiB, w.HeapGoalPeakMiB, w.RuntimeTotalPeakMiB, w.GCCycles, limit, w.CPUSeconds)
+		if w.ExitError != "" {
+			fmt.Fprintf(out, "worker process %s ended: %s\n", w.Name, w.ExitError)
+		}
+	}
+	where := "worker process"
+	if !lb.WorkerProcess {
+		where = "bench process, worker included (VmHWM)"
+	}
+	verdict := ""
+	if lb.LimitMiB > 0 {
+		verdict = fmt.Sprintf(": within the bound of %.0f MiB", lb.LimitMiB)
+		if lb.WorkerPeakRSSMiB > lb.LimitMiB {
+			verdict = fmt.Sprintf(": OVER the bound of %.0f MiB", lb.LimitMiB)
+		}
+	}
+	fmt.Fprintf(out, "peak RSS of the %s with %d calls of %d bytes in flight: %.1f MiB%s\n",
+		where, lb.InFlight, lb.BodyBytes, lb.WorkerPeakRSSMiB, verdict)
+}
+
+// writeDirectCalls writes the direct-calls mode's figures.
+func writeDirectCalls(out io.Writer, rep *Report) {
+	dc := rep.DirectCalls
+	met := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	for _, ph := range []*Phase{dc.IdleRPC, dc.LoadedRPC} {
+		if st := ph.Stages; st != nil {
+			fmt.Fprintf(out, "%s: the worker's attempt p50/p99 %.2f/%.2f ms; the rest (NATS both ways, the worker's and client's own work) %.2f ms at p50\n",
+				ph.Name, st.AttemptP50MS, st.AttemptP99MS, ph.P50MS-st.AttemptP50MS)
+		}
+	}
+	fmt.Fprintf(out, "relay durable peak: %.0f calls/s with %d calls in flight\n", rep.Relay.Throughput, rep.Relay.InFlight)
+	fmt.Fprintf(out, "direct calls at %.0f calls/s on the idle worker, over the partner's own time: p50 %+.2f ms, p99 %+.2f ms (rpc p99 %.2f ms, direct %.2f ms); target p99 at most %+d ms: %s\n",
+		dc.Rate, dc.IdleAddedP50MS, dc.IdleAddedP99MS, dc.IdleRPC.P99MS, dc.IdleDirect.P99MS, DirectIdleAddedP99TargetMS, met(dc.IdleMet))
+	how := "half the peak"
+	if dc.LoadRate != rep.Relay.Throughput/2 {
+		how = "set by --paced-rate"
+	}
+	fmt.Fprintf(out, "with a durable load of %.0f calls/s (%s): rpc p99 %.2f ms, %.2f x the idle p99; target at most %d x: %s\n",
+		dc.LoadRate, how, dc.LoadedRPC.P99MS, dc.LoadedOverIdleP99, DirectLoadedOverIdleTarget, met(dc.LoadedMet))
+	fmt.Fprintf(out, "under that load, over the partner's own time then: p50 %+.2f ms, p99 %+.2f ms; the partner's own p99 (direct client) went from %.2f to %.2f ms, %.2f x\n",
+		dc.LoadedAddedP50MS, dc.LoadedAddedP99MS, dc.IdleDirect.P99MS, dc.LoadedDirect.P99MS, dc.DirectLoadedOverIdleP99)
+	fmt.Fprintln(out, "the loaded phases' allocations and CPU per call include the load's; their CORES are the whole process's")
+	if dc.Warning != "" {
+		fmt.Fprintf(out, "warning: %s\n", dc.Warning)
+	}
 }
 
 // phases are the report's phases in the order they ran; those that did
 // not run are nil.
 func (r *Report) phases() []*Phase {
+	if dc := r.DirectCalls; dc != nil {
+		return []*Phase{dc.IdleDirect, dc.IdleRPC, r.Relay, dc.Load, dc.LoadedDirect, dc.LoadedRPC}
+	}
 	return []*Phase{r.Direct, r.Relay, r.PacedDirect, r.PacedRelay, r.Floor}
 }

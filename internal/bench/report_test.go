@@ -36,3 +36,59 @@ func TestWriteTableShowsEveryFigure(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteTableLargeBodies(t *testing.T) {
+	rep := &Report{
+		Setup: Setup{Mode: "large-bodies", Protocol: "HTTP/2.0", Method: "GET", Route: "/bytes", ResponseBytes: 100_000_000, Concurrency: 64, Workers: 1, NumCPU: 2, NATS: "nats://127.0.0.1:4333 (external)"},
+		Relay: &Phase{Name: "relay", Loop: "closed", InFlight: 64, Calls: 128, Seconds: 80, Throughput: 1.6, P50MS: 40000, P99MS: 52000, MaxMS: 52100},
+		LargeBodies: &LargeBodies{BodyBytes: 100_000_000, InFlight: 64, MBPerSecond: 160, SHA256: "0123456789abcdef0123", Verified: 17, VerifyEvery: 8,
+			Deleted: 128, BucketPeakMB: 6500, WorkerProcess: true, WorkerPeakRSSMiB: 600.5, LimitMiB: 512,
+			Workers: []WorkerMemory{{Name: "bench-worker-1", PeakRSSMiB: 600.5, VmHWMMiB: 600.5, SampledRSSMiB: 598, MaxRSSMiB: 600.4, HeapPeakMiB: 400, GCCycles: 90, MemoryLimitMiB: 409.6, CPUSeconds: 70}}},
+		PeakRSSMiB: 300,
+	}
+	var out bytes.Buffer
+	writeTable(&out, rep)
+	for _, s := range []string{
+		"(large-bodies): HTTP/2.0 GET /bytes (no body, 100000000-byte response, by body_ref), 1 worker in a process of its own, 64 calls in flight",
+		"every call measured, no warm-up", "NATS server nats://127.0.0.1:4333 (external)",
+		"bodies: 128 of 100000000 bytes by body_ref in 80.0 s, 160.0 MB/s", "17 bodies (the first and 1 in 8)",
+		"deleted once their result was in: 128 (0 failed); bucket at most 6500 MB",
+		"worker process bench-worker-1: peak RSS 600.5 MiB (VmHWM 600.5, largest VmRSS sampled 598.0, ru_maxrss 600.4)", "Go memory limit 410 MiB",
+		"peak RSS of the worker process with 64 calls of 100000000 bytes in flight: 600.5 MiB: OVER the bound of 512 MiB",
+		"peak RSS of the bench process, without the worker", "the worker's own are above",
+	} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+}
+
+func TestWriteTableDirectCalls(t *testing.T) {
+	paced := func(name string, p50, p99 float64) *Phase {
+		return &Phase{Name: name, Loop: "paced", OfferedRate: 200, Calls: 2000, Throughput: 200, P50MS: p50, P99MS: p99, MaxMS: p99 + 1}
+	}
+	dc := &DirectCalls{Rate: 200, IdleDirect: paced("direct (idle)", 1, 3), IdleRPC: paced("rpc (idle)", 1.5, 4),
+		LoadRate: 2500, Load: paced("relay (load)", 2, 40), LoadedDirect: paced("direct (loaded)", 1, 12), LoadedRPC: paced("rpc (loaded)", 1.5, 24),
+		IdleAddedP50MS: 0.5, IdleAddedP99MS: 1, LoadedAddedP50MS: 0.5, LoadedAddedP99MS: 12, LoadedOverIdleP99: 6, DirectLoadedOverIdleP99: 4, IdleMet: true}
+	dc.Load.OfferedRate = 2500
+	dc.IdleRPC.Stages = &Stages{AttemptP50MS: 0.25, AttemptP99MS: 1.5}
+	rep := &Report{
+		Setup:       Setup{Mode: "direct-calls", Protocol: "HTTP/2.0", Method: "POST", Idempotent: true, Route: "/bytes", BodyBytes: 256, ResponseBytes: 256, Concurrency: 64, Workers: 1, NumCPU: 2},
+		Relay:       &Phase{Name: "relay", Loop: "closed", InFlight: 64, Calls: 50000, Throughput: 5000, P50MS: 10, P99MS: 30},
+		DirectCalls: dc,
+	}
+	var out bytes.Buffer
+	writeTable(&out, rep)
+	for _, s := range []string{
+		"(direct-calls)", "direct (idle)", "rpc (loaded)", "paced 2500/s",
+		"rpc (idle): the worker's attempt p50/p99 0.25/1.50 ms; the rest (NATS both ways, the worker's and client's own work) 1.25 ms at p50",
+		"relay durable peak: 5000 calls/s with 64 calls in flight",
+		"direct calls at 200 calls/s on the idle worker, over the partner's own time: p50 +0.50 ms, p99 +1.00 ms (rpc p99 4.00 ms, direct 3.00 ms); target p99 at most +5 ms: met",
+		"with a durable load of 2500 calls/s (half the peak): rpc p99 24.00 ms, 6.00 x the idle p99; target at most 2 x: NOT met",
+		"the partner's own p99 (direct client) went from 3.00 to 12.00 ms, 4.00 x",
+	} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
@@ -47,6 +48,7 @@ type rig struct {
 	url     string // the NATS server's: the in-process one's or Options.NATSURL
 	partner *partner.Server
 	workers []*runningWorker
+	procs   []*workerProc // worker processes, instead of workers
 	flowNC  *nats.Conn
 	results *nats.Subscription
 	floor   *floorResponder
@@ -96,28 +98,32 @@ func startRig(ctx context.Context, o Options) (r *rig, err error) {
 	if err != nil {
 		return r, err
 	}
-	cfgFor := func(name string) (*worker.Config, error) {
-		// Every worker may take all the calls in flight: the bench's
-		// concurrency, not the workers', bounds the load.
-		return worker.ParseConfig([]byte(fmt.Sprintf(`
-worker: {name: %q, concurrency: %d, admin_addr: "off", shutdown_grace: 5s}
-connections:
-  %s: {base_url: "%s/", profile: %s, timeout: %s, max_attempts: 1}
-`, name, o.inflight(), benchConnection, r.partner.URL(), benchProfile, o.CallTimeout)))
-	}
-	for i := range o.Workers {
-		cfg, err := cfgFor(fmt.Sprintf("bench-worker-%d", i+1))
-		if err != nil {
-			return r, fmt.Errorf("bench worker config: %w", err)
+	if o.workerProcesses() {
+		for i := range o.Workers {
+			name := fmt.Sprintf("bench-worker-%d", i+1)
+			cfg := r.workerConfig(name, &profile)
+			if _, err := worker.ParseConfig([]byte(cfg)); err != nil {
+				return r, fmt.Errorf("bench worker config: %w", err)
+			}
+			if err := r.startWorkerProcess(ctx, name, cfg, i); err != nil {
+				return r, err
+			}
 		}
-		cfg.Profiles = map[string]secrets.Profile{benchProfile: profile}
-		withPart(partWorker, func() { err = r.startWorker(cfg) })
-		if err != nil {
+	} else {
+		for i := range o.Workers {
+			cfg, err := worker.ParseConfig([]byte(r.workerConfig(fmt.Sprintf("bench-worker-%d", i+1), nil)))
+			if err != nil {
+				return r, fmt.Errorf("bench worker config: %w", err)
+			}
+			cfg.Profiles = map[string]secrets.Profile{benchProfile: profile}
+			withPart(partWorker, func() { err = r.startWorker(cfg) })
+			if err != nil {
+				return r, err
+			}
+		}
+		if err := r.waitReady(ctx); err != nil {
 			return r, err
 		}
-	}
-	if err := r.waitReady(ctx); err != nil {
-		return r, err
 	}
 
 	withPart(partFlow, func() { err = r.connectFlow(o) })
@@ -137,6 +143,29 @@ connections:
 	}
 	r.direct = newDirectCaller(r.partner.URL(), mat, o)
 	return r, nil
+}
+
+// workerConfig is the YAML config of the worker name. Every worker may
+// take all the calls in flight: the bench's concurrency, not the workers',
+// bounds the load. A worker process (profile set) finds the NATS server and
+// the profile in it; an in-process worker gets the profile from the rig.
+func (r *rig) workerConfig(name string, profile *secrets.Profile) string {
+	o := r.o
+	var b strings.Builder
+	fmt.Fprintf(&b, "worker: {name: %q, concurrency: %d, admin_addr: \"off\", shutdown_grace: 5s}\n", name, o.inflight())
+	limit := ""
+	if o.LargeBodies {
+		// The bodies stream to the Object Store; this is only the bound.
+		limit = fmt.Sprintf(", max_response_bytes: %d", catalog.MaxResponseBytesLimit)
+	}
+	fmt.Fprintf(&b, "connections:\n  %s: {base_url: %q, profile: %s, timeout: %s, max_attempts: 1%s}\n",
+		benchConnection, r.partner.URL()+"/", benchProfile, o.CallTimeout, limit)
+	if profile != nil {
+		fmt.Fprintf(&b, "nats: {url: %q}\n", r.url)
+		fmt.Fprintf(&b, "profiles:\n  %s: {keystore: %q, password: %q, truststore: %q}\n",
+			benchProfile, profile.Keystore, profile.Password, profile.Truststore)
+	}
+	return b.String()
 }
 
 // connectFlow connects the flow to NATS and subscribes to its results.
@@ -298,6 +327,9 @@ func (r *rig) close() {
 		r.floor.close()
 	}
 	r.stopWorkers()
+	for _, p := range r.procs {
+		p.stop()
+	}
 	if r.direct != nil {
 		r.direct.transport.CloseIdleConnections()
 	}
@@ -332,7 +364,7 @@ func (r *rig) natsName() string {
 }
 
 // benchStreams are the streams a run creates on the NATS server: the three
-// of SPEC.md and the workers' call-state bucket.
+// of SPEC.md, the workers' call-state bucket and their bodies bucket.
 var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies}
 
 // checkExternalNATS makes sure the server at url is one the run may use: it
@@ -399,6 +431,14 @@ type requestShape struct {
 
 func shapeOf(o Options) requestShape {
 	s := requestShape{method: http.MethodGet, wantLen: -1}
+	if o.LargeBodies {
+		// The partner's pattern: each body has a known SHA-256.
+		n := o.largeBodyBytes()
+		s.path = "bytes"
+		s.query = map[string][]string{"n": {strconv.FormatInt(n, 10)}, "pattern": {"1"}}
+		s.wantLen = int(n)
+		return s
+	}
 	if o.BodyBytes > 0 {
 		s.method = http.MethodPost
 		s.body = []byte(strings.Repeat("0123456789abcdef", o.BodyBytes/16+1)[:o.BodyBytes])

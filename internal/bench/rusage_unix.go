@@ -3,6 +3,8 @@
 package bench
 
 import (
+	"os"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -14,4 +16,17 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// maxRSSOf returns the peak resident set of an ended child process, from
+// the rusage wait4 returned (ru_maxrss), in bytes; 0 when unknown.
+func maxRSSOf(ps *os.ProcessState) int64 {
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	if !ok || ru == nil {
+		return 0
+	}
+	if runtime.GOOS == "darwin" || runtime.GOOS == "ios" {
+		return ru.Maxrss // bytes there
+	}
+	return ru.Maxrss << 10 // KiB on Linux and the BSDs
 }

@@ -95,8 +95,16 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // procStatus reads the resident set size (VmRSS) and its high-water mark
 // (VmHWM) of this process from /proc/self/status, in bytes. ok is false
 // where there is no such file (not Linux).
-func procStatus() (rss, hwm int64, ok bool) {
-	f, err := os.Open("/proc/self/status")
+func procStatus() (rss, hwm int64, ok bool) { return procStatusOf(selfStatus) }
+
+// selfStatus is this process's status file; procPath(pid) another's.
+const selfStatus = "/proc/self/status"
+
+func procPath(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/status" }
+
+// procStatusOf reads VmRSS and VmHWM from the status file path, in bytes.
+func procStatusOf(path string) (rss, hwm int64, ok bool) {
+	f, err := os.Open(path)
 	if err != nil {
 		return 0, 0, false
 	}
@@ -133,9 +141,15 @@ type rssSampler struct {
 }
 
 func startRSSSampler(every time.Duration) *rssSampler {
+	return startRSSSamplerOf(selfStatus, every)
+}
+
+// startRSSSamplerOf samples the VmRSS of the process whose status file is
+// path (procPath(pid) for another process).
+func startRSSSamplerOf(path string, every time.Duration) *rssSampler {
 	s := &rssSampler{stop: make(chan struct{}), done: make(chan struct{})}
 	sample := func() {
-		if rss, _, ok := procStatus(); ok && rss > s.peak.Load() {
+		if rss, _, ok := procStatusOf(path); ok && rss > s.peak.Load() {
 			s.peak.Store(rss)
 		}
 	}
