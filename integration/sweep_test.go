@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,7 +16,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/testhydra"
+	"github.com/mtlsrelay/mtlsrelay/internal/testsquid"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -30,15 +33,27 @@ func (p panicSource) Fetch(context.Context, secrets.Ref) (secrets.Secret, error)
 }
 
 // TestNoSecretLeaks sweeps everything a worker writes — its log at debug
-// level, results, dead letters, metrics, and what follows a panic — for the
-// password and the key bytes of every profile kind, and for the
-// credentials of connection auth: client secrets, client assertions and
-// tokens of OAuth2 (a real Hydra), basic passwords, bearer tokens and
-// header values.
+// level, results, dead letters, metrics, and what follows a panic — and
+// what `mtlsrelay test` reports (worker.Probe, as JSON) for the password
+// and the key bytes of every profile kind, for the credentials of
+// connection auth: client secrets, client assertions and tokens of OAuth2
+// (a real Hydra), basic passwords, bearer tokens and header values, and
+// for the password of an egress proxy (a real Squid with basic
+// authentication), right and wrong, and its Proxy-Authorization form.
 func TestNoSecretLeaks(t *testing.T) {
 	srv := startNATS(t)
 	p := startPartner(t)
 	hydra := startHydra(t)
+	const (
+		sweepProxyUser     = "sweeper"
+		sweepProxyPassword = "sweep-proxy-password-9d3b"
+		sweepProxyWrong    = "sweep-proxy-wrong-52e0"
+	)
+	sq := testsquid.Start(t, testsquid.Options{
+		Users:        map[string]string{sweepProxyUser: sweepProxyPassword},
+		AllowConnect: []string{p.Addr()},
+	})
+	t.Setenv("MTLSRELAY_SWEEP_PROXY", sweepProxyPassword)
 	const (
 		sweepClientSecret  = "sweep-client-secret-a81c"
 		sweepPostSecret    = "sweep-post-secret-f09b"
@@ -66,6 +81,9 @@ func TestNoSecretLeaks(t *testing.T) {
 	cfgYAML := configYAML(t, `
 worker: {concurrency: 8, admin_addr: "off", retry_base: 10ms, retry_max: 50ms}
 registry: {disabled: true}
+proxies:
+  squid:       {url: "SQUID", username: sweeper, password: "env:MTLSRELAY_SWEEP_PROXY"}
+  squid-wrong: {url: "SQUID", username: sweeper, password: "value:SWEEPPROXYWRONG"}
 profiles:
   p12:       {keystore: "file:FIX/client-openssl.p12", password: "env:MTLSRELAY_SWEEP_PASSWORD", truststore: "file:FIX/ca.pem"}
   legacy:    {keystore: "file:FIX/client-openssl-legacy.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
@@ -95,14 +113,19 @@ connections:
   static-basic:  {base_url: "PARTNER", profile: p12, auth: {type: basic, username: sweeper, password: "env:MTLSRELAY_SWEEP_BASIC"}}
   static-bearer: {base_url: "PARTNER", profile: p12, auth: {type: bearer, token: "value:SWEEPBEARER"}}
   static-header: {base_url: "PARTNER", profile: p12, auth: {type: header, name: X-Sweep-Key, value: "env:MTLSRELAY_SWEEP_HEADER"}}
+  squid-ok:      {base_url: "PARTNER", profile: p12, proxy: squid}
+  squid-basic:   {base_url: "PARTNER", profile: p12, proxy: squid, auth: {type: basic, username: sweeper, password: "env:MTLSRELAY_SWEEP_BASIC"}}
+  squid-wrong:   {base_url: "PARTNER", profile: p12, proxy: squid-wrong}
 `, "PARTNER", p.URL(), "INLINE", inline, "TOKENURL", hydra.TokenURL,
-		"SWEEPPOST", sweepPostSecret, "SWEEPREFUSED", sweepRefusedSecret, "SWEEPBEARER", sweepBearerToken)
+		"SWEEPPOST", sweepPostSecret, "SWEEPREFUSED", sweepRefusedSecret, "SWEEPBEARER", sweepBearerToken,
+		"SQUID", sq.URL(), "SWEEPPROXYWRONG", sweepProxyWrong)
 	sources := secrets.DefaultSources(t.TempDir())
 	sources.Register(secrets.SchemeCyberArk, panicSource{secret: fixturePassword})
+	resolver := secrets.NewResolver(sources)
 	logs := &syncBuffer{}
 	nc, js := connect(t, srv.ClientURL())
 	w := runWorker(t, nc, cfgYAML, worker.WithLogger(zerolog.New(logs).Level(zerolog.TraceLevel)),
-		worker.WithResolver(secrets.NewResolver(sources)))
+		worker.WithResolver(resolver))
 
 	var everything strings.Builder
 	for _, conn := range []string{"p12", "legacy", "keytool", "jks", "pem", "pem-enc", "inline", "wrong", "panicking", "untrusting"} {
@@ -139,6 +162,82 @@ connections:
 		if !r.OK {
 			t.Errorf("%s: status %d error %+v", conn, r.Status, r.Error)
 		}
+	}
+	// Through Squid: with the right password (and the partner's basic
+	// credentials on top), and with a wrong one, refused by Squid (407).
+	for _, conn := range []string{"squid-ok", "squid-basic", "squid-wrong"} {
+		r := call(t, nc, js, conn, map[string]any{"path": "status/200", "method": "POST", "body": "x"})
+		if conn == "squid-wrong" {
+			if r.Error == nil || r.Error.Code != jobs.CodeProxyRefused || !strings.Contains(r.Error.Message, "407") {
+				t.Errorf("wrong proxy password: %+v", r.Error)
+			}
+			continue
+		}
+		if !r.OK {
+			t.Errorf("%s: status %d error %+v", conn, r.Status, r.Error)
+		}
+	}
+	// `mtlsrelay test` (worker.Probe, with the worker's executor options)
+	// on connections through Squid, with OAuth2 and with static auth: its
+	// reports, as --json prints them, are swept too.
+	cfg, err := worker.ParseConfig([]byte(cfgYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := &catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections}
+	for _, conn := range []string{"squid-ok", "squid-basic", "squid-wrong", "oauth-basic", "static-basic"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		rep := worker.Probe(ctx, cat, resolver, worker.ExecutorOptions(cfg, resolver), conn)
+		cancel()
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		everything.Write(b)
+		everything.WriteString("\n")
+		var names []string
+		for _, s := range rep.Steps {
+			names = append(names, s.Name)
+		}
+		last := rep.Steps[len(rep.Steps)-1]
+		switch conn {
+		case "squid-wrong":
+			if rep.Error == nil || rep.Error.Code != jobs.CodeProxyRefused || last.Name != "proxy" || rep.Proxy == nil || rep.Proxy.Name != "squid-wrong" {
+				t.Errorf("test %s: want the proxy step to fail with proxy_refused: %s", conn, b)
+			}
+		case "squid-ok", "squid-basic":
+			if rep.Error != nil || !rep.Accepted || rep.Proxy == nil || rep.Proxy.Name != "squid" || rep.Proxy.Host != sq.Addr() {
+				t.Errorf("test %s: want success through proxy squid at %s: %s", conn, sq.Addr(), b)
+			}
+		default:
+			if rep.Error != nil || !rep.Accepted || last.Name != "credentials" || rep.Proxy != nil {
+				t.Errorf("test %s: want success, direct, ending with the credentials step: %s", conn, b)
+			}
+		}
+		t.Logf("test %s: steps %v", conn, names)
+	}
+	// Squid logs a tunnel when it closes: once Squid is stopped, every
+	// tunnel is in its log. The worker's calls (squid-ok, squid-basic)
+	// made one each, and each test through Squid two (its TLS step's, and
+	// its requests'): had any gone around Squid, fewer would show.
+	sq.Stop()
+	tunnels, refusals := 0, 0
+	for _, e := range sq.Connects(t) {
+		if e.Target != p.Addr() {
+			t.Errorf("Squid saw a CONNECT to %s, want %s only: %s", e.Target, p.Addr(), e.Line)
+		}
+		switch e.Status {
+		case http.StatusOK:
+			tunnels++
+			if e.User != sweepProxyUser {
+				t.Errorf("tunnel of user %q, want %s: %s", e.User, sweepProxyUser, e.Line)
+			}
+		case http.StatusProxyAuthRequired:
+			refusals++
+		}
+	}
+	if tunnels < 6 || refusals < 2 {
+		t.Errorf("Squid logged %d tunnels and %d refusals (407), want at least 6 (2 calls, 2 tests of 2) and 2 (a call, a test):\n%v", tunnels, refusals, sq.Log(t))
 	}
 	// A call's own Authorization is refused (the call, its own value with
 	// it, is dead-lettered as any refused call is: that is the flow's data).
@@ -180,6 +279,10 @@ connections:
 		"basic credentials":     base64.StdEncoding.EncodeToString([]byte("sweeper:" + sweepBasicPassword)),
 		"bearer token":          sweepBearerToken,
 		"header value":          sweepHeaderValue,
+		"proxy password":        sweepProxyPassword,
+		"proxy credentials":     base64.StdEncoding.EncodeToString([]byte(sweepProxyUser + ":" + sweepProxyPassword)),
+		"wrong proxy password":  sweepProxyWrong,
+		"wrong proxy creds":     base64.StdEncoding.EncodeToString([]byte(sweepProxyUser + ":" + sweepProxyWrong)),
 	}
 	creds := hydra.Credentials() // secrets, assertions and tokens at the token endpoint
 	if len(creds) < 6 {

@@ -143,13 +143,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		maxMemory = defaultMaxMemory()
 	}
 	w.memory = newMemoryBudget(maxMemory, w.bodies.inlineMax)
-	w.exec = outbound.NewExecutor(outbound.ExecutorOptions{
-		MaxIdleConnsPerHost: cfg.Worker.Concurrency,
-		Bodies:              w.bodies,
-		Secrets:             w.resolver.Secret,
-		Proxies:             cfg.Proxies,
-		DefaultProxy:        cfg.Worker.Proxy,
-	})
+	execOpts := ExecutorOptions(cfg, w.resolver)
+	execOpts.Bodies = w.bodies
+	w.exec = outbound.NewExecutor(execOpts)
 	w.catalog.store(&catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections})
 	w.initObservability()
 	w.callCtx, w.cancelCall = context.WithCancel(context.Background())
