@@ -281,6 +281,11 @@ func (c *transportCache) closeIdle() {
 // options, HTTP/2 when the partner offers it, no redirects (the executor
 // calls RoundTrip directly). route, when not nil, is the proxy the
 // transport reaches partners through.
+// StreamReceiveWindow is the HTTP/2 receive window of one response: the
+// most of a response body a worker holds unread. 1 MiB keeps 64 MB/s per
+// stream at 16 ms of round trip.
+const StreamReceiveWindow = 1 << 20
+
 func (c *transportCache) newTransport(mat *secrets.Material, route *proxyRoute) *http.Transport {
 	o := c.opts
 	cfg := mat.Config.Clone()
@@ -303,6 +308,12 @@ func (c *transportCache) newTransport(mat *secrets.Material, route *proxyRoute) 
 			// Detect a dead HTTP/2 connection instead of queuing calls on it.
 			SendPingTimeout: 30 * time.Second,
 			PingTimeout:     15 * time.Second,
+			// What a response may hold in the worker's heap before the
+			// partner waits for the worker (HTTP/2 flow control): a body
+			// streamed to the Object Store is read only as fast as
+			// JetStream stores it (Go's default, 4 MiB, held 88-93% of the
+			// heap with 64 large bodies in flight).
+			MaxReceiveBufferPerStream: StreamReceiveWindow,
 		},
 	}
 	if route != nil {

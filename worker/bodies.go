@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/objput"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
@@ -31,8 +32,10 @@ const DefaultInlineBodyMax = 256 << 10
 type objectBodies struct {
 	subj      jobs.Subjects
 	inlineMax int64
-	// store is the bucket, set once the worker created it (ensureStreams).
+	// store is the bucket, set once the worker created it (ensureStreams),
+	// and put what writes its objects.
 	store atomic.Pointer[jetstream.ObjectStore]
+	put   atomic.Pointer[objput.Writer]
 }
 
 var _ outbound.Bodies = (*objectBodies)(nil)
@@ -100,24 +103,26 @@ func resultObject(call *jobs.Call) string {
 	return "results/" + call.ID
 }
 
-// Store streams r into the bucket, hashing it on the way.
+// Store streams r into the bucket, hashing it on the way, with a bounded
+// window of unacknowledged chunks (internal/objput): the partner is read
+// only as fast as JetStream stores its body.
 func (b *objectBodies) Store(ctx context.Context, call *jobs.Call, r io.Reader, contentType string) (*jobs.BodyRef, error) {
-	store, err := b.bucket()
-	if err != nil {
+	if _, err := b.bucket(); err != nil {
 		return nil, err
 	}
+	put := b.put.Load()
 	h := sha256.New()
 	meta := jetstream.ObjectMeta{Name: resultObject(call)}
 	if contentType != "" {
 		meta.Headers = nats.Header{"Content-Type": []string{contentType}}
 	}
-	src := &readErr{r: io.TeeReader(r, h)}
-	info, err := store.Put(ctx, meta, src)
+	info, err := put.Put(ctx, meta, io.TeeReader(r, h))
 	if err != nil {
-		if src.err != nil {
-			// The partner's side failed (or the body grew too large):
-			// Put purged what it had stored.
-			return nil, src.err
+		// The partner's side failed (or the body grew too large): what
+		// was stored of it is purged.
+		var src *objput.ErrReader
+		if errors.As(err, &src) {
+			return nil, src.Err
 		}
 		return nil, natsBodyError(err, "store the response body")
 	}
@@ -125,21 +130,6 @@ func (b *objectBodies) Store(ctx context.Context, call *jobs.Call, r io.Reader, 
 }
 
 func sumHex(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
-
-// readErr remembers the error of its reader, to tell the partner's failures
-// from the store's.
-type readErr struct {
-	r   io.Reader
-	err error
-}
-
-func (r *readErr) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if err != nil && err != io.EOF {
-		r.err = err
-	}
-	return n, err
-}
 
 // natsBodyError words a failure of the bodies bucket: retryable, as NATS
 // failures pass.
@@ -160,7 +150,14 @@ func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replica
 	if err != nil {
 		return fmt.Errorf("create or update object store %s: %w", jobs.BucketBodies, err)
 	}
-	b.store.Store(&store)
+	if b.put.Load() == nil {
+		put, err := objput.New(js.Conn(), jobs.BucketBodies, objput.Options{})
+		if err != nil {
+			return err
+		}
+		b.put.Store(put)
+	}
+	b.store.Store(&store) // after put: a set store means put is set
 	return nil
 }
 

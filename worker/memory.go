@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // memoryBudget admits calls by the bytes they may hold while running
@@ -17,16 +19,23 @@ type memoryBudget struct {
 	total int64
 	// perCall is what any call holds besides its own message: a response
 	// kept inline (inline_body_max), its result's encoding, and the
-	// buffers of a streamed body and of TLS.
+	// buffers of a streamed body: the HTTP/2 receive window, the chunks
+	// awaiting JetStream's ack, TLS's records.
 	perCall int64
 }
+
+// streamBuffers is what a streamed body holds at most besides an inline
+// one: the HTTP/2 receive window (outbound.StreamReceiveWindow), the
+// Object Store writer's window of unacknowledged chunks (8 x 128 KiB,
+// internal/objput) and a TLS record's buffers.
+const streamBuffers = outbound.StreamReceiveWindow + 1<<20 + 64<<10
 
 // newMemoryBudget returns a budget of total bytes, or nil for total <= 0.
 func newMemoryBudget(total, inlineMax int64) *memoryBudget {
 	if total <= 0 {
 		return nil
 	}
-	return &memoryBudget{sem: semaphore.NewWeighted(total), total: total, perCall: 3*inlineMax + 512<<10}
+	return &memoryBudget{sem: semaphore.NewWeighted(total), total: total, perCall: 3*inlineMax + streamBuffers}
 }
 
 // cost is what a call whose message is msgBytes may hold: its message,

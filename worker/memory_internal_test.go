@@ -7,7 +7,7 @@ import "testing"
 // whole budget still runs, alone.
 func TestMemoryBudget(t *testing.T) {
 	const inline = 256 << 10
-	per := int64(3*inline + 512<<10)
+	per := int64(3*inline + streamBuffers)
 	m := newMemoryBudget(3*per, inline)
 	var held []int64
 	for i := range 3 {

@@ -12,12 +12,14 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	json "github.com/goccy/go-json"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/objput"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
@@ -33,6 +35,11 @@ type Client struct {
 	// inlineMax is the largest request body sent inside the call; fetchMax
 	// the largest body_ref a result's body is read from for the flow.
 	inlineMax, fetchMax int64
+	// put writes uploads with a bounded window of unacknowledged chunks,
+	// made on the first upload.
+	put     *objput.Writer
+	putErr  error
+	putOnce sync.Once
 }
 
 // Defaults of the body options.
@@ -321,12 +328,15 @@ func (c *Client) objectName(name string) string {
 // instead of body. Enqueue, Call and Direct do it themselves for a body
 // larger than the inline bound (WithBodyLimits).
 func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (*jobs.RequestBodyRef, error) {
-	store, err := c.js.ObjectStore(ctx, jobs.BucketBodies)
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s (a worker creates it): %w", jobs.BucketBodies, err)
+	c.putOnce.Do(func() { c.put, c.putErr = objput.New(c.nc, jobs.BucketBodies, objput.Options{}) })
+	if c.putErr != nil {
+		return nil, c.putErr
 	}
 	name = c.objectName(name)
-	if _, err := store.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
+	if _, err := c.put.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("upload the request body to %s/%s: %w (a worker creates the bucket when it starts)", jobs.BucketBodies, name, err)
+		}
 		return nil, fmt.Errorf("upload the request body to %s/%s: %w", jobs.BucketBodies, name, err)
 	}
 	return &jobs.RequestBodyRef{Name: name}, nil

@@ -1,0 +1,220 @@
+package objput_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/objput"
+)
+
+// startBucket starts a real NATS server whose streams buffer at most
+// bufferBytes of incoming messages (0: the server's default), and returns
+// a connection and an Object Store bucket on it.
+func startBucket(t *testing.T, bufferBytes int64) (*nats.Conn, jetstream.ObjectStore) {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), StreamMaxBufferedSize: bufferBytes, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := js.CreateObjectStore(context.Background(), jetstream.ObjectStoreConfig{Bucket: "bodies", Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, store
+}
+
+func newWriter(t *testing.T, nc *nats.Conn, o objput.Options) *objput.Writer {
+	t.Helper()
+	w, err := objput.New(nc, "bodies", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// readBack reads name with nats.go's own Object Store reader, which checks
+// the chunk count, the size and the digest the info states.
+func readBack(t *testing.T, store jetstream.ObjectStore, name string) []byte {
+	t.Helper()
+	got, err := store.GetBytes(context.Background(), name)
+	if err != nil {
+		t.Fatalf("nats.go reads %s: %v", name, err)
+	}
+	return got
+}
+
+// Objects written by a Writer are those nats.go writes: its reader takes
+// them, with the same chunking, size and digest, at every size around a
+// chunk's edges.
+func TestPutReadByNATSClient(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024, Window: 3})
+	ctx := context.Background()
+	for _, n := range []int{0, 1, 1023, 1024, 1025, 3 * 1024, 100_000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			body := randomBytes(n, uint64(n))
+			name := fmt.Sprintf("results/x-%d", n)
+			info, err := w.Put(ctx, jetstream.ObjectMeta{Name: name, Headers: nats.Header{"Content-Type": {"application/octet-stream"}}}, bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Size != uint64(n) || int(info.Chunks) != (n+1023)/1024 {
+				t.Errorf("info: size %d chunks %d; want %d and %d", info.Size, info.Chunks, n, (n+1023)/1024)
+			}
+			if got := readBack(t, store, name); !bytes.Equal(got, body) {
+				t.Errorf("read back %d bytes, not the %d written", len(got), n)
+			}
+			// The same object written by nats.go: the stored infos agree.
+			want, err := store.PutBytes(ctx, name+"-nats", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, err := store.GetInfo(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stored.Digest != want.Digest || stored.Size != want.Size || stored.Headers.Get("Content-Type") != "application/octet-stream" {
+				t.Errorf("stored info %+v; nats.go's %+v", stored, want)
+			}
+		})
+	}
+}
+
+// Replacing an object removes the chunks of the one it replaces.
+func TestPutReplaces(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024})
+	ctx := context.Background()
+	if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: "o"}, bytes.NewReader(randomBytes(10_000, 1))); err != nil {
+		t.Fatal(err)
+	}
+	second := randomBytes(5_000, 2)
+	if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: "o"}, bytes.NewReader(second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, store, "o"); !bytes.Equal(got, second) {
+		t.Errorf("read back the first object, or neither")
+	}
+	status, err := store.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5 chunks of the second object and its info: the first's 10 chunks are gone.
+	if n := status.(*jetstream.ObjectBucketStatus).StreamInfo().State.Msgs; n != 6 {
+		t.Errorf("the bucket's stream holds %d messages; want 6", n)
+	}
+}
+
+type failingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if err == io.EOF {
+		return n, f.err
+	}
+	return n, err
+}
+
+// A reader that fails leaves no object and no chunks, keeps the previous
+// object readable, and its error is told apart from the store's.
+func TestPutReaderFails(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024})
+	ctx := context.Background()
+	prev := randomBytes(3000, 3)
+	if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: "o"}, bytes.NewReader(prev)); err != nil {
+		t.Fatal(err)
+	}
+	cause := errors.New("partner reset the stream")
+	_, err := w.Put(ctx, jetstream.ObjectMeta{Name: "o"}, &failingReader{r: bytes.NewReader(randomBytes(50_000, 4)), err: cause})
+	var re *objput.ErrReader
+	if !errors.As(err, &re) || !errors.Is(err, cause) {
+		t.Fatalf("err = %v; want the reader's, as an ErrReader", err)
+	}
+	if got := readBack(t, store, "o"); !bytes.Equal(got, prev) {
+		t.Errorf("the previous object is not what it was")
+	}
+	status, err := store.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := status.(*jetstream.ObjectBucketStatus).StreamInfo().State.Msgs; n != 4 {
+		t.Errorf("the bucket's stream holds %d messages; want the previous object's 3 chunks and info", n)
+	}
+}
+
+// Many large objects written at once into a server whose stream ingest
+// buffer is small all arrive: a Writer never has more unacknowledged bytes
+// out than the buffer takes. (nats.go's Put, up to 4,000 chunks out per
+// object, makes the server drop chunks and answer 429 here.)
+func TestPutBoundedWindow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 96 MB")
+	}
+	const buffer = 4 << 20
+	nc, store := startBucket(t, buffer)
+	// At most 16 x 128 KiB = 2 MiB out at once, across all objects.
+	w := newWriter(t, nc, objput.Options{Window: 8, Total: 16})
+	ctx := context.Background()
+	const objects, size = 8, 12 << 20
+	var wg sync.WaitGroup
+	errs := make([]error, objects)
+	sums := make([][32]byte, objects)
+	for i := range objects {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := randomBytes(size, uint64(100+i))
+			sums[i] = sha256.Sum256(body)
+			_, errs[i] = w.Put(ctx, jetstream.ObjectMeta{Name: fmt.Sprint("big-", i)}, bytes.NewReader(body))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("object %d: %v", i, err)
+			continue
+		}
+		if got := sha256.Sum256(readBack(t, store, fmt.Sprint("big-", i))); got != sums[i] {
+			t.Errorf("object %d read back differs", i)
+		}
+	}
+}
