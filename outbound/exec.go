@@ -79,6 +79,23 @@ type Outcome struct {
 // request made with a token, the token is renewed once and the request
 // made once more, within the same deadline.
 func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) Outcome {
+	return x.AttemptOn(ctx, LaneQueued, call, conn, mat)
+}
+
+// Lane picks the connection pools an attempt uses.
+type Lane uint8
+
+const (
+	// LaneQueued is the lane of calls taken from the queue.
+	LaneQueued Lane = iota
+	// LaneDirect is the lane of direct calls: pools of their own, so that
+	// a direct call never waits behind queued ones on an HTTP/2
+	// connection's read loop and writer.
+	LaneDirect
+)
+
+// AttemptOn is Attempt on lane's connection pools.
+func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) Outcome {
 	start := time.Now()
 	res := &jobs.Result{}
 	out := Outcome{Result: res}
@@ -143,7 +160,7 @@ func (x *Executor) Attempt(ctx context.Context, call *jobs.Call, conn *catalog.C
 	}
 	hs.inject(req.Header)
 
-	pt := x.transports.getVia(call.Connection, conn.Proxy, mat)
+	pt := x.transports.getVia(call.Connection, conn.Proxy, lane, mat)
 	defer pt.release()
 	var cred *credential
 	if conn.Auth != nil {

@@ -534,7 +534,7 @@ func (x *Executor) Token(ctx context.Context, name string, conn *catalog.Connect
 	}
 	ctx, cancel := context.WithTimeout(ctx, conn.AttemptTimeout(nil))
 	defer cancel()
-	pt := x.transports.getVia(name, conn.Proxy, mat)
+	pt := x.transports.getVia(name, conn.Proxy, LaneQueued, mat)
 	defer pt.release()
 	cred, jerr := x.oauth.credential(ctx, x, name, conn, mat, pt)
 	if jerr != nil {

@@ -114,7 +114,7 @@ func (x *Executor) DialTLS(ctx context.Context, name string, conn *catalog.Conne
 		return ClassifyError(err, t)
 	}
 
-	pt := x.transports.getVia(name, conn.Proxy, mat)
+	pt := x.transports.getVia(name, conn.Proxy, LaneQueued, mat)
 	defer pt.release()
 	tr := pt.rt
 

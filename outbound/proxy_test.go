@@ -272,7 +272,7 @@ func noSecrets(t *testing.T, res *jobs.Result, secrets ...string) {
 
 // hookHint is what a test says when calls went direct although the
 // connection has a proxy.
-const hookHint = "the call did not go through the proxy: outbound/exec.go must take its transport with x.transports.getVia(call.Connection, conn.Proxy, mat) (proxy.go)"
+const hookHint = "the call did not go through the proxy: outbound/exec.go must take its transport with x.transports.getVia(call.Connection, conn.Proxy, lane, mat) (proxy.go)"
 
 func TestProxyTunnelAndRotatedPassword(t *testing.T) {
 	p := newProxyPKI(t)
@@ -485,7 +485,7 @@ func TestProxyRoutesHaveTheirOwnPools(t *testing.T) {
 
 	// Transports: one per route, "" and the default sharing one.
 	tc := x.transports
-	def, none, viaA, viaB, viaB2 := tc.getVia("c", "", mat), tc.getVia("c", catalog.ProxyNone, mat), tc.getVia("c", "a", mat), tc.getVia("c", "b", mat), tc.getVia("c", "b2", mat)
+	def, none, viaA, viaB, viaB2 := tc.getVia("c", "", LaneQueued, mat), tc.getVia("c", catalog.ProxyNone, LaneQueued, mat), tc.getVia("c", "a", LaneQueued, mat), tc.getVia("c", "b", LaneQueued, mat), tc.getVia("c", "b2", LaneQueued, mat)
 	if def != viaA {
 		t.Error("a connection without proxy does not share the default proxy's transport")
 	}
@@ -496,6 +496,9 @@ func TestProxyRoutesHaveTheirOwnPools(t *testing.T) {
 	}
 	if tc.get("c", mat) != def {
 		t.Error("get is not getVia with the default proxy")
+	}
+	if direct := tc.getVia("c", "", LaneDirect, mat); direct == def || direct != tc.getVia("c", "a", LaneDirect, mat) {
+		t.Error("the direct lane does not have a transport of its own, per route")
 	}
 
 	// The same connection, switched between routes (a registry update),

@@ -220,17 +220,17 @@ func newTransportCache(opts ExecutorOptions) *transportCache {
 // get is getVia for a connection that names no proxy (the worker's
 // default proxy, if any).
 func (c *transportCache) get(conn string, mat *secrets.Material) *pooledTransport {
-	return c.getVia(conn, "", mat)
+	return c.getVia(conn, "", LaneQueued, mat)
 }
 
 // getVia is get for a connection whose proxy setting is proxy
 // (catalog.Connection.Proxy: "" for the worker's default, "none", or a
 // proxy's name). Pools are per route too (proxy.go): a connection through
 // one proxy never serves a call meant for another proxy or for a direct
-// connection.
-func (c *transportCache) getVia(conn, proxy string, mat *secrets.Material) *pooledTransport {
+// connection. And per lane: direct calls have pools of their own.
+func (c *transportCache) getVia(conn, proxy string, lane Lane, mat *secrets.Material) *pooledTransport {
 	routeKey, route := c.proxies.route(conn, proxy)
-	key := conn + "\x00" + mat.Profile + "\x00" + routeKey
+	key := conn + "\x00" + mat.Profile + "\x00" + routeKey + "\x00" + string('0'+rune(lane))
 	if pt, ok := (*c.byProfile.Load())[key]; ok && pt.cur.version == mat.Version {
 		return pt.cur
 	}
@@ -276,16 +276,16 @@ func (c *transportCache) closeIdle() {
 	}
 }
 
-// newTransport builds the HTTP transport of one version of a profile's
-// material: TLS settings cloned from it, keep-alive pool sized by the
-// options, HTTP/2 when the partner offers it, no redirects (the executor
-// calls RoundTrip directly). route, when not nil, is the proxy the
-// transport reaches partners through.
 // StreamReceiveWindow is the HTTP/2 receive window of one response: the
 // most of a response body a worker holds unread. 1 MiB keeps 64 MB/s per
 // stream at 16 ms of round trip.
 const StreamReceiveWindow = 1 << 20
 
+// newTransport builds the HTTP transport of one version of a profile's
+// material: TLS settings cloned from it, keep-alive pool sized by the
+// options, HTTP/2 when the partner offers it, no redirects (the executor
+// calls RoundTrip directly). route, when not nil, is the proxy the
+// transport reaches partners through.
 func (c *transportCache) newTransport(mat *secrets.Material, route *proxyRoute) *http.Transport {
 	o := c.opts
 	cfg := mat.Config.Clone()

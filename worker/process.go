@@ -17,9 +17,10 @@ import (
 // way to the executor. *outbound.Executor is the real one; unit tests fake
 // it.
 type executor interface {
-	// Attempt makes one attempt of call on conn with the profile's
-	// material and classifies its outcome; it never returns a nil Result.
-	Attempt(ctx context.Context, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) outbound.Outcome
+	// AttemptOn makes one attempt of call on conn with the profile's
+	// material, on lane's connection pools, and classifies its outcome;
+	// it never returns a nil Result.
+	AttemptOn(ctx context.Context, lane outbound.Lane, call *jobs.Call, conn *catalog.Connection, mat *secrets.Material) outbound.Outcome
 	// Close closes idle pooled connections.
 	Close()
 }
@@ -44,6 +45,9 @@ type attemptOptions struct {
 	// beforeSend runs once the call is admitted, right before the request:
 	// durable non-idempotent calls record that a request is in flight.
 	beforeSend func() error
+	// lane is the executor's pools the attempt uses: direct calls have
+	// their own.
+	lane outbound.Lane
 }
 
 // attempt makes attempt number n of call: it resolves the connection, the
@@ -101,7 +105,7 @@ func (w *Worker) attempt(ctx context.Context, call *jobs.Call, n int, queued tim
 			return attemptOutcome{conn: conn, handback: jitter(time.Second)}
 		}
 	}
-	out := w.exec.Attempt(ctx, call, conn, mat)
+	out := w.exec.AttemptOn(ctx, o.lane, call, conn, mat)
 	w.metrics.observeAttempt(call.Connection, queued, out.Result)
 	if !shortenedTimeout(call, conn, out.Result) {
 		lim.record(out.Result, time.Now())

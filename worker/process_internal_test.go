@@ -27,12 +27,14 @@ import (
 type fakeExecutor struct {
 	mu     sync.Mutex
 	calls  int
+	lanes  []outbound.Lane
 	answer func(call *jobs.Call) outbound.Outcome
 }
 
-func (f *fakeExecutor) Attempt(_ context.Context, call *jobs.Call, _ *catalog.Connection, _ *secrets.Material) outbound.Outcome {
+func (f *fakeExecutor) AttemptOn(_ context.Context, lane outbound.Lane, call *jobs.Call, _ *catalog.Connection, _ *secrets.Material) outbound.Outcome {
 	f.mu.Lock()
 	f.calls++
+	f.lanes = append(f.lanes, lane)
 	f.mu.Unlock()
 	return f.answer(call)
 }
@@ -243,6 +245,9 @@ func TestDirectCallsDoNotWaitForDurableSlots(t *testing.T) {
 	w.inflight.Wait()
 	if ex.count() != 1 {
 		t.Fatalf("the direct call reached the executor %d times, want once", ex.count())
+	}
+	if ex.lanes[0] != outbound.LaneDirect {
+		t.Errorf("the direct call took lane %d, not the direct calls' pools", ex.lanes[0])
 	}
 
 	// Past its waiting bound, a direct call is not admitted at all.

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/outbound"
 )
 
 // directAdmissionWait bounds how long a direct call waits for a slot.
@@ -131,7 +132,7 @@ func (w *Worker) runDirect(parent context.Context, msg *nats.Msg) *jobs.Result {
 	ctx, cancel := context.WithTimeout(log.WithContext(parent), directMaxTotal)
 	defer cancel()
 	for n := 1; ; n++ {
-		ao := w.attempt(ctx, call, n, time.Since(start), attemptOptions{block: true})
+		ao := w.attempt(ctx, call, n, time.Since(start), attemptOptions{block: true, lane: outbound.LaneDirect})
 		if ao.handback > 0 {
 			// The worker is stopping, or the call's time ran out while it
 			// waited for its connection: there is no one to hand back to.
