@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,13 +180,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	for i, q := range queues {
 		consumers[i] = q.Consumer
 	}
-	sub, err := w.nc.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
+	directNC, closeDirect := w.directConn()
+	sub, err := directNC.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
 	if err != nil {
+		closeDirect()
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
 	}
 	undelivered, err := w.watchUndelivered()
 	if err != nil {
 		_ = sub.Unsubscribe()
+		closeDirect()
 		return err
 	}
 	w.ready.Store(true)
@@ -202,7 +206,28 @@ func (w *Worker) Run(ctx context.Context) error {
 	_ = sub.Drain()
 	_ = undelivered.Drain()
 	w.shutdown()
+	closeDirect()
 	return nil
+}
+
+// directConn returns the NATS connection direct calls come in and go back
+// on: a second connection made with the worker's connection's options, so
+// that a direct call and its reply do not queue behind the durable
+// consumer's pulls, acks and result publishes in one socket and one read
+// loop. When it cannot be made, the worker's connection serves. close
+// flushes the replies sent and closes it.
+func (w *Worker) directConn() (nc *nats.Conn, close func()) {
+	opts := w.nc.Opts
+	opts.Name = strings.TrimSpace(opts.Name + " (direct calls)")
+	nc, err := opts.Connect()
+	if err != nil {
+		w.log.Warn().Err(err).Msg("no NATS connection of their own for direct calls; they share the worker's")
+		return w.nc, func() {}
+	}
+	return nc, func() {
+		_ = nc.FlushTimeout(time.Second)
+		nc.Close()
+	}
 }
 
 // ensureStreams creates the streams, the consumer and the call-state bucket,

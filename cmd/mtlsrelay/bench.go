@@ -15,7 +15,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	o := bench.DefaultOptions()
 	var cpuProfile, memProfile string
-	var inProcess bool
+	var inProcess, workerProcess bool
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
@@ -43,18 +43,16 @@ direct client, on the idle worker, then again while the worker serves durable ca
 half its measured peak (or --paced-rate).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.LargeBodies {
-				if !cmd.Flags().Changed("call-timeout") {
-					o.CallTimeout = bench.DefaultLargeCallTimeout
+			if o.LargeBodies && !cmd.Flags().Changed("call-timeout") {
+				o.CallTimeout = bench.DefaultLargeCallTimeout
+			}
+			if (o.LargeBodies && !inProcess) || (o.DirectCalls && workerProcess) {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("the worker process runs this command again: %w", err)
 				}
-				if !inProcess {
-					exe, err := os.Executable()
-					if err != nil {
-						return fmt.Errorf("the worker process runs this command again: %w", err)
-					}
-					o.WorkerCommand = func(args []string) *exec.Cmd {
-						return exec.Command(exe, append([]string{"bench", workerProcessCmd}, args...)...)
-					}
+				o.WorkerCommand = func(args []string) *exec.Cmd {
+					return exec.Command(exe, append([]string{"bench", workerProcessCmd}, args...)...)
 				}
 			}
 			if cpuProfile != "" {
@@ -99,6 +97,7 @@ half its measured peak (or --paced-rate).`,
 	f.IntVar(&o.Calls, "calls", 0, "calls of the large-bodies mode (default twice the calls in flight)")
 	f.IntVar(&o.VerifyEvery, "verify-every", bench.DefaultVerifyEvery, "large-bodies mode: read back and hash the first body and 1 in this many")
 	f.BoolVar(&inProcess, "worker-in-process", false, "large-bodies mode: run the worker in this process (the peak RSS is then the whole process's)")
+	f.BoolVar(&workerProcess, "worker-process", false, "direct-calls mode: run the worker in a process of its own (its Go scheduler then serves the worker alone)")
 	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
 	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")
 	f.Float64Var(&o.DirectRate, "direct-rate", bench.DefaultDirectRate, "direct-calls mode: rate of the direct and rpc phases, calls/s")

@@ -198,7 +198,9 @@ func (o Options) largeBodyBytes() int64 {
 }
 
 // workerProcesses reports whether the workers run as processes of their own.
-func (o Options) workerProcesses() bool { return o.LargeBodies && o.WorkerCommand != nil }
+func (o Options) workerProcesses() bool {
+	return (o.LargeBodies || o.DirectCalls) && o.WorkerCommand != nil
+}
 
 // DefaultOptions returns the options of `mtlsrelay bench` without flags.
 func DefaultOptions() Options {
