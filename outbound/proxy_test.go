@@ -6,17 +6,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/partner"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
+	"github.com/mtlsrelay/mtlsrelay/internal/testproxy"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
@@ -76,18 +75,11 @@ func (p *proxyPKI) partner(t testing.TB) *partner.Server {
 	return srv
 }
 
-// connectProxy is a CONNECT proxy: it asks for basic credentials when it
-// has a password, and tunnels to the targets allow admits.
+// connectProxy is the test proxy of internal/testproxy under the names
+// this package's tests use (here and in oauth2_internal_test.go).
 type connectProxy struct {
+	*testproxy.Proxy
 	addr string
-
-	mu       sync.Mutex
-	user     string
-	password string
-	allow    func(target string) bool
-	connects []seenConnect
-	// tlsClientCerts counts client certificates presented to it over TLS.
-	tlsClientCerts int
 }
 
 // seenConnect is a CONNECT the proxy received.
@@ -99,98 +91,21 @@ type seenConnect struct {
 // startConnectProxy starts a proxy; with cert, it speaks TLS.
 func startConnectProxy(t testing.TB, user, password string, cert *tls.Certificate) *connectProxy {
 	t.Helper()
-	p := &connectProxy{user: user, password: password, allow: func(string) bool { return true }}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = ln.Addr().String()
-	srv := &http.Server{Handler: p, ReadHeaderTimeout: 5 * time.Second}
-	if cert != nil {
-		srv.TLSConfig = &tls.Config{
-			Certificates: []tls.Certificate{*cert},
-			ClientAuth:   tls.RequestClientCert,
-			NextProtos:   []string{"http/1.1"},
-			VerifyConnection: func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) > 0 {
-					p.mu.Lock()
-					p.tlsClientCerts++
-					p.mu.Unlock()
-				}
-				return nil
-			},
-		}
-		go srv.ServeTLS(ln, "", "")
-	} else {
-		go srv.Serve(ln)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return p
-}
-
-func (p *connectProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	seen := seenConnect{target: r.Host, auth: r.Header.Get("Proxy-Authorization"), userAgent: r.UserAgent()}
-	status := http.StatusOK
-	switch {
-	case r.Method != http.MethodConnect:
-		status = http.StatusMethodNotAllowed
-	case p.password != "" && seen.auth != "Basic "+base64.StdEncoding.EncodeToString([]byte(p.user+":"+p.password)):
-		status = http.StatusProxyAuthRequired
-	case !p.allow(r.Host):
-		status = http.StatusForbidden
-	}
-	p.mu.Unlock()
-	var upstream net.Conn
-	if status == http.StatusOK {
-		var err error
-		if upstream, err = net.DialTimeout("tcp", r.Host, 5*time.Second); err != nil {
-			status = http.StatusBadGateway
-		}
-	}
-	seen.status = status
-	p.mu.Lock()
-	p.connects = append(p.connects, seen)
-	p.mu.Unlock()
-	if status != http.StatusOK {
-		if status == http.StatusProxyAuthRequired {
-			w.Header().Set("Proxy-Authenticate", `Basic realm="test"`)
-		}
-		http.Error(w, http.StatusText(status), status)
-		return
-	}
-	defer upstream.Close()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(upstream, brw); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(conn, upstream); done <- struct{}{} }()
-	<-done
+	p := testproxy.Start(t, user, password, cert)
+	return &connectProxy{Proxy: p, addr: p.Addr()}
 }
 
 func (p *connectProxy) seen() []seenConnect {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]seenConnect(nil), p.connects...)
+	var seen []seenConnect
+	for _, c := range p.Seen() {
+		seen = append(seen, seenConnect{target: c.Target, auth: c.Auth, userAgent: c.UserAgent, status: c.Status})
+	}
+	return seen
 }
 
-func (p *connectProxy) setPassword(pw string) {
-	p.mu.Lock()
-	p.password = pw
-	p.mu.Unlock()
-}
+func (p *connectProxy) setPassword(pw string) { p.SetPassword(pw) }
 
-func (p *connectProxy) setAllow(f func(string) bool) {
-	p.mu.Lock()
-	p.allow = f
-	p.mu.Unlock()
-}
+func (p *connectProxy) setAllow(f func(string) bool) { p.SetAllow(f) }
 
 // memSecrets is ExecutorOptions.Secrets over a map of "mem:NAME" values.
 type memSecrets struct {
@@ -571,10 +486,7 @@ func TestProxyHTTPS(t *testing.T) {
 		if s := proxy.seen(); len(s) != 1 || s[0].auth != basic("relay", "tls-pass") {
 			t.Fatalf("the proxy saw %+v", s)
 		}
-		proxy.mu.Lock()
-		n := proxy.tlsClientCerts
-		proxy.mu.Unlock()
-		if n != 0 {
+		if proxy.TLSClientCerts() != 0 {
 			t.Fatal("the profile's client certificate was presented to the proxy")
 		}
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/internal/pki"
+	"github.com/mtlsrelay/mtlsrelay/internal/testproxy"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
@@ -85,70 +86,11 @@ func (p *probePartner) seen() (conns int, auth []string) {
 	return p.conns, append([]string(nil), p.authHeaders...)
 }
 
-// probeConnect is a CONNECT proxy with basic authentication.
-type probeConnect struct {
-	addr string
-
-	mu       sync.Mutex
-	password string
-	connects []probeSeen
-}
-
-type probeSeen struct {
-	target string
-	status int
-}
-
-func (p *probeConnect) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.mu.Lock()
-	status := http.StatusOK
-	switch {
-	case r.Method != http.MethodConnect:
-		status = http.StatusMethodNotAllowed
-	case r.Header.Get("Proxy-Authorization") != basicAuth(probeProxyUser, p.password):
-		status = http.StatusProxyAuthRequired
-	}
-	p.connects = append(p.connects, probeSeen{target: r.Host, status: status})
-	p.mu.Unlock()
-	if status != http.StatusOK {
-		http.Error(w, http.StatusText(status), status)
-		return
-	}
-	upstream, err := net.DialTimeout("tcp", r.Host, 5*time.Second)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	defer upstream.Close()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
-		return
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(upstream, brw); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(conn, upstream); done <- struct{}{} }()
-	<-done
-}
-
-func (p *probeConnect) seen() []probeSeen {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]probeSeen(nil), p.connects...)
-}
-
-func basicAuth(user, password string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
-}
-
 // probeRig is a partner, a proxy in front of it, and a profile whose
 // client certificate the partner accepts.
 type probeRig struct {
 	partner *probePartner
-	proxy   *probeConnect
+	proxy   *testproxy.Proxy
 	profile secrets.Profile
 }
 
@@ -169,7 +111,7 @@ func newProbeRig(t *testing.T, proxyPassword string) *probeRig {
 	client, err := clientCA.Issue(pki.LeafOptions{CommonName: "probe-client", Client: true})
 	must(err)
 
-	rig := &probeRig{partner: &probePartner{}, proxy: &probeConnect{password: proxyPassword}}
+	rig := &probeRig{partner: &probePartner{}}
 	srv := httptest.NewUnstartedServer(rig.partner)
 	srv.EnableHTTP2 = true
 	srv.TLS = &tls.Config{
@@ -188,12 +130,7 @@ func newProbeRig(t *testing.T, proxyPassword string) *probeRig {
 	t.Cleanup(srv.Close)
 	rig.partner.srv = srv
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(err)
-	rig.proxy.addr = ln.Addr().String()
-	psrv := &http.Server{Handler: rig.proxy, ReadHeaderTimeout: 10 * time.Second}
-	go psrv.Serve(ln)
-	t.Cleanup(func() { psrv.Close() })
+	rig.proxy = testproxy.Start(t, probeProxyUser, proxyPassword, nil)
 
 	b64 := base64.StdEncoding.EncodeToString
 	rig.profile = secrets.Profile{Keystore: "base64:" + b64(client.PEM()), Truststore: "base64:" + b64(serverCA.CertPEM())}
@@ -214,7 +151,7 @@ func (rig *probeRig) catalog(mod func(*catalog.Connection)) *catalog.Catalog {
 // whose password is password, and corp as the default proxy when dflt.
 func (rig *probeRig) config(password string, dflt bool) *worker.Config {
 	cfg := &worker.Config{Proxies: map[string]catalog.Proxy{
-		"corp": {URL: "http://" + rig.proxy.addr, Username: probeProxyUser, Password: "value:" + password},
+		"corp": {URL: "http://" + rig.proxy.Addr(), Username: probeProxyUser, Password: "value:" + password},
 	}}
 	cfg.Worker.Concurrency = 4
 	if dflt {
@@ -292,11 +229,11 @@ func wantContains(t *testing.T, what, s string, parts ...string) {
 func (rig *probeRig) tunnels(t *testing.T, status int) int {
 	t.Helper()
 	n := 0
-	for _, c := range rig.proxy.seen() {
-		if c.target != rig.partner.srv.Listener.Addr().String() {
-			t.Errorf("CONNECT to %s, want the partner's address only", c.target)
+	for _, c := range rig.proxy.Seen() {
+		if c.Target != rig.partner.srv.Listener.Addr().String() {
+			t.Errorf("CONNECT to %s, want the partner's address only", c.Target)
 		}
-		if c.status == status {
+		if c.Status == status {
 			n++
 		}
 	}
@@ -312,7 +249,7 @@ func TestProbeDirect(t *testing.T) {
 	wantSteps(t, rep, "connection", "keystore", "proxy", "tls", "server chain", "client certificate")
 	wantContains(t, "proxy step", findStep(t, rep, "proxy").Detail, "none: direct to "+rig.partner.srv.Listener.Addr().String())
 	wantContains(t, "tls step", findStep(t, rep, "tls").Detail, "TLS 1.3", `ALPN "h2"`)
-	if n := len(rig.proxy.seen()); n != 0 {
+	if n := len(rig.proxy.Seen()); n != 0 {
 		t.Errorf("the proxy saw %d CONNECTs", n)
 	}
 }
@@ -323,7 +260,7 @@ func TestProbeDirect(t *testing.T) {
 // credentials step only.
 func TestProbeThroughProxyWithStaticAuth(t *testing.T) {
 	rig := newProbeRig(t, probeProxyPassword)
-	rig.partner.setWant(basicAuth("user", probeBasicPassword))
+	rig.partner.setWant(testproxy.BasicAuth("user", probeBasicPassword))
 	cat := rig.catalog(func(c *catalog.Connection) {
 		c.Auth = &catalog.Auth{Type: catalog.AuthBasic, Username: "user", Password: "value:" + probeBasicPassword}
 	})
@@ -332,12 +269,12 @@ func TestProbeThroughProxyWithStaticAuth(t *testing.T) {
 	if rep.Error != nil || !rep.Accepted || rep.Status != http.StatusOK {
 		t.Fatalf("report %+v", rep)
 	}
-	if p := rep.Proxy; p == nil || p.Name != "corp" || p.Host != rig.proxy.addr || p.Username != probeProxyUser {
-		t.Errorf("report's proxy %+v, want corp at %s as %s", rep.Proxy, rig.proxy.addr, probeProxyUser)
+	if p := rep.Proxy; p == nil || p.Name != "corp" || p.Host != rig.proxy.Addr() || p.Username != probeProxyUser {
+		t.Errorf("report's proxy %+v, want corp at %s as %s", rep.Proxy, rig.proxy.Addr(), probeProxyUser)
 	}
 	target := rig.partner.srv.Listener.Addr().String()
 	wantContains(t, "proxy step", findStep(t, rep, "proxy").Detail,
-		"proxy corp ("+rig.proxy.addr+")", "worker.proxy", `user "relay"`, "CONNECT to "+target+" opened a tunnel")
+		"proxy corp ("+rig.proxy.Addr()+")", "worker.proxy", `user "relay"`, "CONNECT to "+target+" opened a tunnel")
 	wantContains(t, "tls step", findStep(t, rep, "tls").Detail, "TLS 1.3", "through the tunnel of proxy corp")
 	wantContains(t, "client certificate step", findStep(t, rep, "client certificate").Detail, "accepted", "HTTP 401")
 	wantContains(t, "credentials step", findStep(t, rep, "credentials").Detail, `basic credentials of user "user"`, "HTTP 200")
@@ -349,7 +286,7 @@ func TestProbeThroughProxyWithStaticAuth(t *testing.T) {
 	if tunnels < 2 || conns != tunnels {
 		t.Errorf("%d tunnels and %d connections at the partner; want every connection through a tunnel, the TLS step's and the requests'", tunnels, conns)
 	}
-	if len(auth) != 2 || auth[0] != "" || auth[1] != basicAuth("user", probeBasicPassword) {
+	if len(auth) != 2 || auth[0] != "" || auth[1] != testproxy.BasicAuth("user", probeBasicPassword) {
 		t.Errorf("the partner saw Authorization %q, want none then the basic credentials", auth)
 	}
 }
@@ -367,7 +304,7 @@ func TestProbeProxyRefused(t *testing.T) {
 	if step.OK {
 		t.Errorf("proxy step %+v is ok", step)
 	}
-	wantContains(t, "proxy step", step.Detail, "proxy_refused", "proxy corp ("+rig.proxy.addr+")", "407")
+	wantContains(t, "proxy step", step.Detail, "proxy_refused", "proxy corp ("+rig.proxy.Addr()+")", "407")
 	if rep.Proxy == nil || rep.Proxy.Name != "corp" {
 		t.Errorf("report's proxy %+v", rep.Proxy)
 	}
@@ -388,7 +325,7 @@ func TestProbeProxyChoice(t *testing.T) {
 		t.Fatalf("proxy none: report %+v", rep)
 	}
 	wantContains(t, "proxy step", findStep(t, rep, "proxy").Detail, "direct to", "the connection's proxy is none", "corp is not used")
-	if n := len(rig.proxy.seen()); n != 0 {
+	if n := len(rig.proxy.Seen()); n != 0 {
 		t.Errorf("proxy none: the proxy saw %d CONNECTs", n)
 	}
 
