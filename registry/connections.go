@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
 // ConnectionEntry is a connection as the registry holds it.
@@ -34,6 +36,9 @@ func (r *Registry) PutConnection(ctx context.Context, name string, c catalog.Con
 	if err := c.Validate(name); err != nil {
 		return fmt.Errorf("connection %s not stored: %w", name, err)
 	}
+	if err := refuseInlineAuth(name, c.Auth); err != nil {
+		return err
+	}
 	value, err := json.Marshal(c)
 	if err != nil {
 		return err
@@ -42,6 +47,50 @@ func (r *Registry) PutConnection(ctx context.Context, name string, c catalog.Con
 		return kvError(err, "store connection "+name)
 	}
 	return nil
+}
+
+// authSecrets are the fields of a connection's auth that hold secret
+// references, and their names in the config file.
+func authSecrets(a *catalog.Auth) []struct {
+	field string
+	ref   *string
+} {
+	return []struct {
+		field string
+		ref   *string
+	}{{"password", &a.Password}, {"token", &a.Token}, {"value", &a.Value}, {"client_secret", &a.ClientSecret}}
+}
+
+// refuseInlineAuth refuses an auth secret given inline (value:): the
+// registry's entries are readable by whoever reads its bucket, and a
+// connection's secrets are not sealed as a profile's password is.
+func refuseInlineAuth(name string, a *catalog.Auth) error {
+	if a == nil {
+		return nil
+	}
+	for _, f := range authSecrets(a) {
+		if ref, err := secrets.ParseRef(*f.ref); err == nil && ref.IsInline() {
+			return jobs.Errorf(jobs.CodeInvalidCall,
+				"connection %s not stored: its auth %s is given inline (value:), which the registry would keep readable to whoever reads its bucket; keep it in Vault (vault:) or CyberArk (cyberark:) and name it here",
+				name, f.field)
+		}
+	}
+	return nil
+}
+
+// MarshalJSON encodes the entry for people: auth secrets given inline
+// (stored before put refused them) redacted.
+func (e ConnectionEntry) MarshalJSON() ([]byte, error) {
+	type plain ConnectionEntry
+	out := plain(e)
+	if e.Connection.Auth != nil {
+		a := *e.Connection.Auth
+		for _, f := range authSecrets(&a) {
+			*f.ref = secrets.RedactRef(*f.ref)
+		}
+		out.Connection.Auth = &a
+	}
+	return json.Marshal(out)
 }
 
 // GetConnection returns connection name; errors.Is(err, ErrNotFound) when

@@ -374,6 +374,56 @@ func TestConnectionLifecycle(t *testing.T) {
 	}
 }
 
+// A connection's auth secret given inline is refused: the registry keeps
+// connections readable to whoever reads its bucket. One stored before
+// (written to the bucket directly) is printed redacted.
+func TestConnectionInlineAuthSecrets(t *testing.T) {
+	js := startJS(t)
+	reg := openRegistry(t, js, "")
+	ctx := context.Background()
+	const secret = "inline-client-secret-5c1e"
+	for _, a := range []catalog.Auth{
+		{Type: "oauth2", TokenURL: "https://login.example/token", ClientID: "c", ClientSecret: "value:" + secret},
+		{Type: "basic", Username: "u", Password: "value:" + secret},
+		{Type: "bearer", Token: "value:" + secret},
+		{Type: "header", Name: "X-Key", Value: "value:" + secret},
+	} {
+		c := catalog.Connection{BaseURL: "https://api.example/", Profile: "p", Auth: &a}
+		err := reg.PutConnection(ctx, "inline-"+a.Type, c)
+		wantCode(t, err, jobs.CodeInvalidCall)
+		if err == nil || !strings.Contains(err.Error(), "vault:") || strings.Contains(err.Error(), secret) {
+			t.Errorf("%s: %v", a.Type, err)
+		}
+	}
+	vaulted := catalog.Auth{Type: "bearer", Token: "vault:secret/partners/a#token"}
+	if err := reg.PutConnection(ctx, "vaulted", catalog.Connection{BaseURL: "https://api.example/", Profile: "p", Auth: &vaulted}); err != nil {
+		t.Fatalf("a vault: reference was refused: %v", err)
+	}
+
+	kv, err := js.KeyValue(ctx, "mtlsrelay_registry")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []byte(`{"base_url":"https://api.example/","profile":"p","auth":{"type":"bearer","token":"value:` + secret + `"}}`)
+	if _, err := kv.Put(ctx, "connections.old", old); err != nil {
+		t.Fatal(err)
+	}
+	e, err := reg.GetConnection(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), secret) || !strings.Contains(string(out), `"token":"value:`) {
+		t.Errorf("connection get prints %s", out)
+	}
+	if e.Connection.Auth.Token != "value:"+secret {
+		t.Errorf("the entry itself lost its value: %q", e.Connection.Auth.Token)
+	}
+}
+
 func TestWatch(t *testing.T) {
 	js := startJS(t)
 	reg := openRegistry(t, js, newKey(t))
