@@ -2,9 +2,12 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -241,12 +244,60 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			t.Fatalf("shipping's client call: %v %+v", err, res)
 		}
 	})
+	t.Run("ok/tenant-sends-and-reads-large-bodies-in-its-own-bucket", func(t *testing.T) {
+		// Over the client's inline bound: uploaded to mtlsrelay_bodies_billing.
+		body, _ := io.ReadAll(partner.Pattern(1 << 20))
+		res, err := billing.client.Call(ctx, &jobs.Call{ID: uniqueID("billing-up"), Connection: "partner", Method: "POST", Path: "sha256", BodyBase64: body})
+		if err != nil || !res.OK {
+			t.Fatalf("billing's upload: %v %+v", err, res)
+		}
+		var got partner.BodyDigest
+		if err := json.Unmarshal(res.ResponseBody(), &got); err != nil || got.Size != 1<<20 || got.SHA256 != partner.PatternSHA256(1<<20) {
+			t.Errorf("the partner received %+v (%v)", got, err)
+		}
+		res, err = billing.client.Call(ctx, &jobs.Call{ID: uniqueID("billing-down"), Connection: "partner", Path: "bytes", Query: map[string][]string{"n": {"2000000"}, "pattern": {"1"}}})
+		if err != nil || !res.OK || res.BodyRef == nil {
+			t.Fatalf("billing's download: %v %+v", err, res)
+		}
+		if res.BodyRef.Bucket != "mtlsrelay_bodies_billing" || !strings.HasPrefix(res.BodyRef.Name, "billing/") {
+			t.Errorf("body_ref %+v; want bucket mtlsrelay_bodies_billing, a name under billing/", res.BodyRef)
+		}
+		h := sha256.Sum256(res.ResponseBody())
+		if hex.EncodeToString(h[:]) != partner.PatternSHA256(2000000) {
+			t.Errorf("billing read another body than the partner sent")
+		}
+		// Shipping can reach nothing of billing's bucket.
+		short, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if store, err := shipping.js.ObjectStore(short, "mtlsrelay_bodies_billing"); err == nil {
+			if _, err := store.GetBytes(short, res.BodyRef.Name); err == nil {
+				t.Error("shipping read billing's body")
+			}
+		}
+		shipping.violated(t, "$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies_billing")
+	})
 	denials := []struct {
 		name    string
 		tenant  *tenant
 		subject string
 		do      func(tn *tenant) error
 	}{
+		{"fail/read-another-tenants-body-info", shipping, "$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing.$O.mtlsrelay_bodies_billing.M.x", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing.$O.mtlsrelay_bodies_billing.M.x", nil)
+		}},
+		{"fail/read-another-tenants-body-chunks", shipping, "$JS.API.CONSUMER.CREATE.OBJ_mtlsrelay_bodies_billing", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.CONSUMER.CREATE.OBJ_mtlsrelay_bodies_billing", []byte(`{"stream_name":"OBJ_mtlsrelay_bodies_billing","config":{"deliver_subject":"_INBOX_shipping.x"}}`))
+		}},
+		{"fail/write-another-tenants-bodies", shipping, "$O.mtlsrelay_bodies_billing.C.x", func(tn *tenant) error {
+			return tn.nc.Publish("$O.mtlsrelay_bodies_billing.C.x", []byte("x"))
+		}},
+		{"fail/subscribe-another-tenants-bodies", shipping, "$O.mtlsrelay_bodies_billing.>", func(tn *tenant) error {
+			_, err := tn.nc.SubscribeSync("$O.mtlsrelay_bodies_billing.>")
+			return err
+		}},
+		{"fail/read-the-shared-bodies-bucket", billing, "$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies", nil)
+		}},
 		{"fail/publish-another-tenants-calls", billing, "mtlsrelay.calls.shipping.partner", func(tn *tenant) error {
 			return tn.nc.Publish("mtlsrelay.calls.shipping.partner", []byte(`{"id":"x","path":"echo","reply_to":"mtlsrelay.results.billing.x"}`))
 		}},

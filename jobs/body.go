@@ -9,15 +9,29 @@ import (
 // a message: request bodies flows upload, response bodies workers store.
 const BucketBodies = "mtlsrelay_bodies"
 
+// TenantBucketBodies is BucketBodies of a relay with tenants: each tenant
+// has a bucket of its own, mtlsrelay_bodies_<tenant>, so that NATS
+// permissions can give a tenant its own bodies and nobody else's (an
+// Object Store's subjects carry no part of an object's name a permission
+// could match). "" gives BucketBodies.
+func TenantBucketBodies(tenant string) string {
+	if tenant == "" {
+		return BucketBodies
+	}
+	return BucketBodies + "_" + tenant
+}
+
 // RequestBodyRef is a call's body_ref: the name of the object in
-// BucketBodies that holds the request body.
+// BucketBodies (a tenant's: TenantBucketBodies) that holds the request
+// body.
 type RequestBodyRef struct {
 	Name string `json:"name"`
 }
 
 // BodyRef is a result's body_ref: where the response body is kept.
 type BodyRef struct {
-	// Bucket is the Object Store bucket, BucketBodies.
+	// Bucket is the Object Store bucket: BucketBodies, or with tenants the
+	// call's tenant's, TenantBucketBodies.
 	Bucket string `json:"bucket"`
 	// Name is the object's name.
 	Name string `json:"name"`

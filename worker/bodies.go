@@ -27,15 +27,22 @@ import (
 const DefaultInlineBodyMax = 256 << 10
 
 // objectBodies keeps the bodies too large for a message in the Object
-// Store bucket mtlsrelay_bodies (outbound.Bodies): request bodies flows
+// Store bucket mtlsrelay_bodies, and with tenants in each tenant's
+// mtlsrelay_bodies_<tenant> (outbound.Bodies): request bodies flows
 // uploaded, response bodies above inlineMax, streamed both ways.
 type objectBodies struct {
 	subj      jobs.Subjects
 	inlineMax int64
-	// store is the bucket, set once the worker created it (ensureStreams),
-	// and put what writes its objects.
-	store atomic.Pointer[jetstream.ObjectStore]
-	put   atomic.Pointer[objput.Writer]
+	// buckets are the buckets by name, set once the worker created them
+	// (ensureStreams).
+	buckets atomic.Pointer[map[string]*bodyBucket]
+}
+
+// bodyBucket is one bucket, and what writes its objects.
+type bodyBucket struct {
+	name  string
+	store jetstream.ObjectStore
+	put   *objput.Writer
 }
 
 var _ outbound.Bodies = (*objectBodies)(nil)
@@ -56,14 +63,19 @@ func inlineMaxFor(configured int64, maxPayload int64) int64 {
 
 func (b *objectBodies) InlineMax() int64 { return b.inlineMax }
 
-func (b *objectBodies) bucket() (jetstream.ObjectStore, error) {
+// bucket returns the bucket of tenant's bodies ("": the relay's without
+// tenants).
+func (b *objectBodies) bucket(tenant string) (*bodyBucket, error) {
 	if b == nil {
 		return nil, jobs.Errorf(jobs.CodeInternal, "this worker keeps no bodies bucket")
 	}
-	if p := b.store.Load(); p != nil {
-		return *p, nil
+	name := jobs.TenantBucketBodies(tenant)
+	if m := b.buckets.Load(); m != nil {
+		if bb := (*m)[name]; bb != nil {
+			return bb, nil
+		}
 	}
-	return nil, jobs.Errorf(jobs.CodeInternal, "the bodies bucket %s is not set up yet", jobs.BucketBodies)
+	return nil, jobs.Errorf(jobs.CodeInternal, "the bodies bucket %s is not set up yet", name)
 }
 
 // Open returns the request body call.BodyRef names. A tenant's call may
@@ -74,21 +86,21 @@ func (b *objectBodies) Open(ctx context.Context, call *jobs.Call) (io.ReadCloser
 	if call.Tenant != "" && !strings.HasPrefix(name, call.Tenant+"/") {
 		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not under %s/, where tenant %s's uploads go", name, call.Tenant, call.Tenant)
 	}
-	store, err := b.bucket()
+	bb, err := b.bucket(call.Tenant)
 	if err != nil {
 		return nil, 0, err
 	}
-	obj, err := store.Get(ctx, name)
+	obj, err := bb.store.Get(ctx, name)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
-		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, jobs.BucketBodies)
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, bb.name)
 	case err != nil:
-		return nil, 0, natsBodyError(err, "read body_ref "+name)
+		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
 	}
 	info, err := obj.Info()
 	if err != nil {
 		obj.Close()
-		return nil, 0, natsBodyError(err, "read body_ref "+name)
+		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
 	}
 	return obj, int64(info.Size), nil
 }
@@ -107,16 +119,16 @@ func resultObject(call *jobs.Call) string {
 // window of unacknowledged chunks (internal/objput): the partner is read
 // only as fast as JetStream stores its body.
 func (b *objectBodies) Store(ctx context.Context, call *jobs.Call, r io.Reader, contentType string) (*jobs.BodyRef, error) {
-	if _, err := b.bucket(); err != nil {
+	bb, err := b.bucket(call.Tenant)
+	if err != nil {
 		return nil, err
 	}
-	put := b.put.Load()
 	h := sha256.New()
 	meta := jetstream.ObjectMeta{Name: resultObject(call)}
 	if contentType != "" {
 		meta.Headers = nats.Header{"Content-Type": []string{contentType}}
 	}
-	info, err := put.Put(ctx, meta, io.TeeReader(r, h))
+	info, err := bb.put.Put(ctx, meta, io.TeeReader(r, h))
 	if err != nil {
 		// The partner's side failed (or the body grew too large): what
 		// was stored of it is purged.
@@ -124,40 +136,56 @@ func (b *objectBodies) Store(ctx context.Context, call *jobs.Call, r io.Reader, 
 		if errors.As(err, &src) {
 			return nil, src.Err
 		}
-		return nil, natsBodyError(err, "store the response body")
+		return nil, natsBodyError(err, bb.name, "store the response body")
 	}
-	return &jobs.BodyRef{Bucket: jobs.BucketBodies, Name: meta.Name, Size: int64(info.Size), SHA256: sumHex(h), ContentType: contentType}, nil
+	return &jobs.BodyRef{Bucket: bb.name, Name: meta.Name, Size: int64(info.Size), SHA256: sumHex(h), ContentType: contentType}, nil
 }
 
 func sumHex(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
 
 // natsBodyError words a failure of the bodies bucket: retryable, as NATS
 // failures pass.
-func natsBodyError(err error, doing string) *jobs.Error {
-	return jobs.Wrap(err, jobs.CodeInternal, "could not %s in bucket %s: %v", doing, jobs.BucketBodies, err).WithRetryable(true)
+func natsBodyError(err error, bucket, doing string) *jobs.Error {
+	return jobs.Wrap(err, jobs.CodeInternal, "could not %s in bucket %s: %v", doing, bucket, err).WithRetryable(true)
 }
 
-// open creates (or updates) the bodies bucket, its objects expiring with
-// the results that name them, and serves it from now on.
-func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) error {
-	store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      jobs.BucketBodies,
-		Description: "mtlsrelay bodies too large for a message: request bodies flows upload, response bodies workers store",
-		TTL:         ttl,
-		Replicas:    max(replicas, 1),
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return fmt.Errorf("create or update object store %s: %w", jobs.BucketBodies, err)
+// open creates (or updates) the bodies bucket, and one per tenant, their
+// objects expiring with the results that name them, and serves them from
+// now on.
+func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, tenants []string) error {
+	var put *objput.Writer
+	if m := b.buckets.Load(); m != nil {
+		for _, bb := range *m {
+			put = bb.put // the window stays the worker's one
+			break
+		}
 	}
-	if b.put.Load() == nil {
-		put, err := objput.New(js.Conn(), jobs.BucketBodies, objput.Options{})
-		if err != nil {
+	if put == nil {
+		var err error
+		if put, err = objput.New(js.Conn(), jobs.BucketBodies, objput.Options{}); err != nil {
 			return err
 		}
-		b.put.Store(put)
 	}
-	b.store.Store(&store) // after put: a set store means put is set
+	m := map[string]*bodyBucket{}
+	for _, tenant := range append([]string{""}, tenants...) {
+		name := jobs.TenantBucketBodies(tenant)
+		desc := "mtlsrelay bodies too large for a message: request bodies flows upload, response bodies workers store"
+		if tenant != "" {
+			desc = "mtlsrelay bodies of tenant " + tenant + " too large for a message"
+		}
+		store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      name,
+			Description: desc,
+			TTL:         ttl,
+			Replicas:    max(replicas, 1),
+			Storage:     jetstream.FileStorage,
+		})
+		if err != nil {
+			return fmt.Errorf("create or update object store %s: %w", name, err)
+		}
+		m[name] = &bodyBucket{name: name, store: store, put: put.Bucket(name)}
+	}
+	b.buckets.Store(&m)
 	return nil
 }
 

@@ -242,7 +242,7 @@ func (w *Worker) ensureStreams(ctx context.Context) ([]streams.Queue, error) {
 			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.Name())
 		}
 		if err == nil {
-			err = w.bodies.open(cctx, w.js, w.streams.Replicas, orDefault(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge))
+			err = w.bodies.open(cctx, w.js, w.streams.Replicas, orDefault(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.streams.Tenants)
 		}
 		cancel()
 		if err == nil {

@@ -65,14 +65,26 @@ func (o Options) withDefaults() Options {
 // Writer writes objects into one bucket with bounded windows of
 // unacknowledged chunks. It is safe for concurrent use.
 type Writer struct {
-	js     jetstream.JetStream
+	*shared
 	bucket string
-	opts   Options
-	tokens *semaphore.Weighted
-	chunks sync.Pool
 
 	mu    sync.Mutex
 	store jetstream.ObjectStore
+}
+
+// shared is what the Writers of one New share: the publishing context, the
+// window of all their objects and the chunk buffers.
+type shared struct {
+	js     jetstream.JetStream
+	opts   Options
+	tokens *semaphore.Weighted
+	chunks sync.Pool
+}
+
+// Bucket returns a Writer of objects in bucket that shares w's window of
+// Total chunks and its buffers.
+func (w *Writer) Bucket(bucket string) *Writer {
+	return &Writer{shared: w.shared, bucket: bucket}
 }
 
 // New returns a Writer of objects in bucket, publishing on nc.
@@ -84,9 +96,9 @@ func New(nc *nats.Conn, bucket string, opts Options) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Writer{js: js, bucket: bucket, opts: opts, tokens: semaphore.NewWeighted(int64(opts.Total))}
-	w.chunks.New = func() any { b := make([]byte, opts.ChunkSize); return &b }
-	return w, nil
+	sh := &shared{js: js, opts: opts, tokens: semaphore.NewWeighted(int64(opts.Total))}
+	sh.chunks.New = func() any { b := make([]byte, opts.ChunkSize); return &b }
+	return &Writer{shared: sh, bucket: bucket}, nil
 }
 
 // ErrReader wraps the error of the reader Put was given, so that callers

@@ -323,21 +323,22 @@ func (c *Client) objectName(name string) string {
 }
 
 // PutBody uploads a request body to the Object Store bucket
-// mtlsrelay_bodies under name (a tenant's client puts it under
-// "<tenant>/"), streamed from r, and returns the body_ref a call sends
+// mtlsrelay_bodies under name (a tenant's client puts it in its tenant's
+// bucket, mtlsrelay_bodies_<tenant>, under "<tenant>/"), streamed from r, and returns the body_ref a call sends
 // instead of body. Enqueue, Call and Direct do it themselves for a body
 // larger than the inline bound (WithBodyLimits).
 func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (*jobs.RequestBodyRef, error) {
-	c.putOnce.Do(func() { c.put, c.putErr = objput.New(c.nc, jobs.BucketBodies, objput.Options{}) })
+	bucket := jobs.TenantBucketBodies(c.tenant)
+	c.putOnce.Do(func() { c.put, c.putErr = objput.New(c.nc, bucket, objput.Options{}) })
 	if c.putErr != nil {
 		return nil, c.putErr
 	}
 	name = c.objectName(name)
 	if _, err := c.put.Put(ctx, jetstream.ObjectMeta{Name: name}, r); err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
-			return nil, fmt.Errorf("upload the request body to %s/%s: %w (a worker creates the bucket when it starts)", jobs.BucketBodies, name, err)
+			return nil, fmt.Errorf("upload the request body to %s/%s: %w (a worker creates the bucket when it starts)", bucket, name, err)
 		}
-		return nil, fmt.Errorf("upload the request body to %s/%s: %w", jobs.BucketBodies, name, err)
+		return nil, fmt.Errorf("upload the request body to %s/%s: %w", bucket, name, err)
 	}
 	return &jobs.RequestBodyRef{Name: name}, nil
 }
