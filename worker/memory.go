@@ -26,9 +26,10 @@ type memoryBudget struct {
 
 // streamBuffers is what a streamed body holds at most besides an inline
 // one: the HTTP/2 receive window (outbound.StreamReceiveWindow), the
-// Object Store writer's window of unacknowledged chunks (8 x 128 KiB,
-// internal/objput) and a TLS record's buffers.
-const streamBuffers = outbound.StreamReceiveWindow + 1<<20 + 64<<10
+// Object Store writer's chunk buffer (128 KiB, internal/objput; its chunks
+// awaiting an ack are in the NATS connection's buffer, not held) and a TLS
+// record's buffers.
+const streamBuffers = outbound.StreamReceiveWindow + 128<<10 + 64<<10
 
 // newMemoryBudget returns a budget of total bytes, or nil for total <= 0.
 func newMemoryBudget(total, inlineMax int64) *memoryBudget {

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,7 +92,8 @@ func (w *Writer) Bucket(bucket string) *Writer {
 func New(nc *nats.Conn, bucket string, opts Options) (*Writer, error) {
 	opts = opts.withDefaults()
 	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(opts.Total),
+		// Room for acks no longer awaited (abandon) besides the window.
+		jetstream.WithPublishAsyncMaxPending(4*opts.Total),
 		jetstream.WithPublishAsyncTimeout(opts.AckTimeout))
 	if err != nil {
 		return nil, err
@@ -109,13 +111,6 @@ type ErrReader struct{ Err error }
 func (e *ErrReader) Error() string { return e.Err.Error() }
 func (e *ErrReader) Unwrap() error { return e.Err }
 
-// pending is a chunk that awaits its ack, and the buffer it holds (a
-// publish retried after "no responders" sends the message again).
-type pending struct {
-	ack jetstream.PubAckFuture
-	buf *[]byte
-}
-
 // bucketStore returns the Writer's bucket, looked up once.
 func (w *Writer) bucketStore(ctx context.Context) (jetstream.ObjectStore, error) {
 	w.mu.Lock()
@@ -131,9 +126,11 @@ func (w *Writer) bucketStore(ctx context.Context) (jetstream.ObjectStore, error)
 }
 
 // Put stores what r gives as object meta.Name, replacing an object of
-// that name once the new one is complete, and returns its info. On any
-// failure the chunks written so far are purged and no object info is
-// written: readers see the previous object, or none.
+// that name once the new one is complete, and returns its info. r ends
+// the object with io.EOF; any other error of r (io.ErrUnexpectedEOF of a
+// response cut short included) fails the Put with an *ErrReader. On a
+// failure before the object's info is written the chunks written so far
+// are purged: readers see the previous object, or none.
 func (w *Writer) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader) (*jetstream.ObjectInfo, error) {
 	if meta.Name == "" {
 		return nil, jetstream.ErrBadObjectMeta
@@ -145,95 +142,140 @@ func (w *Writer) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader
 	if err != nil {
 		return nil, err
 	}
-	bucket := w.bucket
 	prev, err := store.GetInfo(ctx, meta.Name, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, err
 	}
-
 	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(w.opts.ChunkSize)}
-	info := &jetstream.ObjectInfo{ObjectMeta: meta, Bucket: bucket, NUID: nuid.Next()}
-	chunkSubj := chunkSubject(bucket, info.NUID)
-	h := sha256.New()
-	var inFlight []pending
-	settle := func(p pending) error {
-		defer func() { w.chunks.Put(p.buf); w.tokens.Release(1) }()
-		select {
-		case <-p.ack.Ok():
-			return nil
-		case err := <-p.ack.Err():
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	fail := func(err error) (*jetstream.ObjectInfo, error) {
-		for _, p := range inFlight {
-			settle(p) // returns at once once ctx is done
-		}
-		w.purge(bucket, chunkSubj)
+	p := &put{w: w, ctx: ctx, info: &jetstream.ObjectInfo{ObjectMeta: meta, Bucket: w.bucket, NUID: nuid.Next()},
+		acks: make(chan jetstream.PubAckFuture, w.opts.Window), window: make(chan struct{}, w.opts.Window), acked: make(chan struct{})}
+	go p.awaitAcks()
+	defer p.stop() // even on a panic of r: the window's tokens come back
+	info, err := p.run(r)
+	if err != nil {
 		return nil, err
 	}
+	if prev != nil && !prev.Deleted && prev.NUID != "" && !strings.ContainsAny(prev.NUID, "*>.") {
+		w.purge(chunkSubject(w.bucket, prev.NUID))
+	}
+	info.ModTime = time.Now().UTC()
+	return info, nil
+}
 
-	// settleOldest waits for the oldest chunk out.
-	settleOldest := func() error {
-		p := inFlight[0]
-		inFlight = inFlight[1:]
-		if err := settle(p); err != nil {
-			return fmt.Errorf("store a chunk of %s: %w", meta.Name, err)
+// put is one object being written. Its chunks' acks are awaited by a
+// goroutine of its own (awaitAcks), which gives each chunk's token back as
+// its ack comes in: a source that stalls holds none of the Writer's window
+// once its chunks are stored.
+type put struct {
+	w    *Writer
+	ctx  context.Context
+	info *jetstream.ObjectInfo
+	// acks are the chunks awaiting their ack, oldest first; window holds a
+	// place for each (at most Options.Window).
+	acks   chan jetstream.PubAckFuture
+	window chan struct{}
+	// acked is closed once awaitAcks has taken every ack out.
+	acked   chan struct{}
+	stopped bool
+
+	mu  sync.Mutex
+	err error
+}
+
+// awaitAcks takes the acks out in order, each chunk's token and place in
+// the window back, and keeps the first failure.
+func (p *put) awaitAcks() {
+	defer close(p.acked)
+	for ack := range p.acks {
+		var err error
+		select {
+		case <-ack.Ok():
+		case err = <-ack.Err():
+		case <-p.ctx.Done():
+			// Not awaited any more: nats.go forgets it after its ack
+			// timeout, and its own bound on pending publishes is larger
+			// than the Writer's window for that.
+			err = p.ctx.Err()
 		}
-		return nil
-	}
-	// room waits until a chunk may go out: the object's window has room
-	// and the Writer's gave a token. While the Writer's is full, the object
-	// waits for its own oldest chunk, not for others to: objects that each
-	// hold part of the Writer's window would otherwise wait for each other.
-	room := func() error {
-		for {
-			if len(inFlight) < w.opts.Window && w.tokens.TryAcquire(1) {
-				return nil
+		p.w.tokens.Release(1)
+		<-p.window
+		if err != nil {
+			p.mu.Lock()
+			if p.err == nil {
+				p.err = fmt.Errorf("store a chunk of %s: %w", p.info.Name, err)
 			}
-			if len(inFlight) == 0 {
-				return w.tokens.Acquire(ctx, 1)
-			}
-			if err := settleOldest(); err != nil {
-				return err
-			}
+			p.mu.Unlock()
 		}
 	}
+}
+
+func (p *put) failed() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// stop ends the acks and waits for awaitAcks to take out those sent.
+func (p *put) stop() {
+	if !p.stopped {
+		p.stopped = true
+		close(p.acks)
+	}
+	<-p.acked
+}
+
+func (p *put) run(r io.Reader) (*jetstream.ObjectInfo, error) {
+	w, info := p.w, p.info
+	chunkSubj := chunkSubject(w.bucket, info.NUID)
+	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		p.stop()
+		w.purge(chunkSubj)
+		return nil, err
+	}
+	buf := w.chunks.Get().(*[]byte)
+	defer w.chunks.Put(buf)
+	h := sha256.New()
 	for {
-		if err := room(); err != nil {
+		if err := p.failed(); err != nil {
 			return fail(err)
 		}
-		buf := w.chunks.Get().(*[]byte)
-		n, rerr := io.ReadFull(r, *buf)
-		if n > 0 {
-			h.Write((*buf)[:n])
-			m := &nats.Msg{Subject: chunkSubj, Data: (*buf)[:n]}
-			ack, err := w.js.PublishMsgAsync(m, jetstream.WithRetryAttempts(0))
-			if err != nil {
-				w.chunks.Put(buf)
-				w.tokens.Release(1)
-				return fail(fmt.Errorf("store a chunk of %s: %w", meta.Name, err))
-			}
-			inFlight = append(inFlight, pending{ack: ack, buf: buf})
-			info.Chunks++
-			info.Size += uint64(n)
-		} else {
-			w.chunks.Put(buf)
-			w.tokens.Release(1)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
+		n, rerr := readChunk(r, *buf)
+		if rerr != nil && rerr != io.EOF {
 			return fail(&ErrReader{Err: rerr})
 		}
-	}
-	for len(inFlight) > 0 {
-		if err := settleOldest(); err != nil {
-			return fail(err)
+		if n > 0 {
+			// A place in the object's window, then a token of the
+			// Writer's: both come back as acks come in, whatever the
+			// other objects' sources do.
+			select {
+			case p.window <- struct{}{}:
+			case <-p.ctx.Done():
+				return fail(p.ctx.Err())
+			}
+			if err := w.tokens.Acquire(p.ctx, 1); err != nil {
+				<-p.window
+				return fail(err)
+			}
+			h.Write((*buf)[:n])
+			// The connection copies the data: the buffer is free again
+			// once the publish returns (no retries are asked for).
+			ack, err := w.js.PublishMsgAsync(&nats.Msg{Subject: chunkSubj, Data: (*buf)[:n]}, jetstream.WithRetryAttempts(0))
+			if err != nil {
+				w.tokens.Release(1)
+				<-p.window
+				return fail(fmt.Errorf("store a chunk of %s: %w", info.Name, err))
+			}
+			p.acks <- ack
+			info.Chunks++
+			info.Size += uint64(n)
 		}
+		if rerr == io.EOF {
+			break
+		}
+	}
+	p.stop()
+	if err := p.failed(); err != nil {
+		return fail(err)
 	}
 
 	info.Digest = jetstream.GetObjectDigestValue(h)
@@ -241,25 +283,39 @@ func (w *Writer) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader
 	if err != nil {
 		return fail(err)
 	}
-	mm := nats.NewMsg(metaSubject(bucket, meta.Name))
+	mm := nats.NewMsg(metaSubject(w.bucket, info.Name))
 	mm.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	mm.Data = data
-	if _, err := w.js.PublishMsg(ctx, mm); err != nil {
-		return fail(fmt.Errorf("store the info of %s: %w", meta.Name, err))
+	if _, err := w.js.PublishMsg(p.ctx, mm); err != nil {
+		// The info may be stored all the same (a lost ack): its chunks are
+		// left in place, to expire with the bucket's TTL if it was not.
+		return nil, fmt.Errorf("store the info of %s: %w", info.Name, err)
 	}
-	if prev != nil && !prev.Deleted {
-		w.purge(bucket, chunkSubject(bucket, prev.NUID))
-	}
-	info.ModTime = time.Now().UTC()
 	return info, nil
 }
 
+// readChunk fills buf from r. It returns io.EOF only when r ended cleanly
+// (the chunk may hold the last bytes), and r's own error otherwise:
+// io.ReadFull would turn a source cut short into the end of the object.
+func readChunk(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // purge removes the chunks on subj, with a context of its own: the
-// caller's may be why the object failed.
-func (w *Writer) purge(bucket, subj string) {
+// caller's may be why the object failed. Chunks still on their way to the
+// stream may be stored after it; they expire with the bucket's TTL.
+func (w *Writer) purge(subj string) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.AckTimeout)
 	defer cancel()
-	s, err := w.js.Stream(ctx, "OBJ_"+bucket)
+	s, err := w.js.Stream(ctx, "OBJ_"+w.bucket)
 	if err == nil {
 		_ = s.Purge(ctx, jetstream.WithPurgeSubject(subj))
 	}

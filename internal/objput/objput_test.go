@@ -218,3 +218,108 @@ func TestPutBoundedWindow(t *testing.T) {
 		}
 	}
 }
+
+// A source cut short (net/http's io.ErrUnexpectedEOF for a body shorter
+// than its Content-Length) fails the Put: it is not the end of the object.
+func TestPutSourceCutShort(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024})
+	_, err := w.Put(context.Background(), jetstream.ObjectMeta{Name: "cut"}, &failingReader{r: bytes.NewReader(randomBytes(5000, 5)), err: io.ErrUnexpectedEOF})
+	var re *objput.ErrReader
+	if !errors.As(err, &re) || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err = %v; want the source's io.ErrUnexpectedEOF, as an ErrReader", err)
+	}
+	if _, err := store.GetInfo(context.Background(), "cut"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("a truncated object was stored: %v", err)
+	}
+}
+
+// stalledReader gives n bytes, then blocks until release is closed, then ends.
+type stalledReader struct {
+	n       int
+	release chan struct{}
+}
+
+func (s *stalledReader) Read(p []byte) (int, error) {
+	if s.n > 0 {
+		k := min(len(p), s.n)
+		s.n -= k
+		return k, nil
+	}
+	<-s.release
+	return 0, io.EOF
+}
+
+// Sources that stall hold none of the Writer's window once their chunks
+// are stored: another object still gets written.
+func TestPutStalledSourcesLeaveTheWindow(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024, Window: 8, Total: 16})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: fmt.Sprint("stalled-", i)}, &stalledReader{n: 8 * 1024, release: release}); err != nil {
+				t.Errorf("stalled object %d: %v", i, err)
+			}
+		})
+	}
+	// Wait until both stalled objects have had their 8 chunks stored.
+	for {
+		status, err := store.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if status.(*jetstream.ObjectBucketStatus).StreamInfo().State.Msgs >= 16 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the stalled objects' chunks were not stored")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	body := randomBytes(20*1024, 6)
+	if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: "beside"}, bytes.NewReader(body)); err != nil {
+		t.Fatalf("an object beside two stalled ones: %v", err)
+	}
+	close(release)
+	wg.Wait()
+	if got := readBack(t, store, "beside"); !bytes.Equal(got, body) {
+		t.Error("read back another object")
+	}
+}
+
+type panickingReader struct{ n int }
+
+func (p *panickingReader) Read(b []byte) (int, error) {
+	if p.n <= 0 {
+		panic("source defect")
+	}
+	k := min(len(b), p.n)
+	p.n -= k
+	return k, nil
+}
+
+// A source that panics gives the Writer's window back.
+func TestPutPanickingSourceGivesTheWindowBack(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024, Window: 4, Total: 4})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 3 {
+		func() {
+			defer func() { _ = recover() }()
+			_, _ = w.Put(ctx, jetstream.ObjectMeta{Name: "panics"}, &panickingReader{n: 4 * 1024})
+			t.Errorf("run %d: the source's panic did not reach the caller", i)
+		}()
+	}
+	body := randomBytes(16*1024, 7)
+	if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: "after"}, bytes.NewReader(body)); err != nil {
+		t.Fatalf("after a panicking source: %v", err)
+	}
+	if got := readBack(t, store, "after"); !bytes.Equal(got, body) {
+		t.Error("read back another object")
+	}
+}
