@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -275,6 +276,35 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			}
 		}
 		shipping.violated(t, "$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies_billing")
+	})
+	t.Run("fail/body-ref-linking-another-tenants-body", func(t *testing.T) {
+		// Shipping's response body, in shipping's bucket.
+		res, err := shipping.client.Call(ctx, &jobs.Call{ID: uniqueID("shipping-down"), Connection: "other", Path: "bytes", Query: map[string][]string{"n": {"2000000"}, "pattern": {"1"}}})
+		if err != nil || !res.OK || res.BodyRef == nil {
+			t.Fatalf("shipping's download: %v %+v", err, res)
+		}
+		// Billing may write its own bucket: it writes an object info that
+		// links to shipping's object, and names it in a call.
+		link := jetstream.ObjectInfo{
+			ObjectMeta: jetstream.ObjectMeta{Name: "billing/link", Opts: &jetstream.ObjectMetaOptions{
+				Link: &jetstream.ObjectLink{Bucket: res.BodyRef.Bucket, Name: res.BodyRef.Name}}},
+			Bucket: "mtlsrelay_bodies_billing", NUID: "linknuid",
+		}
+		data, _ := json.Marshal(link)
+		m := nats.NewMsg("$O.mtlsrelay_bodies_billing.M." + base64.URLEncoding.EncodeToString([]byte("billing/link")))
+		m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+		m.Data = data
+		if _, err := billing.js.PublishMsg(ctx, m); err != nil {
+			t.Fatalf("billing writes a link in its bucket: %v", err)
+		}
+		before := r.partner.Requests().Routes["/sha256"]
+		got := billing.callAndWait(t, "partner", map[string]any{"id": uniqueID("billing-link"), "method": "POST", "path": "sha256", "body_ref": map[string]string{"name": "billing/link"}})
+		if got.Error == nil || got.Error.Code != jobs.CodeInvalidCall || !strings.Contains(got.Error.Message, "link") {
+			t.Errorf("a body_ref linking to shipping's body: %+v", got.Error)
+		}
+		if n := r.partner.Requests().Routes["/sha256"] - before; n != 0 {
+			t.Errorf("the partner received %d requests: shipping's body was sent", n)
+		}
 	})
 	denials := []struct {
 		name    string

@@ -90,6 +90,19 @@ func (b *objectBodies) Open(ctx context.Context, call *jobs.Call) (io.ReadCloser
 	if err != nil {
 		return nil, 0, err
 	}
+	// An object's info may be a link to another bucket's object, which
+	// Get would follow with the worker's permissions: a tenant who may
+	// write its bucket could send another tenant's bodies so. Only an
+	// object of this bucket, with chunks of its own, is sent.
+	oi, err := bb.store.GetInfo(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, bb.name)
+	case err != nil:
+		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
+	case oi.Opts != nil && oi.Opts.Link != nil, oi.Bucket != bb.name:
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q in bucket %s is a link; upload the body itself", name, bb.name)
+	}
 	obj, err := bb.store.Get(ctx, name)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
@@ -101,6 +114,11 @@ func (b *objectBodies) Open(ctx context.Context, call *jobs.Call) (io.ReadCloser
 	if err != nil {
 		obj.Close()
 		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
+	}
+	if info.Bucket != bb.name || info.Name != name {
+		// Replaced by a link since GetInfo: Get followed it.
+		obj.Close()
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q in bucket %s is a link; upload the body itself", name, bb.name)
 	}
 	return obj, int64(info.Size), nil
 }
