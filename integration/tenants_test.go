@@ -325,6 +325,11 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			_, err := tn.nc.SubscribeSync("$O.mtlsrelay_bodies_billing.>")
 			return err
 		}},
+		// A consumer on its own bucket could deliver to any subject: a
+		// forged result into shipping's results.
+		{"fail/create-a-consumer-on-its-own-bucket", billing, "$JS.API.CONSUMER.CREATE.OBJ_mtlsrelay_bodies_billing.forger", func(tn *tenant) error {
+			return tn.nc.Publish("$JS.API.CONSUMER.CREATE.OBJ_mtlsrelay_bodies_billing.forger", []byte(`{"stream_name":"OBJ_mtlsrelay_bodies_billing","config":{"durable_name":"forger","deliver_subject":"mtlsrelay.results.shipping.order-42"}}`))
+		}},
 		{"fail/read-the-shared-bodies-bucket", billing, "$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies", func(tn *tenant) error {
 			return tn.nc.Publish("$JS.API.STREAM.INFO.OBJ_mtlsrelay_bodies", nil)
 		}},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -321,5 +322,67 @@ func TestPutPanickingSourceGivesTheWindowBack(t *testing.T) {
 	}
 	if got := readBack(t, store, "after"); !bytes.Equal(got, body) {
 		t.Error("read back another object")
+	}
+}
+
+// Open reads by direct gets what Put and nats.go wrote, and refuses links
+// and objects whose chunks are not what the info says.
+func TestOpen(t *testing.T) {
+	nc, store := startBucket(t, 0)
+	w := newWriter(t, nc, objput.Options{ChunkSize: 1024})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	read := func(name string) ([]byte, error) {
+		r, _, err := objput.Open(ctx, js, "bodies", name)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		return io.ReadAll(r)
+	}
+	for _, n := range []int{0, 1, 1024, 1025, 50_000} {
+		body := randomBytes(n, uint64(1000+n))
+		if _, err := w.Put(ctx, jetstream.ObjectMeta{Name: fmt.Sprint("mine-", n)}, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.PutBytes(ctx, fmt.Sprint("nats-", n), body); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{fmt.Sprint("mine-", n), fmt.Sprint("nats-", n)} {
+			if got, err := read(name); err != nil || !bytes.Equal(got, body) {
+				t.Errorf("%s: %d bytes, %v; want the %d written", name, len(got), err, n)
+			}
+		}
+	}
+	if _, err := read("absent"); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("absent: %v", err)
+	}
+	if _, err := store.AddLink(ctx, "link", &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: "mine-1024"}, Bucket: "bodies"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := read("link"); err == nil || !strings.Contains(err.Error(), "link") {
+		t.Errorf("a link was followed: %v", err)
+	}
+	// A chunk gone: the read fails, it does not end short.
+	info, err := store.GetInfo(ctx, "mine-50000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, "OBJ_bodies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, "$O.bodies.C."+info.NUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMsg(ctx, m.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read("mine-50000"); err == nil {
+		t.Errorf("an object missing its last chunk read as %d bytes", len(got))
 	}
 }

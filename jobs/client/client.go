@@ -351,11 +351,9 @@ func (c *Client) OpenBody(ctx context.Context, res *jobs.Result) (io.ReadCloser,
 	if res.BodyRef == nil {
 		return io.NopCloser(bytes.NewReader(res.ResponseBody())), nil
 	}
-	store, err := c.js.ObjectStore(ctx, res.BodyRef.Bucket)
-	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", res.BodyRef.Bucket, err)
-	}
-	obj, err := store.Get(ctx, res.BodyRef.Name)
+	// By direct gets, not a consumer: a tenant's NATS user may read its
+	// bucket, and may not create consumers (docs/nats-accounts.conf).
+	obj, _, err := objput.Open(ctx, c.js, res.BodyRef.Bucket, res.BodyRef.Name)
 	if err != nil {
 		return nil, fmt.Errorf("read %s/%s: %w", res.BodyRef.Bucket, res.BodyRef.Name, err)
 	}
