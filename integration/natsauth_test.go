@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
@@ -160,4 +162,49 @@ func splitPEM(t *testing.T, bundle, certOut, keyOut string) {
 	if err := os.WriteFile(keyOut, []byte(text[i:]), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Direct calls come in on a NATS connection of their own. A server that
+// refuses the worker a second connection gets them on the worker's one,
+// and they are still answered.
+func TestDirectCallsConnection(t *testing.T) {
+	p := startPartner(t)
+	cfgYAML := configYAML(t, strings.ReplaceAll(authWorkerConfig, "nats: NATSAUTH\n", ""), "PARTNER", p.URL())
+	direct := func(t *testing.T, nc *nats.Conn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		data, _ := json.Marshal(map[string]any{"id": uniqueID("direct-conn"), "path": "status/200"})
+		m, err := nc.RequestWithContext(ctx, "mtlsrelay.rpc.partner", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res jobs.Result
+		if err := json.Unmarshal(m.Data, &res); err != nil || !res.OK {
+			t.Fatalf("direct call: %v %+v", err, res)
+		}
+	}
+	t.Run("ok/a-connection-of-their-own", func(t *testing.T) {
+		srv := startServerWith(t, &server.Options{})
+		nc, _ := connect(t, srv.ClientURL())
+		wnc, _ := connect(t, srv.ClientURL())
+		runWorker(t, wnc, cfgYAML, worker.WithLogger(zerolog.Nop()))
+		direct(t, nc)
+		if n := srv.NumClients(); n != 3 {
+			t.Errorf("the server has %d clients; want the flow's, the worker's and the worker's for direct calls", n)
+		}
+	})
+	t.Run("ok/the-worker-s-connection-when-a-second-is-refused", func(t *testing.T) {
+		srv := startServerWith(t, &server.Options{MaxConn: 2})
+		nc, _ := connect(t, srv.ClientURL())
+		// As mtlsrelay serve connects: retrying a failed connect in the
+		// background, an option the second connection must not copy.
+		wnc, err := nats.Connect(srv.ClientURL(), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(wnc.Close)
+		runWorker(t, wnc, cfgYAML, worker.WithLogger(zerolog.Nop()))
+		direct(t, nc)
+	})
 }

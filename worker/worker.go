@@ -27,6 +27,9 @@ import (
 type Worker struct {
 	cfg  *Config
 	nc   *nats.Conn
+	// directNC is the connection direct calls come in on (directConn),
+	// set while Run serves them.
+	directNC atomic.Pointer[nats.Conn]
 	js   jetstream.JetStream
 	subj jobs.Subjects
 	// replyPrefixes are the inbox prefixes reply subjects may be under
@@ -164,7 +167,14 @@ func (w *Worker) Name() string { return w.cfg.Worker.Name }
 
 // Ready reports whether the worker is connected and consuming.
 func (w *Worker) Ready() bool {
-	return w.ready.Load() && !w.stopping.Load() && w.nc.IsConnected()
+	return w.ready.Load() && !w.stopping.Load() && w.nc.IsConnected() && w.directConnected()
+}
+
+// directConnected reports whether the connection of direct calls, when
+// it is one of its own, is connected.
+func (w *Worker) directConnected() bool {
+	dnc := w.directNC.Load()
+	return dnc == nil || dnc.IsConnected()
 }
 
 // Run creates the streams and consumer if needed, serves direct calls and
@@ -219,13 +229,17 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) directConn() (nc *nats.Conn, close func()) {
 	opts := w.nc.Opts
 	opts.Name = strings.TrimSpace(opts.Name + " (direct calls)")
+	// Fail now, not in the background: then the worker's connection serves.
+	opts.RetryOnFailedConnect = false
 	nc, err := opts.Connect()
 	if err != nil {
 		w.log.Warn().Err(err).Msg("no NATS connection of their own for direct calls; they share the worker's")
 		return w.nc, func() {}
 	}
+	w.directNC.Store(nc)
 	return nc, func() {
 		_ = nc.FlushTimeout(time.Second)
+		w.directNC.Store(nil)
 		nc.Close()
 	}
 }
@@ -301,6 +315,8 @@ func (w *Worker) notReadyReason() string {
 		return "shutting down"
 	case !w.nc.IsConnected():
 		return "NATS disconnected (" + w.nc.Status().String() + ")"
+	case !w.directConnected():
+		return "NATS connection of direct calls disconnected (" + w.directNC.Load().Status().String() + ")"
 	default:
 		return "streams and consumer not set up yet"
 	}
