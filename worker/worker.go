@@ -25,13 +25,13 @@ import (
 // Worker consumes calls from NATS, makes them over mTLS and publishes their
 // results. Many workers share consumer "workers"; each is stateless.
 type Worker struct {
-	cfg  *Config
-	nc   *nats.Conn
+	cfg *Config
+	nc  *nats.Conn
 	// directNC is the connection direct calls come in on (directConn),
 	// set while Run serves them.
 	directNC atomic.Pointer[nats.Conn]
-	js   jetstream.JetStream
-	subj jobs.Subjects
+	js       jetstream.JetStream
+	subj     jobs.Subjects
 	// replyPrefixes are the inbox prefixes reply subjects may be under
 	// besides the results subjects (worker.reply_prefixes).
 	replyPrefixes []string
