@@ -43,8 +43,11 @@ type Connection struct {
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 	// MaxAttempts bounds the attempts of a call. Default 5.
 	MaxAttempts int `yaml:"max_attempts,omitempty" json:"max_attempts,omitempty"`
-	// MaxConns caps the connections (and so concurrent calls) per worker to
-	// this partner. Default: the worker's concurrency.
+	// MaxConns caps the concurrent calls per worker to this partner, queued
+	// and direct together, and so the connections in use. Idle connections
+	// are pooled apart for direct calls: over HTTP/1.1 a partner may see up
+	// to twice MaxConns open connections from a worker, half of them idle.
+	// Default: the worker's concurrency.
 	MaxConns int `yaml:"max_conns,omitempty" json:"max_conns,omitempty"`
 	// RateLimit caps calls per second per worker to this partner; 0 is no limit.
 	RateLimit float64 `yaml:"rate_limit,omitempty" json:"rate_limit,omitempty"`

@@ -33,7 +33,7 @@ const tenantWorkerConfig = `
 nats: NATSAUTH
 worker: {concurrency: CONCURRENCY, admin_addr: "off"}
 tenants:
-  billing:  {connections: [partner, limited, slow]}
+  billing:  {connections: [partner, limited, slow], bodies_max_bytes: 100000000}
   shipping: {connections: ["*"]}
 profiles:
   p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
@@ -262,6 +262,10 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 		}
 		if res.BodyRef.Bucket != "mtlsrelay_bodies_billing" || !strings.HasPrefix(res.BodyRef.Name, "billing/") {
 			t.Errorf("body_ref %+v; want bucket mtlsrelay_bodies_billing, a name under billing/", res.BodyRef)
+		}
+		// tenants.billing.bodies_max_bytes bounds billing's bucket.
+		if s, err := r.adminJS.Stream(ctx, "OBJ_mtlsrelay_bodies_billing"); err != nil || s.CachedInfo().Config.MaxBytes != 100000000 {
+			t.Errorf("billing's bucket is not bounded by its bodies_max_bytes: %v", err)
 		}
 		h := sha256.Sum256(res.ResponseBody())
 		if hex.EncodeToString(h[:]) != partner.PatternSHA256(2000000) {

@@ -170,7 +170,7 @@ func natsBodyError(err error, bucket, doing string) *jobs.Error {
 // open creates (or updates) the bodies bucket, and one per tenant, their
 // objects expiring with the results that name them, and serves them from
 // now on.
-func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, tenants []string) error {
+func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, tenants map[string]TenantConfig) error {
 	var put *objput.Writer
 	if m := b.buckets.Load(); m != nil {
 		for _, bb := range *m {
@@ -185,8 +185,16 @@ func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replica
 		}
 	}
 	m := map[string]*bodyBucket{}
-	for _, tenant := range append([]string{""}, tenants...) {
+	names := []string{""}
+	for t := range tenants {
+		names = append(names, t)
+	}
+	for _, tenant := range names {
 		name := jobs.TenantBucketBodies(tenant)
+		maxBytes := int64(-1)
+		if n := tenants[tenant].BodiesMaxBytes; n > 0 {
+			maxBytes = n
+		}
 		desc := "mtlsrelay bodies too large for a message: request bodies flows upload, response bodies workers store"
 		if tenant != "" {
 			desc = "mtlsrelay bodies of tenant " + tenant + " too large for a message"
@@ -195,6 +203,7 @@ func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replica
 			Bucket:      name,
 			Description: desc,
 			TTL:         ttl,
+			MaxBytes:    maxBytes,
 			Replicas:    max(replicas, 1),
 			Storage:     jetstream.FileStorage,
 		})

@@ -189,6 +189,10 @@ type TenantConfig struct {
 	// Connections the tenant's calls may name; ["*"] for all. A call naming
 	// another gets unknown_connection, as if it did not exist.
 	Connections []string `yaml:"connections"`
+	// BodiesMaxBytes bounds the tenant's bodies bucket,
+	// mtlsrelay_bodies_<tenant>: uploads and stored response bodies past
+	// it fail. 0 is no bound but the account's.
+	BodiesMaxBytes int64 `yaml:"bodies_max_bytes"`
 }
 
 // Allows reports whether the tenant may call connection.
@@ -358,6 +362,9 @@ func (c *Config) Validate() error {
 	for _, name := range sortedKeys(c.Tenants) {
 		if !jobs.ValidName(name) {
 			errs = append(errs, fmt.Errorf("tenants: name %q must be 1-128 chars of [A-Za-z0-9_-]: it is a subject token and part of a stream name", name))
+		}
+		if c.Tenants[name].BodiesMaxBytes < 0 {
+			errs = append(errs, fmt.Errorf("tenants.%s.bodies_max_bytes must not be negative (0: no bound but the account's)", name))
 		}
 		if len(c.Tenants[name].Connections) == 0 {
 			errs = append(errs, fmt.Errorf("tenants.%s.connections is empty; list the connections the tenant may call, or [\"*\"] for all", name))

@@ -256,7 +256,7 @@ func (w *Worker) ensureStreams(ctx context.Context) ([]streams.Queue, error) {
 			w.state, err = openState(cctx, w.js, w.streams.Replicas, max(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.Name())
 		}
 		if err == nil {
-			err = w.bodies.open(cctx, w.js, w.streams.Replicas, orDefault(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.streams.Tenants)
+			err = w.bodies.open(cctx, w.js, w.streams.Replicas, orDefault(w.streams.ResultsMaxAge, streams.DefaultResultsMaxAge), w.cfg.Tenants)
 		}
 		cancel()
 		if err == nil {
