@@ -19,12 +19,17 @@ func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the relay side by side with direct mTLS calls, on this machine",
-		Long: `Starts an embedded NATS server (or uses the one --nats names), a local mTLS
-partner and in-process workers, then measures the same call made directly by a Go
-HTTP client (the ceiling) and through the relay: throughput with a fixed number of
-calls in flight, latency added at half the relay's peak rate, TLS handshakes,
-allocations and peak RSS. A last phase, the queue floor, replaces the workers with a
-responder that makes no HTTP call: the JetStream work alone, and the ratio it allows.
+		Long: `Starts a NATS server as a process of its own (nats-server, built from
+mtlsrelay's go.mod into the cache on first use; --embedded-nats runs it in this
+process, --nats uses another), a local mTLS partner and a worker in a process of its
+own (this command, re-run; --worker-in-process keeps it here), then measures the same
+call made directly by a Go HTTP client (the ceiling), through the relay and, with
+--peer (on by default), through Benthos v4 (built into the cache on first use, about a
+minute): throughput with a fixed number of calls in flight, latency at half the
+relay's peak rate, TLS handshakes, allocations, peak RSS, and each process's own CPU per
+call (bench process, worker, nats-server, Benthos). A last phase, the queue floor,
+replaces the workers with a responder that makes no HTTP call: the JetStream work
+alone, and the ratio it allows.
 
 --inflight N selects the memory-bound mode: only the relay, N calls in flight;
 with --max-rss-mib the command exits non-zero when the peak RSS exceeds the bound.
@@ -46,7 +51,11 @@ half its measured peak (or --paced-rate).`,
 			if o.LargeBodies && !cmd.Flags().Changed("call-timeout") {
 				o.CallTimeout = bench.DefaultLargeCallTimeout
 			}
-			if (o.LargeBodies && !inProcess) || (o.DirectCalls && workerProcess) {
+			sideBySide := !o.LargeBodies && !o.DirectCalls && o.Inflight <= 0
+			if !sideBySide && !cmd.Flags().Changed("peer") {
+				o.Peer = false // on by default in the side-by-side mode only
+			}
+			if ((o.LargeBodies || sideBySide) && !inProcess) || (o.DirectCalls && workerProcess) {
 				exe, err := os.Executable()
 				if err != nil {
 					return fmt.Errorf("the worker process runs this command again: %w", err)
@@ -82,7 +91,9 @@ half its measured peak (or --paced-rate).`,
 	f.IntVar(&o.ResponseBytes, "response-bytes", o.ResponseBytes, "response body size of the bytes route")
 	f.BoolVar(&o.NonIdempotent, "non-idempotent", false, "send relay calls without \"idempotent\": true (a POST then records its state in KV)")
 	f.BoolVar(&o.SkipFloor, "skip-floor", false, "leave out the last phase, the queue floor: the relay's closed loop with the workers replaced by a responder that makes no HTTP call")
-	f.StringVar(&o.NATSURL, "nats", "", "run the relay on this NATS server (JetStream on, holding no mtlsrelay streams; they are created and deleted) instead of one in-process, for example on another machine as in production")
+	f.StringVar(&o.NATSURL, "nats", "", "run the relay on this NATS server (JetStream on, holding no mtlsrelay streams; they are created and deleted) instead of one the run starts, for example on another machine as in production")
+	f.BoolVar(&o.EmbeddedNATS, "embedded-nats", false, "run the NATS server inside the bench process (its CPU is then the bench process's) instead of as a process of its own")
+	f.BoolVar(&o.Peer, "peer", o.Peer, "side-by-side mode: add the peer phases, the same load through Benthos "+bench.BenthosVersion+" (built into the cache on first use); --peer=false leaves them out")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
 	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak); with --direct-calls, the durable load's")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")
@@ -96,14 +107,14 @@ half its measured peak (or --paced-rate).`,
 	f.Int64Var(&o.LargeBodyBytes, "large-body-bytes", bench.DefaultLargeBodyBytes, "response size of the large-bodies mode")
 	f.IntVar(&o.Calls, "calls", 0, "calls of the large-bodies mode (default twice the calls in flight)")
 	f.IntVar(&o.VerifyEvery, "verify-every", bench.DefaultVerifyEvery, "large-bodies mode: read back and hash the first body and 1 in this many")
-	f.BoolVar(&inProcess, "worker-in-process", false, "large-bodies mode: run the worker in this process (the peak RSS is then the whole process's)")
+	f.BoolVar(&inProcess, "worker-in-process", false, "side-by-side and large-bodies modes: run the workers in this process (their CPU and peak RSS are then the whole process's)")
 	f.BoolVar(&workerProcess, "worker-process", false, "direct-calls mode: run the worker in a process of its own (its Go scheduler then serves the worker alone)")
 	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
 	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")
 	f.Float64Var(&o.DirectRate, "direct-rate", bench.DefaultDirectRate, "direct-calls mode: rate of the direct and rpc phases, calls/s")
 	cmd.AddCommand(&cobra.Command{
 		Use:                workerProcessCmd,
-		Short:              "A worker of `mtlsrelay bench --large-bodies` in a process of its own (started by it)",
+		Short:              "A worker (or, with -partner, the partner) of `mtlsrelay bench` in a process of its own (started by it)",
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -114,7 +125,7 @@ half its measured peak (or --paced-rate).`,
 }
 
 // workerProcessCmd is the hidden subcommand of bench that runs a worker
-// process of the large-bodies mode.
+// process (or the partner's, with -partner first).
 const workerProcessCmd = "worker-process"
 
 // writeAllocsProfile writes the allocations made since the process started

@@ -23,11 +23,16 @@
 //     replaced by a responder that does their JetStream work and no HTTP
 //     exchange, and the ratio bound it implies (Report.RatioBound).
 //
-// Everything shares the process: allocation counts and RSS include the
-// NATS server (unless Options.NATSURL names one elsewhere), the partner and
-// the load generator, and so does the CPU.
-// The direct phase, which has the same partner and generator, shows that
-// baseline.
+// The NATS server runs as a process of its own (nats-server, built from
+// mtlsrelay's go.mod into the cache, see NATSServerTool) unless
+// Options.EmbeddedNATS keeps it in the bench process or Options.NATSURL
+// names one elsewhere. With Options.WorkerCommand the workers and the
+// partner run as processes of their own too, and every phase reports each
+// process's own CPU per call (Phase.Processes, Report.CPU): the bench
+// process then holds the load generator alone (the direct client, or the
+// flow). Options.Peer adds the peer phases: the same load through Benthos
+// v4 (peer.go), with Benthos's CPU per call next to the worker's.
+// Allocation counts and RSS are the bench process's.
 //
 // Two more modes answer the project's issue 14: the large-bodies mode
 // (Options.LargeBodies: 100 MB responses by body_ref, the worker in a
@@ -49,6 +54,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
@@ -131,6 +137,17 @@ type Options struct {
 	// relay's. The server must hold none of mtlsrelay's streams and
 	// buckets: the run creates them and deletes them at the end.
 	NATSURL string
+	// EmbeddedNATS runs the NATS server inside the bench process, as
+	// before issue 16; by default (and unless NATSURL names one) it runs
+	// as a process of its own (nats-server, built from mtlsrelay's go.mod
+	// into the cache, see NATSServerTool), so that the bench process's CPU
+	// is not the server's and the server's is reported on its own.
+	EmbeddedNATS bool
+	// Peer adds the peer phases to the side-by-side mode: the same load
+	// through Benthos v4 (BenthosTool, built into the cache on first use),
+	// a closed loop after the relay's and a paced one after the relay's,
+	// with Benthos's own CPU per call. See peer.go.
+	Peer bool
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
@@ -155,10 +172,12 @@ type Options struct {
 	// VerifyEvery: the large-bodies mode reads back and hashes the first
 	// body and one in VerifyEvery after it. Zero means 8; 1 reads all.
 	VerifyEvery int
-	// WorkerCommand, when set, runs the large-bodies mode's workers as
-	// processes of their own: it returns the command that runs
+	// WorkerCommand, when set, runs the workers as processes of their own
+	// (in every mode but the memory-bound one), and in the side-by-side
+	// mode the partner too: it returns the command that runs
 	// WorkerProcessMain with args (`mtlsrelay bench` runs itself as
-	// `mtlsrelay bench worker-process`). Its Stderr, when nil, is the
+	// `mtlsrelay bench worker-process`; a partner process gets -partner
+	// first). Its Stderr, when nil, is the
 	// bench's, where GODEBUG=gctrace=1 (inherited) writes.
 	WorkerCommand func(args []string) *exec.Cmd
 	// WorkerHeapProfile, with WorkerCommand, is where a worker process
@@ -197,9 +216,11 @@ func (o Options) largeBodyBytes() int64 {
 	return DefaultLargeBodyBytes
 }
 
-// workerProcesses reports whether the workers run as processes of their own.
+// workerProcesses reports whether the workers run as processes of their
+// own: with WorkerCommand, in every mode but the memory-bound one (whose
+// point is the bench process's peak RSS, workers included).
 func (o Options) workerProcesses() bool {
-	return (o.LargeBodies || o.DirectCalls) && o.WorkerCommand != nil
+	return o.WorkerCommand != nil && (o.LargeBodies || o.DirectCalls || o.Inflight <= 0)
 }
 
 // DefaultOptions returns the options of `mtlsrelay bench` without flags.
@@ -213,6 +234,7 @@ func DefaultOptions() Options {
 		BodyBytes:     256,
 		ResponseBytes: 256,
 		CallTimeout:   30 * time.Second,
+		Peer:          true,
 	}
 }
 
@@ -289,10 +311,23 @@ func (o Options) validate() error {
 	if o.WorkerHeapProfile != "" && !o.workerProcesses() {
 		errs = append(errs, errors.New("a worker heap profile needs the large-bodies mode with worker processes (WorkerCommand)"))
 	}
+	if o.EmbeddedNATS && o.NATSURL != "" {
+		errs = append(errs, errors.New("the embedded NATS server or the one --nats names: not both"))
+	}
+	if o.Peer && (o.LargeBodies || o.DirectCalls || o.Inflight > 0) {
+		errs = append(errs, errors.New("the peer phases (Benthos) belong to the side-by-side mode only: not with --large-bodies, --direct-calls or --inflight"))
+	}
 	if o.DirectCalls && o.DirectRate > 100000 {
 		errs = append(errs, fmt.Errorf("a direct rate of at most 100000 calls/s, not %.0f", o.DirectRate))
 	}
 	return errors.Join(errs...)
+}
+
+// partnerProcess reports whether the partner runs as a process of its own:
+// in the side-by-side mode with worker processes, so that the bench
+// process holds the load generator alone.
+func (o Options) partnerProcess() bool {
+	return o.WorkerCommand != nil && !o.LargeBodies && !o.DirectCalls && o.Inflight <= 0
 }
 
 // inflight is the number of calls in flight of the closed loops.
@@ -313,6 +348,13 @@ type Report struct {
 	Relay  *Phase `json:"relay"`
 	// Ratio is Relay.Throughput / Direct.Throughput.
 	Ratio float64 `json:"ratio,omitempty"`
+	// Peer is the peer's closed loop (Options.Peer): the same load through
+	// Benthos, after Relay; PacedPeer its paced loop at PacedRate.
+	Peer      *Phase `json:"peer,omitempty"`
+	PacedPeer *Phase `json:"paced_peer,omitempty"`
+	// CPU is the CPU per call of each process, closed loops, side by side,
+	// and the ratios between them (side-by-side mode).
+	CPU *CPUSummary `json:"cpu,omitempty"`
 	// Floor is the queue floor's closed loop: the flow and the NATS server
 	// as in Relay, the workers replaced by a responder that publishes a
 	// canned result without calling the partner. Nil with SkipFloor and in
@@ -369,9 +411,19 @@ type Setup struct {
 	Arch          string  `json:"arch"`
 	NumCPU        int     `json:"num_cpu"`
 	GOMAXPROCS    int     `json:"gomaxprocs"`
-	// NATS is "in-process", or the URL of the external server the run used
-	// (Options.NATSURL), without credentials.
+	// NATS is "process" (a nats-server process the run started),
+	// "in-process" (Options.EmbeddedNATS), or the URL of the external
+	// server the run used (Options.NATSURL), without credentials.
 	NATS string `json:"nats"`
+	// BenchProcess says what runs in the bench process, whose CPU is
+	// Phase.CPUPerCallUS: always the partner and the load generator (the
+	// direct client, the flow); the NATS server when embedded; the workers
+	// unless they run as processes of their own.
+	BenchProcess string `json:"bench_process"`
+	// WorkerProcesses: the workers run as processes of their own.
+	WorkerProcesses bool `json:"worker_processes"`
+	// Peer describes the peer phases' Benthos, empty without them.
+	Peer string `json:"peer,omitempty"`
 	// LoadAverage is the machine's 1-minute load average at the start and
 	// at the end of the run (Linux). The start shows what else ran: above
 	// NumCPU/2, other processes competed for the CPUs and the figures are
@@ -420,13 +472,90 @@ type Phase struct {
 	BytesPerCall  float64 `json:"bytes_per_call"`
 	// PeakRSSMiB is the largest VmRSS sampled (every 50 ms) in the phase.
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
-	// CPUCores is the process's CPU time (user + system) in the phase
-	// divided by its duration: near NumCPU means CPU-bound. CPUPerCallUS is
-	// that CPU time per call, in microseconds. Zero where unavailable.
+	// CPUCores is the bench process's CPU time (user + system) in the
+	// phase divided by its duration: near NumCPU means CPU-bound.
+	// CPUPerCallUS is that CPU time per call, in microseconds. Zero where
+	// unavailable. The bench process holds the partner and the load
+	// generator (the flow, or the direct client), and whatever of the
+	// workers and the NATS server runs in it (Processes says).
 	CPUCores     float64 `json:"cpu_cores"`
 	CPUPerCallUS float64 `json:"cpu_per_call_us"`
+	// Processes is the CPU of each process of the run in the phase: the
+	// bench's own first (getrusage), then the others that run, read from
+	// /proc/<pid>/stat at the window's ends (Linux): the worker processes,
+	// the NATS server's, Benthos's.
+	Processes []ProcessCPU `json:"processes,omitempty"`
 	// Stages splits the relay's latency; nil for the direct path.
 	Stages *Stages `json:"stages,omitempty"`
+}
+
+// Names of the processes in Phase.Processes.
+const (
+	processBench   = "bench"
+	processNATS    = "nats-server"
+	processPartner = "partner"
+	processBenthos = "benthos"
+)
+
+// ProcessCPU is one process's CPU in a phase.
+type ProcessCPU struct {
+	// Name is "bench" (this process), "worker" ("worker-<n>" with several),
+	// "nats-server" or "benthos".
+	Name string `json:"name"`
+	// Includes says what the process runs (for the bench process, see
+	// Setup.BenchProcess).
+	Includes string `json:"includes,omitempty"`
+	PID      int    `json:"pid"`
+	// CPUSeconds is its CPU time, user and system, in the phase's window;
+	// Cores that over the window's duration; CPUPerCallUS that per call of
+	// the phase, in microseconds.
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	Cores        float64 `json:"cores"`
+	CPUPerCallUS float64 `json:"cpu_per_call_us"`
+}
+
+// CPUSummary sets the closed loops' CPU per call (µs) of each process
+// side by side (zero where that process did not run) and their ratios.
+type CPUSummary struct {
+	// PartnerApart: the partner ran as a process of its own, so the bench
+	// process's figures are the load generator's alone.
+	PartnerApart bool `json:"partner_apart"`
+	// DirectBench is the bench process's in the direct phase: the direct
+	// client (and the partner unless PartnerApart; and, idle, the embedded
+	// NATS server or in-process workers, when so). DirectPartner is the
+	// partner process's.
+	DirectBench   float64 `json:"direct_bench_us"`
+	DirectPartner float64 `json:"direct_partner_us,omitempty"`
+	// RelayBench is the bench process's in the relay phase: the flow and
+	// the partner (and the embedded server or in-process workers).
+	RelayBench float64 `json:"relay_bench_us"`
+	// RelayWorker is the worker processes' (summed) in the relay phase,
+	// RelayNATS the NATS server process's.
+	RelayWorker  float64 `json:"relay_worker_us,omitempty"`
+	RelayNATS    float64 `json:"relay_nats_us,omitempty"`
+	RelayPartner float64 `json:"relay_partner_us,omitempty"`
+	// PeerBench, PeerBenthos and PeerNATS are the same in the peer phase.
+	PeerBench   float64 `json:"peer_bench_us,omitempty"`
+	PeerBenthos float64 `json:"peer_benthos_us,omitempty"`
+	PeerNATS    float64 `json:"peer_nats_us,omitempty"`
+	// WorkerOverDirect is RelayWorker / DirectBench: the worker's CPU per
+	// call over the direct client's (without PartnerApart the partner's
+	// share is in the latter, and the ratio understates the worker's cost).
+	WorkerOverDirect float64 `json:"worker_over_direct,omitempty"`
+	// WorkerOverBenthos is RelayWorker / PeerBenthos.
+	WorkerOverBenthos float64 `json:"worker_over_benthos,omitempty"`
+	// RelayOverPeer is the relay's closed-loop throughput over the peer's.
+	RelayOverPeer float64 `json:"relay_over_peer,omitempty"`
+	// The same at one rate for every path, the paced loops' (PacedRate):
+	// a closed loop's CPU per call falls as its rate rises (more work per
+	// wake-up), and the direct client's closed loop runs several times as
+	// fast as the relay's. The bench process's paced figure includes the
+	// pacing's own work (a timer and a goroutine per call).
+	PacedDirectBench       float64 `json:"paced_direct_bench_us,omitempty"`
+	PacedRelayWorker       float64 `json:"paced_relay_worker_us,omitempty"`
+	PacedPeerBenthos       float64 `json:"paced_peer_benthos_us,omitempty"`
+	PacedWorkerOverDirect  float64 `json:"paced_worker_over_direct,omitempty"`
+	PacedWorkerOverBenthos float64 `json:"paced_worker_over_benthos,omitempty"`
 }
 
 // Stages splits the latency of relay calls, p50 and p99 of each stage in
@@ -477,7 +606,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	prof := &profiles{relayClosed: o.CPUProfile, dir: o.ProfileDir}
 	defer prof.close()
 	loadStart := loadAverage()
-	r, err := startRig(ctx, o)
+	r, err := startRig(ctx, o, progress)
 	if err != nil {
 		return nil, err
 	}
@@ -493,8 +622,11 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		Seconds: o.Duration.Seconds(), WarmupSeconds: o.Warmup.Seconds(),
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), NATS: r.natsName(),
-		LoadAverage: [2]float64{loadStart},
+		LoadAverage: [2]float64{loadStart}, BenchProcess: r.benchProcess(), WorkerProcesses: len(r.procs) > 0,
 	}}
+	if o.Peer {
+		rep.Setup.Peer = fmt.Sprintf("Benthos %s, %d pipeline threads, output max_in_flight %d, input max_ack_pending %d", BenthosVersion, peerThreads(o), peerThreads(o), peerThreads(o))
+	}
 	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
 		rep.Setup.MemoryLimitMiB = mib(limit)
 	}
@@ -516,7 +648,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	case o.Inflight > 0:
 		rep.Setup.Mode = "memory-bound"
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Inflight, o.Warmup, o.Duration)
-		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Inflight, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
+		if rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Inflight, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 			return nil, err
 		}
 		if err := needCalls(rep.Relay); err != nil {
@@ -524,17 +656,29 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		}
 	default:
 		progress("direct, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Direct, err = closedLoop(ctx, r.partner, "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, prof.writer("direct", "closed")); err != nil {
+		if rep.Direct, err = closedLoop(ctx, r.meter(), "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, prof.writer("direct", "closed")); err != nil {
 			return nil, err
 		}
 		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
+		if rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 			return nil, err
 		}
 		if err := errors.Join(needCalls(rep.Direct), needCalls(rep.Relay)); err != nil {
 			return rep, err
 		}
 		rep.Ratio = rep.Relay.Throughput / rep.Direct.Throughput
+		if o.Peer {
+			if err := r.startPeer(ctx, progress); err != nil {
+				return rep, err
+			}
+			progress("peer (Benthos %s), %d calls in flight: %s warm-up, %s measured", BenthosVersion, o.Concurrency, o.Warmup, o.Duration)
+			if rep.Peer, err = closedLoop(ctx, r.meter(), "peer", r.peer, o.Concurrency, o.Warmup, o.Duration, prof.writer("peer", "closed")); err != nil {
+				return nil, err
+			}
+			if err := needCalls(rep.Peer); err != nil {
+				return rep, err
+			}
+		}
 		rep.PacedRate = rep.Relay.Throughput / 2
 		if o.PacedRate > 0 {
 			rep.PacedRate = o.PacedRate
@@ -543,17 +687,24 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		// A short warm-up at the paced rate lets the pools settle to it.
 		pacedWarmup := min(o.Warmup, time.Second)
 		progress("direct, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-		if rep.PacedDirect, err = pacedLoop(ctx, r.partner, "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("direct", "paced")); err != nil {
+		if rep.PacedDirect, err = pacedLoop(ctx, r.meter(), "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("direct", "paced")); err != nil {
 			return nil, err
 		}
 		progress("relay, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-		if rep.PacedRelay, err = pacedLoop(ctx, r.partner, "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("relay", "paced")); err != nil {
+		if rep.PacedRelay, err = pacedLoop(ctx, r.meter(), "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("relay", "paced")); err != nil {
 			return nil, err
+		}
+		if r.peer != nil {
+			progress("peer, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
+			if rep.PacedPeer, err = pacedLoop(ctx, r.meter(), "peer", r.peer, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("peer", "paced")); err != nil {
+				return nil, err
+			}
 		}
 		rep.AddedP50MS = rep.PacedRelay.P50MS - rep.PacedDirect.P50MS
 		rep.AddedP99MS = rep.PacedRelay.P99MS - rep.PacedDirect.P99MS
-		for _, ph := range []*Phase{rep.PacedDirect, rep.PacedRelay} {
-			if ph.Skipped > 0 {
+		rep.CPU = cpuSummary(rep)
+		for _, ph := range []*Phase{rep.PacedDirect, rep.PacedRelay, rep.PacedPeer} {
+			if ph != nil && ph.Skipped > 0 {
 				rep.PacedWarning += fmt.Sprintf("%s could not keep up with %.0f calls/s (%d calls skipped); ", ph.Name, rep.PacedRate, ph.Skipped)
 			}
 		}
@@ -565,7 +716,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			if err := r.startFloor(ctx); err != nil {
 				return nil, err
 			}
-			if rep.Floor, err = closedLoop(ctx, r.partner, "floor", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("floor", "closed")); err != nil {
+			if rep.Floor, err = closedLoop(ctx, r.meter(), "floor", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("floor", "closed")); err != nil {
 				return nil, err
 			}
 			if err := needCalls(rep.Floor); err != nil {
@@ -579,7 +730,13 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	if _, hwm, ok := procStatus(); ok {
 		rep.PeakRSSMiB = mib(hwm)
 	}
+	if pp, ok := r.partner.(*partnerProc); ok && pp.err != nil {
+		return rep, pp.err
+	}
 	rep.DuplicateResults = r.relay.duplicates.Load()
+	if r.peer != nil {
+		rep.DuplicateResults += r.peer.duplicates.Load()
+	}
 	rep.Setup.LoadAverage[1] = loadAverage()
 
 	if err := prof.close(); err != nil {
@@ -648,4 +805,49 @@ func (p *profiles) close() error {
 	}
 	p.files = nil
 	return p.err
+}
+
+// cpuSummary sets the closed loops' CPU per call side by side.
+func cpuSummary(rep *Report) *CPUSummary {
+	c := &CPUSummary{}
+	sum := func(ph *Phase, name string) (us float64) {
+		if ph == nil {
+			return 0
+		}
+		for _, p := range ph.Processes {
+			if p.Name == name || (name == "worker" && strings.HasPrefix(p.Name, "worker-")) {
+				us += p.CPUPerCallUS
+			}
+		}
+		return us
+	}
+	c.DirectBench = sum(rep.Direct, processBench)
+	c.RelayBench = sum(rep.Relay, processBench)
+	c.RelayWorker = sum(rep.Relay, "worker")
+	c.RelayNATS = sum(rep.Relay, processNATS)
+	c.PeerBench = sum(rep.Peer, processBench)
+	c.PeerBenthos = sum(rep.Peer, processBenthos)
+	c.PeerNATS = sum(rep.Peer, processNATS)
+	c.DirectPartner = sum(rep.Direct, processPartner)
+	c.RelayPartner = sum(rep.Relay, processPartner)
+	c.PartnerApart = c.DirectPartner > 0
+	if c.RelayWorker > 0 && c.DirectBench > 0 {
+		c.WorkerOverDirect = c.RelayWorker / c.DirectBench
+	}
+	if c.RelayWorker > 0 && c.PeerBenthos > 0 {
+		c.WorkerOverBenthos = c.RelayWorker / c.PeerBenthos
+	}
+	if rep.Peer != nil && rep.Peer.Throughput > 0 {
+		c.RelayOverPeer = rep.Relay.Throughput / rep.Peer.Throughput
+	}
+	c.PacedDirectBench = sum(rep.PacedDirect, processBench)
+	c.PacedRelayWorker = sum(rep.PacedRelay, "worker")
+	c.PacedPeerBenthos = sum(rep.PacedPeer, processBenthos)
+	if c.PacedRelayWorker > 0 && c.PacedDirectBench > 0 {
+		c.PacedWorkerOverDirect = c.PacedRelayWorker / c.PacedDirectBench
+	}
+	if c.PacedRelayWorker > 0 && c.PacedPeerBenthos > 0 {
+		c.PacedWorkerOverBenthos = c.PacedRelayWorker / c.PacedPeerBenthos
+	}
+	return c
 }

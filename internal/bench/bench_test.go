@@ -49,7 +49,7 @@ func TestRunSideBySideReport(t *testing.T) {
 	if decoded.Relay == nil || decoded.Relay.Calls != rep.Relay.Calls {
 		t.Errorf("JSON output differs from the returned report:\n%s", out.String())
 	}
-	if rep.Setup.Mode != "side-by-side" || rep.Setup.Protocol != "HTTP/2.0" || rep.Setup.Method != "POST" || rep.Setup.Idempotent || rep.Setup.Workers != 2 || rep.Setup.NATS != "in-process" {
+	if rep.Setup.Mode != "side-by-side" || rep.Setup.Protocol != "HTTP/2.0" || rep.Setup.Method != "POST" || rep.Setup.Idempotent || rep.Setup.Workers != 2 || rep.Setup.NATS != "process" {
 		t.Errorf("setup = %+v", rep.Setup)
 	}
 	for _, ph := range []*bench.Phase{rep.Direct, rep.Relay, rep.PacedDirect, rep.PacedRelay} {
@@ -178,6 +178,8 @@ func TestRunProfilesLabelParts(t *testing.T) {
 		Warmup:      100 * time.Millisecond,
 		Dir:         t.TempDir(),
 		ProfileDir:  dir,
+		// The NATS server's samples are in the profile when it is in-process.
+		EmbeddedNATS: true,
 	}, io.Discard); err != nil {
 		t.Fatal(err)
 	}

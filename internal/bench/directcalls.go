@@ -96,7 +96,7 @@ func runDirectCalls(ctx context.Context, o Options, r *rig, rep *Report, prof *p
 		if when != "" {
 			profile = prof.writer(name, when)
 		}
-		return pacedLoop(ctx, r.partner, name, c, rate, maxOutstanding, warmup, d, profile)
+		return pacedLoop(ctx, r.meter(), name, c, rate, maxOutstanding, warmup, d, profile)
 	}
 
 	progress("direct (the partner's own time), paced at %.0f calls/s: %s measured", dc.Rate, o.Duration)
@@ -108,7 +108,7 @@ func runDirectCalls(ctx context.Context, o Options, r *rig, rep *Report, prof *p
 		return err
 	}
 	progress("relay (durable calls), %d calls in flight, for the peak: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-	if rep.Relay, err = closedLoop(ctx, r.partner, "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
+	if rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 		return err
 	}
 	for _, ph := range []*Phase{dc.IdleDirect, dc.IdleRPC, rep.Relay} {

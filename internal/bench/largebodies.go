@@ -81,7 +81,7 @@ func runLargeBodies(ctx context.Context, o Options, r *rig, rep *Report, prof *p
 		progress("  %d of %d calls done; worker peak RSS so far %.0f MiB; bucket %.0f MB",
 			c.done.Load(), o.Calls, workerPeakSoFar(r), bucket.now())
 	})
-	rep.Relay, err = countedLoop(ctx, r.partner, "relay", c, o.inflight(), o.Calls, prof.writer("relay", "closed"))
+	rep.Relay, err = countedLoop(ctx, r.meter(), "relay", c, o.inflight(), o.Calls, prof.writer("relay", "closed"))
 	stopTicker()
 	c.cleaning.Wait()
 	lb.BucketPeakMB, lb.BucketEndMB = bucket.stop(ctx)
@@ -223,7 +223,7 @@ func (c *largeCaller) verify(ctx context.Context, name string) error {
 // countedLoop makes calls calls, inflight at a time, and measures them
 // all: the large-bodies mode's calls last seconds each, too long for a
 // warm-up and a measured window.
-func countedLoop(ctx context.Context, p *partner.Server, name string, c caller, inflight, calls int, profile io.Writer) (*Phase, error) {
+func countedLoop(ctx context.Context, p meter, name string, c caller, inflight, calls int, profile io.Writer) (*Phase, error) {
 	rec := &recorder{}
 	win := openWindow(p)
 	profiling, err := startProfile(profile)

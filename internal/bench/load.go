@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"runtime/pprof"
 	"sync"
@@ -16,7 +17,8 @@ import (
 // window measures what happens on the process and the partner between
 // open and close: partner counters, allocation counters, sampled RSS.
 type window struct {
-	p       *partner.Server
+	m       meter
+	p       benchPartner
 	start   time.Time
 	end     time.Time
 	before  partner.Counters
@@ -26,18 +28,46 @@ type window struct {
 	cpu1    time.Duration
 	sampler *rssSampler
 	peakRSS int64
+	// The CPU time of each of m.procs at open and at close; ok0/ok1 false
+	// where it could not be read.
+	procCPU0, procCPU1 []time.Duration
+	procOK0, procOK1   []bool
 }
 
-func openWindow(p *partner.Server) *window {
-	w := &window{p: p, before: p.Requests(), m0: memSnapshot(), sampler: startRSSSampler(50 * time.Millisecond)}
+// meter is what a window measures besides the bench process: the
+// partner's counters, and the CPU of the processes of the run.
+type meter struct {
+	partner benchPartner
+	procs   []procRef
+}
+
+// procRef is a process of the run other than the bench's own.
+type procRef struct {
+	name     string // "worker", "nats-server", "benthos"
+	includes string // what its CPU covers, for the report
+	pid      int
+}
+
+func openWindow(m meter) *window {
+	w := &window{m: m, p: m.partner, before: m.partner.Requests(), m0: memSnapshot(), sampler: startRSSSampler(50 * time.Millisecond)}
+	w.procCPU0, w.procOK0 = readProcsCPU(m.procs)
 	w.cpu0 = cpuTime()
 	w.start = time.Now()
 	return w
 }
 
+func readProcsCPU(procs []procRef) ([]time.Duration, []bool) {
+	cpu, ok := make([]time.Duration, len(procs)), make([]bool, len(procs))
+	for i, p := range procs {
+		cpu[i], ok[i] = procCPU(p.pid)
+	}
+	return cpu, ok
+}
+
 func (w *window) close() {
 	w.end = time.Now()
 	w.cpu1 = cpuTime()
+	w.procCPU1, w.procOK1 = readProcsCPU(w.m.procs)
 	w.peakRSS = w.sampler.Stop()
 	w.m1 = memSnapshot()
 	w.after = w.p.Requests()
@@ -57,6 +87,14 @@ func (w *window) fill(ph *Phase, calls int64) {
 	if d := w.end.Sub(w.start); d > 0 {
 		ph.CPUCores = cpu.Seconds() / d.Seconds()
 	}
+	d := w.end.Sub(w.start)
+	ph.Processes = append(ph.Processes, processCPU(ProcessCPU{Name: processBench, PID: os.Getpid()}, cpu, d, calls))
+	for i, p := range w.m.procs {
+		if !w.procOK0[i] || !w.procOK1[i] {
+			continue
+		}
+		ph.Processes = append(ph.Processes, processCPU(ProcessCPU{Name: p.name, Includes: p.includes, PID: p.pid}, w.procCPU1[i]-w.procCPU0[i], d, calls))
+	}
 	if calls > 0 {
 		ph.CPUPerCallUS = float64(cpu.Microseconds()) / float64(calls)
 		ph.FullHandshakesPer1000 = float64(ph.FullHandshakes) * 1000 / float64(calls)
@@ -70,7 +108,7 @@ func (w *window) fill(ph *Phase, calls int64) {
 // the first warmup are not counted; those completing during the following
 // duration are. When profile is set, a CPU profile of the measured part is
 // written to it.
-func closedLoop(ctx context.Context, p *partner.Server, name string, c caller, inflight int, warmup, duration time.Duration, profile io.Writer) (*Phase, error) {
+func closedLoop(ctx context.Context, p meter, name string, c caller, inflight int, warmup, duration time.Duration, profile io.Writer) (*Phase, error) {
 	const (
 		warming = iota
 		measuring
@@ -133,7 +171,7 @@ func closedLoop(ctx context.Context, p *partner.Server, name string, c caller, i
 // behind shows in the percentiles. Calls due in the first warmup are not
 // counted. At most maxOutstanding calls run at once; a call due beyond that
 // is skipped and counted.
-func pacedLoop(ctx context.Context, p *partner.Server, name string, c caller, rate float64, maxOutstanding int, warmup, duration time.Duration, profile io.Writer) (*Phase, error) {
+func pacedLoop(ctx context.Context, p meter, name string, c caller, rate float64, maxOutstanding int, warmup, duration time.Duration, profile io.Writer) (*Phase, error) {
 	rec := &recorder{}
 	interval := time.Duration(float64(time.Second) / rate)
 	if interval <= 0 {
@@ -277,4 +315,17 @@ func startProfile(w io.Writer) (bool, error) {
 		return false, fmt.Errorf("start the CPU profile: %w", err)
 	}
 	return true, nil
+}
+
+// processCPU fills pc with cpu, the process's CPU time over a window of d
+// that covered calls.
+func processCPU(pc ProcessCPU, cpu, d time.Duration, calls int64) ProcessCPU {
+	pc.CPUSeconds = cpu.Seconds()
+	if d > 0 {
+		pc.Cores = cpu.Seconds() / d.Seconds()
+	}
+	if calls > 0 {
+		pc.CPUPerCallUS = float64(cpu.Microseconds()) / float64(calls)
+	}
+	return pc
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -38,8 +39,12 @@ func writeTable(out io.Writer, rep *Report) {
 	if rep.LargeBodies != nil {
 		measured = "every call measured, no warm-up"
 	}
-	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n\n",
+	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n",
 		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], measured, s.NATS)
+	if s.Peer != "" {
+		fmt.Fprintf(out, "peer: %s\n", s.Peer)
+	}
+	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "PATH\tLOOP\tCALLS\tERRORS\tCALLS/S\tP50 MS\tP99 MS\tMAX MS\tCONNS\tFULL HS/1k\tALLOCS/CALL\tKiB/CALL\tCPU µs/CALL\tCORES\tRSS MiB\t")
@@ -58,6 +63,7 @@ func writeTable(out io.Writer, rep *Report) {
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
+	writeProcessCPU(out, rep)
 	for _, ph := range []*Phase{rep.Relay, rep.PacedRelay} {
 		if ph == nil || ph.Stages == nil {
 			continue
@@ -74,6 +80,9 @@ func writeTable(out io.Writer, rep *Report) {
 	case rep.Direct != nil:
 		fmt.Fprintf(out, "throughput relay/direct: %.2f (relay %.0f calls/s, direct %.0f calls/s)\n",
 			rep.Ratio, rep.Relay.Throughput, rep.Direct.Throughput)
+		if rep.Peer != nil && rep.CPU != nil {
+			fmt.Fprintf(out, "throughput relay/peer: %.2f (relay %.0f calls/s, peer %.0f calls/s)\n", rep.CPU.RelayOverPeer, rep.Relay.Throughput, rep.Peer.Throughput)
+		}
 	case rep.DirectCalls != nil:
 		writeDirectCalls(out, rep)
 	default:
@@ -114,15 +123,11 @@ func writeTable(out io.Writer, rep *Report) {
 	if s.LoadAverage[0] > float64(s.NumCPU)/2 {
 		fmt.Fprintf(out, "warning: load average %.2f before the run on %d CPUs: other processes competed, the figures are noisy\n", s.LoadAverage[0], s.NumCPU)
 	}
-	nats := "embedded NATS, "
-	if s.NATS != natsInProcess {
-		nats = ""
-	}
 	if lb := rep.LargeBodies; lb != nil && lb.WorkerProcess {
-		fmt.Fprintf(out, "allocations, RSS and CPU in the table are the bench process's: %spartner and load generator; the worker's own are above\n", nats)
+		fmt.Fprintf(out, "allocations, RSS and CPU in the table are the bench process's (%s); the worker's own are above\n", s.BenchProcess)
 		return
 	}
-	fmt.Fprintf(out, "allocations, RSS and CPU are the whole process's: workers, %spartner and load generator\n", nats)
+	fmt.Fprintf(out, "allocations, RSS and CPU in the first table are the bench process's: %s\n", s.BenchProcess)
 }
 
 // writeLargeBodies writes the large-bodies mode's figures.
@@ -204,5 +209,97 @@ func (r *Report) phases() []*Phase {
 	if dc := r.DirectCalls; dc != nil {
 		return []*Phase{dc.IdleDirect, dc.IdleRPC, r.Relay, dc.Load, dc.LoadedDirect, dc.LoadedRPC}
 	}
-	return []*Phase{r.Direct, r.Relay, r.PacedDirect, r.PacedRelay, r.Floor}
+	return []*Phase{r.Direct, r.Relay, r.Peer, r.PacedDirect, r.PacedRelay, r.PacedPeer, r.Floor}
+}
+
+// writeProcessCPU writes each phase's CPU per call by process, and the
+// closed loops' ratios, when processes other than the bench's ran.
+func writeProcessCPU(out io.Writer, rep *Report) {
+	cols := []string{processBench, processPartner, "worker", processNATS, processBenthos}
+	seen := map[string]bool{processBench: true}
+	others := false
+	for _, ph := range rep.phases() {
+		if ph == nil {
+			continue
+		}
+		for _, p := range ph.Processes {
+			if p.Name != processBench {
+				seen[procColumn(p.Name)] = true
+				others = true
+			}
+		}
+	}
+	if !others {
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "CPU µs/CALL BY PROCESS\tLOOP\tCALLS/S\t")
+	for _, c := range cols {
+		if seen[c] {
+			fmt.Fprintf(tw, "%s\t", strings.ToUpper(c))
+		}
+	}
+	fmt.Fprint(tw, "TOTAL\tCORES\t\n")
+	for _, ph := range rep.phases() {
+		if ph == nil {
+			continue
+		}
+		loop := "closed"
+		if ph.Loop == "paced" {
+			loop = fmt.Sprintf("paced %.0f/s", ph.OfferedRate)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t", ph.Name, loop, ph.Throughput)
+		var total, cores float64
+		for _, c := range cols {
+			if !seen[c] {
+				continue
+			}
+			v, ok := 0.0, false
+			for _, p := range ph.Processes {
+				if procColumn(p.Name) == c {
+					v += p.CPUPerCallUS
+					cores += p.Cores
+					ok = true
+				}
+			}
+			total += v
+			if ok {
+				fmt.Fprintf(tw, "%.0f\t", v)
+			} else {
+				fmt.Fprint(tw, "-\t")
+			}
+		}
+		fmt.Fprintf(tw, "%.0f\t%.2f\t\n", total, cores)
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "bench process: %s; idle processes still count in a phase (an idle worker or Benthos polls a little)\n", rep.Setup.BenchProcess)
+	if c := rep.CPU; c != nil {
+		if c.WorkerOverDirect > 0 {
+			what := "the bench process's in the direct phase: the direct client alone"
+			if !c.PartnerApart {
+				what = "the bench process's in the direct phase, the partner's share included"
+			}
+			fmt.Fprintf(out, "CPU per call, worker / direct client: %.2f (%.0f µs / %.0f µs, %s)\n", c.WorkerOverDirect, c.RelayWorker, c.DirectBench, what)
+		}
+		if c.WorkerOverBenthos > 0 {
+			fmt.Fprintf(out, "CPU per call, worker / Benthos: %.2f (%.0f µs / %.0f µs)\n", c.WorkerOverBenthos, c.RelayWorker, c.PeerBenthos)
+		}
+		if c.PacedWorkerOverDirect > 0 {
+			fmt.Fprintf(out, "at one rate for all, paced %.0f/s: worker / direct client %.2f (%.0f µs / %.0f µs, the pacing's own work in the latter)",
+				rep.PacedRate, c.PacedWorkerOverDirect, c.PacedRelayWorker, c.PacedDirectBench)
+			if c.PacedWorkerOverBenthos > 0 {
+				fmt.Fprintf(out, ", worker / Benthos %.2f (%.0f µs / %.0f µs)", c.PacedWorkerOverBenthos, c.PacedRelayWorker, c.PacedPeerBenthos)
+			}
+			fmt.Fprintln(out)
+		}
+	}
+	fmt.Fprintln(out)
+}
+
+// procColumn is the column of a process: the workers share one.
+func procColumn(name string) string {
+	if strings.HasPrefix(name, "worker") {
+		return "worker"
+	}
+	return name
 }

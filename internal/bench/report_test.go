@@ -92,3 +92,39 @@ func TestWriteTableDirectCalls(t *testing.T) {
 		}
 	}
 }
+
+// The CPU-by-process table shows a column per process that ran, "-" where
+// one did not run in a phase, and says what the direct figure includes.
+func TestWriteTableProcessCPU(t *testing.T) {
+	ph := func(name string, procs ...ProcessCPU) *Phase {
+		return &Phase{Name: name, Loop: "closed", InFlight: 64, Calls: 1000, Throughput: 100, Processes: procs}
+	}
+	rep := &Report{
+		Setup:  Setup{Mode: "side-by-side", BenchProcess: "partner, load generator (direct client or flow)", NATS: "process"},
+		Direct: ph("direct", ProcessCPU{Name: "bench", CPUPerCallUS: 90, Cores: 0.9}, ProcessCPU{Name: "nats-server", CPUPerCallUS: 1}),
+		Relay: ph("relay", ProcessCPU{Name: "bench", CPUPerCallUS: 80, Cores: 0.5}, ProcessCPU{Name: "worker-1", CPUPerCallUS: 100, Cores: 0.5},
+			ProcessCPU{Name: "worker-2", CPUPerCallUS: 110, Cores: 0.5}, ProcessCPU{Name: "nats-server", CPUPerCallUS: 120, Cores: 0.25}),
+	}
+	rep.Ratio = 1
+	rep.CPU = cpuSummary(rep)
+	if rep.CPU.RelayWorker != 210 || rep.CPU.PartnerApart || rep.CPU.WorkerOverDirect != 210.0/90 {
+		t.Errorf("summary %+v", rep.CPU)
+	}
+	var out bytes.Buffer
+	writeTable(&out, rep)
+	for _, s := range []string{
+		"CPU µs/CALL BY PROCESS", "WORKER", "NATS-SERVER",
+		// relay: bench 80, workers 100+110, nats 120; total 410, cores 1.75
+		"210", "410", "1.75",
+		"CPU per call, worker / direct client: 2.33 (210 µs / 90 µs, the bench process's in the direct phase, the partner's share included)",
+		"bench process: partner, load generator",
+	} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, out.String())
+		}
+	}
+	// No Benthos, no partner process: no column for them.
+	if strings.Contains(out.String(), "BENTHOS") || strings.Contains(out.String(), "PARTNER") {
+		t.Errorf("a column for a process that never ran:\n%s", out.String())
+	}
+}

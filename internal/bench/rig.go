@@ -45,8 +45,9 @@ type rig struct {
 	ownDir bool
 
 	ns      *server.Server
-	url     string // the NATS server's: the in-process one's or Options.NATSURL
-	partner *partner.Server
+	natsPro *childProc   // the NATS server's process (neither embedded nor Options.NATSURL)
+	url     string       // the NATS server's: the process's, the in-process one's or Options.NATSURL
+	partner benchPartner // in-process, or a partnerProc
 	workers []*runningWorker
 	procs   []*workerProc // worker processes, instead of workers
 	flowNC  *nats.Conn
@@ -55,6 +56,13 @@ type rig struct {
 
 	direct *directCaller
 	relay  *relayCaller
+
+	// The peer phase: Benthos's process and the flow's side of it.
+	benthos *childProc
+	peer    *peerCaller
+	// PEM files of the partner's CA and of the client certificate and key
+	// (the profile's keystore, for Benthos).
+	caFile, clientCertFile, clientKeyFile string
 }
 
 type runningWorker struct {
@@ -65,7 +73,7 @@ type runningWorker struct {
 }
 
 // startRig starts the rig; on failure it stops what it started.
-func startRig(ctx context.Context, o Options) (r *rig, err error) {
+func startRig(ctx context.Context, o Options, progress func(string, ...any)) (r *rig, err error) {
 	r = &rig{o: o, dir: o.Dir}
 	defer func() {
 		if err != nil {
@@ -84,6 +92,14 @@ func startRig(ctx context.Context, o Options) (r *rig, err error) {
 			return r, err
 		}
 		r.url = o.NATSURL
+	} else if !o.EmbeddedNATS {
+		bin, err := NATSServerTool().Build(progress)
+		if err != nil {
+			return r, fmt.Errorf("the NATS server runs as a process of its own (--embedded-nats runs it in the bench's): %w", err)
+		}
+		if r.natsPro, r.url, err = startNATSProcess(ctx, bin, filepath.Join(r.dir, "nats")); err != nil {
+			return r, err
+		}
 	} else {
 		withPart(partNATS, func() {
 			r.ns, err = embedded.Start(embedded.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(r.dir, "nats"), ServerName: "mtlsrelay-bench"})
@@ -214,11 +230,33 @@ func (r *rig) writePKI(o Options) (secrets.Profile, error) {
 	if err := os.WriteFile(truststore, ca.CertPEM(), 0o644); err != nil {
 		return secrets.Profile{}, err
 	}
-	withPart(partPartner, func() {
-		r.partner, err = partner.Start(partner.Options{Certificate: srvLeaf.TLSCertificate(), ClientCAs: ca.Pool(), DisableHTTP2: o.HTTP1})
-	})
-	if err != nil {
+	// The same certificate as PEM files, for Benthos (the peer phase).
+	r.caFile, r.clientCertFile, r.clientKeyFile = truststore, filepath.Join(r.dir, "client-cert.pem"), filepath.Join(r.dir, "client-key.pem")
+	if err := os.WriteFile(r.clientCertFile, client.CertPEM(), 0o644); err != nil {
 		return secrets.Profile{}, err
+	}
+	if err := os.WriteFile(r.clientKeyFile, client.KeyPEM(), 0o600); err != nil {
+		return secrets.Profile{}, err
+	}
+	if o.partnerProcess() {
+		srvFile := filepath.Join(r.dir, "partner.pem")
+		if err := os.WriteFile(srvFile, srvLeaf.PEM(), 0o600); err != nil {
+			return secrets.Profile{}, err
+		}
+		p, err := r.startPartnerProcess(srvFile, truststore)
+		if err != nil {
+			return secrets.Profile{}, err
+		}
+		r.partner = p
+	} else {
+		var p *partner.Server
+		withPart(partPartner, func() {
+			p, err = partner.Start(partner.Options{Certificate: srvLeaf.TLSCertificate(), ClientCAs: ca.Pool(), DisableHTTP2: o.HTTP1})
+		})
+		if err != nil {
+			return secrets.Profile{}, err
+		}
+		r.partner = p
 	}
 	return secrets.Profile{
 		Keystore:   "file:" + keystore,
@@ -296,6 +334,9 @@ func (r *rig) protocol(ctx context.Context) (proto string, err error) {
 // consumer in their place.
 func (r *rig) startFloor(ctx context.Context) (err error) {
 	r.stopWorkers()
+	for _, p := range r.procs {
+		p.stop()
+	}
 	withPart(partWorker, func() { r.floor, err = startFloor(ctx, r.url, r.o) })
 	return err
 }
@@ -320,6 +361,12 @@ func (r *rig) close() {
 	if r.results != nil {
 		_ = r.results.Unsubscribe()
 	}
+	if r.peer != nil {
+		_ = r.peer.sub.Unsubscribe()
+	}
+	if r.benthos != nil {
+		r.benthos.stop()
+	}
 	if r.flowNC != nil {
 		r.flowNC.Close()
 	}
@@ -336,10 +383,13 @@ func (r *rig) close() {
 	if r.partner != nil {
 		_ = r.partner.Close()
 	}
-	if r.ns != nil {
+	switch {
+	case r.ns != nil:
 		r.ns.Shutdown()
 		r.ns.WaitForShutdown()
-	} else if r.url != "" {
+	case r.natsPro != nil:
+		r.natsPro.stop()
+	case r.url != "":
 		removeBenchStreams(r.url)
 	}
 	if r.ownDir && r.dir != "" {
@@ -347,14 +397,64 @@ func (r *rig) close() {
 	}
 }
 
-// natsInProcess is Setup.NATS for a run on the in-process server.
-const natsInProcess = "in-process"
+// natsInProcess is Setup.NATS for a run on the in-process server;
+// natsProcess for one on the server the run started as a process.
+const (
+	natsInProcess = "in-process"
+	natsProcess   = "process"
+)
+
+// benchProcess says what runs in the bench process.
+func (r *rig) benchProcess() string {
+	s := "load generator (direct client or flow)"
+	if _, ok := r.partner.(*partnerProc); !ok {
+		s = "partner, " + s
+	}
+	if r.ns != nil {
+		s += ", embedded NATS server"
+	}
+	if len(r.procs) == 0 {
+		s += ", workers"
+	}
+	return s
+}
+
+// meter is what the phases' windows measure: the partner's counters and
+// the CPU of the run's other processes (workers, NATS server, Benthos).
+func (r *rig) meter() meter {
+	m := meter{partner: r.partner}
+	for i, p := range r.procs {
+		select {
+		case <-p.exited: // stopped for the queue floor
+			continue
+		default:
+		}
+		name := "worker"
+		if len(r.procs) > 1 {
+			name = fmt.Sprintf("worker-%d", i+1)
+		}
+		m.procs = append(m.procs, procRef{name: name, includes: "the worker (worker.New + Run), nothing else", pid: p.cmd.Process.Pid})
+	}
+	if p, ok := r.partner.(*partnerProc); ok {
+		m.procs = append(m.procs, procRef{name: processPartner, includes: "the partner (internal/partner): TLS server, HTTP/2, /bytes", pid: p.pid()})
+	}
+	if r.natsPro != nil {
+		m.procs = append(m.procs, procRef{name: processNATS, includes: "nats-server " + NATSServerVersion + ", JetStream on file storage", pid: r.natsPro.pid()})
+	}
+	if r.benthos != nil {
+		m.procs = append(m.procs, procRef{name: processBenthos, includes: "Benthos " + BenthosVersion + ": nats_jetstream input, http processor, nats_jetstream output", pid: r.benthos.pid()})
+	}
+	return m
+}
 
 // natsName says which NATS server the run used, for the report: the
 // external server's URL without its credentials.
 func (r *rig) natsName() string {
 	if r.ns != nil {
 		return natsInProcess
+	}
+	if r.natsPro != nil {
+		return natsProcess
 	}
 	u, err := url.Parse(r.url)
 	if err != nil || u.Host == "" {
@@ -365,7 +465,7 @@ func (r *rig) natsName() string {
 
 // benchStreams are the streams a run creates on the NATS server: the three
 // of SPEC.md, the workers' call-state bucket and their bodies bucket.
-var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies}
+var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies, peerCallsStream, peerResultsStream}
 
 // checkExternalNATS makes sure the server at url is one the run may use: it
 // answers, has JetStream, and holds none of the streams a run creates and

@@ -68,6 +68,9 @@ type workerProcessStats struct {
 // when stdin closes or ctx ends, and prints its memory figures as one JSON
 // line on stdout before it returns.
 func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "-partner" {
+		return partnerProcessMain(ctx, flag.NewFlagSet("partner-process", flag.ContinueOnError), args[1:], stdin, stdout)
+	}
 	fs := flag.NewFlagSet("worker-process", flag.ContinueOnError)
 	config := fs.String("config", "", "the worker's YAML config, nats.url set")
 	heapProfile := fs.String("heap-profile", "", "write a heap profile to this file each time the heap passes its peak by 10%")

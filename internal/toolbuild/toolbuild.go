@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/filelock"
@@ -40,15 +39,30 @@ type Tool struct {
 	err  error
 }
 
+// TB is what Binary needs of a test: testing.TB has it.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // Binary returns the path of the binary, building it when it is not in
 // the cache yet; the test fails when it cannot be had.
-func (b *Tool) Binary(t testing.TB) string {
+func (b *Tool) Binary(t TB) string {
 	t.Helper()
-	b.once.Do(func() { b.path, b.err = b.findOrBuild(t) })
-	if b.err != nil {
-		t.Fatalf("%s: %v", b.Name, b.err)
+	path, err := b.Build(t.Logf)
+	if err != nil {
+		t.Fatalf("%s: %v", b.Name, err)
 	}
-	return b.path
+	return path
+}
+
+// Build returns the path of the binary: the one BinaryEnv names, else the
+// cached one, building it first when it is not there (progress says so).
+// A process builds a Tool once.
+func (b *Tool) Build(progress func(format string, args ...any)) (string, error) {
+	b.once.Do(func() { b.path, b.err = b.findOrBuild(progress) })
+	return b.path, b.err
 }
 
 // CachePath is where the built binary is kept:
@@ -61,7 +75,7 @@ func (b *Tool) CachePath() (string, error) {
 	return filepath.Join(dir, "mtlsrelay", b.Name+"-"+b.Version), nil
 }
 
-func (b *Tool) findOrBuild(t testing.TB) (string, error) {
+func (b *Tool) findOrBuild(progress func(format string, args ...any)) (string, error) {
 	if p := os.Getenv(b.BinaryEnv); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("%s=%s: %w", b.BinaryEnv, p, err)
@@ -75,6 +89,9 @@ func (b *Tool) findOrBuild(t testing.TB) (string, error) {
 	if executable(out) {
 		return out, nil
 	}
+	if _, err := os.Stat(filepath.Join(b.Dir, "go.mod")); err != nil && b.Package == "." {
+		return "", fmt.Errorf("%s is not built (%s) and its module is not here to build it from (%s): set %s to a %s %s binary", b.Title, out, b.Dir, b.BinaryEnv, b.Title, b.Version)
+	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return "", err
 	}
@@ -86,7 +103,7 @@ func (b *Tool) findOrBuild(t testing.TB) (string, error) {
 	if executable(out) { // built by another package while we waited
 		return out, nil
 	}
-	t.Logf("%s: building %s %s into %s (%s the first time)", b.Name, b.Title, b.Version, out, b.Takes)
+	progress("%s: building %s %s into %s (%s the first time)", b.Name, b.Title, b.Version, out, b.Takes)
 	start := time.Now()
 	tmp := fmt.Sprintf("%s.tmp-%d", out, os.Getpid())
 	args := []string{"build"}
@@ -104,7 +121,7 @@ func (b *Tool) findOrBuild(t testing.TB) (string, error) {
 	if err := os.Rename(tmp, out); err != nil {
 		return "", err
 	}
-	t.Logf("%s: built %s in %s", b.Name, b.Title, time.Since(start).Round(time.Second))
+	progress("%s: built %s in %s", b.Name, b.Title, time.Since(start).Round(time.Second))
 	return out, nil
 }
 
