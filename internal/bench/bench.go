@@ -324,10 +324,10 @@ func (o Options) validate() error {
 }
 
 // partnerProcess reports whether the partner runs as a process of its own:
-// in the side-by-side mode with worker processes, so that the bench
-// process holds the load generator alone.
+// in the side-by-side and direct-calls modes with worker processes, so
+// that the bench process holds the load generator alone.
 func (o Options) partnerProcess() bool {
-	return o.WorkerCommand != nil && !o.LargeBodies && !o.DirectCalls && o.Inflight <= 0
+	return o.WorkerCommand != nil && !o.LargeBodies && o.Inflight <= 0
 }
 
 // inflight is the number of calls in flight of the closed loops.
