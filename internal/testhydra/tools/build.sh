@@ -12,22 +12,8 @@
 # The output path is $MTLSRELAY_HYDRA_BIN, else
 # ${XDG_CACHE_HOME:-$HOME/.cache}/mtlsrelay/hydra-2.3.0 (Go's os.UserCacheDir).
 set -eu
-cd "$(dirname "$0")"
-
+dir=$(cd "$(dirname "$0")" && pwd)
+cd "$dir"
 out="${MTLSRELAY_HYDRA_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/mtlsrelay/hydra-2.3.0}"
-start=$(date +%s)
-if [ -x "$out" ] && [ "${1:-}" != "-f" ]; then
-	echo "hydra: $out is already built (0s; -f builds it again)"
-	exit 0
-fi
-mkdir -p "$(dirname "$out")"
-tmp="$out.tmp-$$"
-trap 'rm -f "$tmp"' EXIT
-# Same lock file as internal/testhydra, when flock(1) is there.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"$out.lock"
-	flock 9
-fi
-GOWORK=off CGO_ENABLED=1 go build -tags sqlite,sqlite_omit_load_extension -ldflags='-s -w' -o "$tmp" github.com/ory/hydra/v2
-mv "$tmp" "$out"
-echo "hydra: built $out in $(( $(date +%s) - start ))s"
+export CGO_ENABLED=1
+exec sh "$dir/../../../internal/toolbuild/build.sh" hydra "$out" "$@" -- -tags sqlite,sqlite_omit_load_extension github.com/ory/hydra/v2

@@ -13,22 +13,7 @@
 # The output path is $MTLSRELAY_BENTHOS_BIN, else
 # ${XDG_CACHE_HOME:-$HOME/.cache}/mtlsrelay/benthos-4.27.0 (Go's os.UserCacheDir).
 set -eu
-cd "$(dirname "$0")"
-
+dir=$(cd "$(dirname "$0")" && pwd)
+cd "$dir"
 out="${MTLSRELAY_BENTHOS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/mtlsrelay/benthos-4.27.0}"
-start=$(date +%s)
-if [ -x "$out" ] && [ "${1:-}" != "-f" ]; then
-	echo "benthos: $out is already built (0s; -f builds it again)"
-	exit 0
-fi
-mkdir -p "$(dirname "$out")"
-tmp="$out.tmp-$$"
-trap 'rm -f "$tmp"' EXIT
-# Same lock file as internal/bench and internal/toolbuild, when flock(1) is there.
-if command -v flock >/dev/null 2>&1; then
-	exec 9>"$out.lock"
-	flock 9
-fi
-GOWORK=off go build -ldflags='-s -w' -o "$tmp" .
-mv "$tmp" "$out"
-echo "benthos: built $out in $(( $(date +%s) - start ))s"
+exec sh "$dir/../../../../internal/toolbuild/build.sh" benthos "$out" "$@" -- .
