@@ -310,12 +310,36 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			t.Errorf("the partner received %d requests: shipping's body was sent", n)
 		}
 	})
+	t.Run("fail/result-replayed-onto-another-tenants-calls", func(t *testing.T) {
+		// Billing may direct-get its own stored results, and a request
+		// may name any reply subject: the server then publishes billing's
+		// stored result, in the account's name, on shipping's calls
+		// subject, into shipping's calls stream.
+		id := uniqueID("billing-replayed")
+		if res := billing.callAndWait(t, "partner", map[string]any{"id": id, "path": "echo", "method": "POST", "body": "billing's"}); !res.OK {
+			t.Fatalf("billing's call: %+v", res.Error)
+		}
+		before := r.partner.Requests().Routes["/echo"]
+		if err := billing.nc.PublishRequest("$JS.API.DIRECT.GET.MTLSRELAY_RESULTS.mtlsrelay.results.billing."+id, "mtlsrelay.calls.shipping.partner", nil); err != nil {
+			t.Fatal(err)
+		}
+		reason := r.deadLetter(t, id)
+		if !strings.Contains(reason, "invalid_call") && !strings.Contains(reason, "replayed") {
+			t.Errorf("dead letter reason %q; want the replay refused as invalid_call", reason)
+		}
+		if n := r.partner.Requests().Routes["/echo"] - before; n != 0 {
+			t.Errorf("the replayed result was made as shipping's call (%d requests)", n)
+		}
+	})
 	denials := []struct {
 		name    string
 		tenant  *tenant
 		subject string
 		do      func(tn *tenant) error
 	}{
+		{"fail/direct-get-its-own-bucket", billing, "$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing", func(tn *tenant) error {
+			return tn.nc.PublishRequest("$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing", "mtlsrelay.results.shipping.victim", []byte(`{"last_by_subj":"$O.mtlsrelay_bodies_billing.C.forge"}`))
+		}},
 		{"fail/read-another-tenants-body-info", shipping, "$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing.$O.mtlsrelay_bodies_billing.M.x", func(tn *tenant) error {
 			return tn.nc.Publish("$JS.API.DIRECT.GET.OBJ_mtlsrelay_bodies_billing.$O.mtlsrelay_bodies_billing.M.x", nil)
 		}},

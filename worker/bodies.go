@@ -34,15 +34,15 @@ type objectBodies struct {
 	subj      jobs.Subjects
 	inlineMax int64
 	// buckets are the buckets by name, set once the worker created them
-	// (ensureStreams).
+	// (ensureStreams); nc is the connection they are read on, set before.
 	buckets atomic.Pointer[map[string]*bodyBucket]
+	nc      *nats.Conn
 }
 
 // bodyBucket is one bucket, and what writes its objects.
 type bodyBucket struct {
-	name  string
-	store jetstream.ObjectStore
-	put   *objput.Writer
+	name string
+	put  *objput.Writer
 }
 
 var _ outbound.Bodies = (*objectBodies)(nil)
@@ -90,35 +90,18 @@ func (b *objectBodies) Open(ctx context.Context, call *jobs.Call) (io.ReadCloser
 	if err != nil {
 		return nil, 0, err
 	}
-	// An object's info may be a link to another bucket's object, which
-	// Get would follow with the worker's permissions: a tenant who may
-	// write its bucket could send another tenant's bodies so. Only an
-	// object of this bucket, with chunks of its own, is sent.
-	oi, err := bb.store.GetInfo(ctx, name)
+	// Read chunk by chunk, from the info read once: nats.go's Get reads
+	// the info again and follows a link, into any bucket with the
+	// worker's permissions and, for a link to itself, without end; a
+	// tenant may write its bucket. Links are refused.
+	obj, info, err := objput.Open(ctx, b.nc, bb.name, name)
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, bb.name)
+	case errors.Is(err, objput.ErrLink):
+		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q in bucket %s is a link; upload the body itself", name, bb.name)
 	case err != nil:
 		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
-	case oi.Opts != nil && oi.Opts.Link != nil, oi.Bucket != bb.name:
-		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q in bucket %s is a link; upload the body itself", name, bb.name)
-	}
-	obj, err := bb.store.Get(ctx, name)
-	switch {
-	case errors.Is(err, jetstream.ErrObjectNotFound):
-		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q is not in bucket %s: upload the body first (it expires with nats.results_max_age)", name, bb.name)
-	case err != nil:
-		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
-	}
-	info, err := obj.Info()
-	if err != nil {
-		obj.Close()
-		return nil, 0, natsBodyError(err, bb.name, "read body_ref "+name)
-	}
-	if info.Bucket != bb.name || info.Name != name {
-		// Replaced by a link since GetInfo: Get followed it.
-		obj.Close()
-		return nil, 0, jobs.Errorf(jobs.CodeInvalidCall, "body_ref %q in bucket %s is a link; upload the body itself", name, bb.name)
 	}
 	return obj, int64(info.Size), nil
 }
@@ -199,7 +182,7 @@ func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replica
 		if tenant != "" {
 			desc = "mtlsrelay bodies of tenant " + tenant + " too large for a message"
 		}
-		store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      name,
 			Description: desc,
 			TTL:         ttl,
@@ -210,8 +193,9 @@ func (b *objectBodies) open(ctx context.Context, js jetstream.JetStream, replica
 		if err != nil {
 			return fmt.Errorf("create or update object store %s: %w", name, err)
 		}
-		m[name] = &bodyBucket{name: name, store: store, put: put.Bucket(name)}
+		m[name] = &bodyBucket{name: name, put: put.Bucket(name)}
 	}
+	b.nc = js.Conn()
 	b.buckets.Store(&m)
 	return nil
 }

@@ -113,6 +113,9 @@ func (w *Worker) runDirect(parent context.Context, msg *nats.Msg) *jobs.Result {
 		call.Tenant = tenant
 	}
 	if err == nil {
+		err = checkNotReplayed(msg.Header)
+	}
+	if err == nil {
 		err = w.checkTenant(call)
 	}
 	log := w.log.With().Str("mode", "direct").Logger()

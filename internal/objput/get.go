@@ -3,53 +3,45 @@ package objput
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ErrLink is Open's error for an object that is a link: links are not
+// followed.
+var ErrLink = errors.New("the object is a link to another, not read")
+
 // Open returns a reader of object name in bucket that reads it chunk by
-// chunk with direct gets (the stream's $JS.API.DIRECT.GET, a subject a
-// permission can scope to the bucket's stream), not with a consumer as
+// chunk with $JS.API.STREAM.MSG.GET (msgGet), not with a consumer as
 // nats.go's ObjectStore.Get does: whoever may create a consumer may name
-// its delivery subject, another tenant's results included. A link, a
-// deleted object, missing chunks or a digest other than the info's fail
-// the read.
-func Open(ctx context.Context, js jetstream.JetStream, bucket, name string) (io.ReadCloser, *jetstream.ObjectInfo, error) {
-	stream, err := js.Stream(ctx, "OBJ_"+bucket)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open bucket %s: %w", bucket, err)
-	}
-	m, err := stream.GetLastMsgForSubject(ctx, metaSubject(bucket, name))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil, fmt.Errorf("%s/%s: %w", bucket, name, jetstream.ErrObjectNotFound)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read the info of %s/%s: %w", bucket, name, err)
-	}
-	var info jetstream.ObjectInfo
-	if err := json.Unmarshal(m.Data, &info); err != nil {
-		return nil, nil, fmt.Errorf("the info of %s/%s does not decode: %w", bucket, name, err)
-	}
+// its delivery subject, another tenant's results included. Nor does it
+// follow links: a link, a deleted object, missing chunks or a digest other
+// than the info's fail the read.
+func Open(ctx context.Context, nc *nats.Conn, bucket, name string) (io.ReadCloser, *jetstream.ObjectInfo, error) {
+	info, err := objectInfo(ctx, nc, bucket, name)
 	switch {
-	case info.Deleted:
+	case err != nil:
+		return nil, nil, err
+	case info == nil, info.Deleted:
 		return nil, nil, fmt.Errorf("%s/%s: %w", bucket, name, jetstream.ErrObjectNotFound)
 	case info.Opts != nil && info.Opts.Link != nil:
-		return nil, nil, fmt.Errorf("%s/%s is a link, not read", bucket, name)
-	case info.NUID == "":
-		return nil, nil, fmt.Errorf("the info of %s/%s names no chunks", bucket, name)
+		return nil, nil, fmt.Errorf("%s/%s: %w", bucket, name, ErrLink)
+	case !validNUID(info.NUID):
+		return nil, nil, fmt.Errorf("the info of %s/%s names no chunks it may have", bucket, name)
 	}
-	return &chunkReader{ctx: ctx, stream: stream, subj: chunkSubject(bucket, info.NUID), info: &info, h: sha256.New()}, &info, nil
+	return &chunkReader{ctx: ctx, nc: nc, stream: "OBJ_" + bucket, subj: chunkSubject(bucket, info.NUID), info: info, h: sha256.New()}, info, nil
 }
 
 // chunkReader reads an object's chunks in order, one direct get each.
 type chunkReader struct {
 	ctx    context.Context
-	stream jetstream.Stream
+	nc     *nats.Conn
+	stream string
 	subj   string
 	info   *jetstream.ObjectInfo
 	h      hash.Hash
@@ -70,12 +62,12 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 			r.err = r.end()
 			continue
 		}
-		m, err := r.stream.GetMsg(r.ctx, r.seq+1, jetstream.WithGetMsgSubject(r.subj))
+		m, err := msgGet(r.ctx, r.nc, r.stream, map[string]any{"seq": r.seq + 1, "next_by_subj": r.subj})
 		if err != nil {
 			r.err = fmt.Errorf("read chunk %d of %s/%s: %w", r.read+1, r.info.Bucket, r.info.Name, err)
 			continue
 		}
-		r.seq, r.buf = m.Sequence, m.Data
+		r.seq, r.buf = m.Seq, m.Data
 		r.read++
 		r.size += uint64(len(m.Data))
 		r.h.Write(m.Data)

@@ -19,10 +19,8 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -68,9 +66,6 @@ func (o Options) withDefaults() Options {
 type Writer struct {
 	*shared
 	bucket string
-
-	mu    sync.Mutex
-	store jetstream.ObjectStore
 }
 
 // shared is what the Writers of one New share: the publishing context, the
@@ -111,20 +106,6 @@ type ErrReader struct{ Err error }
 func (e *ErrReader) Error() string { return e.Err.Error() }
 func (e *ErrReader) Unwrap() error { return e.Err }
 
-// bucketStore returns the Writer's bucket, looked up once.
-func (w *Writer) bucketStore(ctx context.Context) (jetstream.ObjectStore, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.store == nil {
-		store, err := w.js.ObjectStore(ctx, w.bucket)
-		if err != nil {
-			return nil, fmt.Errorf("open bucket %s: %w", w.bucket, err)
-		}
-		w.store = store
-	}
-	return w.store, nil
-}
-
 // Put stores what r gives as object meta.Name, replacing an object of
 // that name once the new one is complete, and returns its info. r ends
 // the object with io.EOF; any other error of r (io.ErrUnexpectedEOF of a
@@ -138,12 +119,8 @@ func (w *Writer) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader
 	if meta.Opts != nil && meta.Opts.Link != nil {
 		return nil, jetstream.ErrLinkNotAllowed
 	}
-	store, err := w.bucketStore(ctx)
+	prev, err := objectInfo(ctx, w.js.Conn(), w.bucket, meta.Name)
 	if err != nil {
-		return nil, err
-	}
-	prev, err := store.GetInfo(ctx, meta.Name, jetstream.GetObjectInfoShowDeleted())
-	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, err
 	}
 	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(w.opts.ChunkSize)}
@@ -155,7 +132,7 @@ func (w *Writer) Put(ctx context.Context, meta jetstream.ObjectMeta, r io.Reader
 	if err != nil {
 		return nil, err
 	}
-	if prev != nil && !prev.Deleted && prev.NUID != "" && !strings.ContainsAny(prev.NUID, "*>.") {
+	if prev != nil && !prev.Deleted && validNUID(prev.NUID) {
 		w.purge(chunkSubject(w.bucket, prev.NUID))
 	}
 	info.ModTime = time.Now().UTC()
@@ -187,15 +164,14 @@ type put struct {
 func (p *put) awaitAcks() {
 	defer close(p.acked)
 	for ack := range p.acks {
+		// Awaited even once the Put's context is done: the chunk is out,
+		// and its token stays taken until the stream stored it or the ack
+		// timed out (the publishing context's AckTimeout), so that
+		// cancelled Puts do not let more than the window out.
 		var err error
 		select {
 		case <-ack.Ok():
 		case err = <-ack.Err():
-		case <-p.ctx.Done():
-			// Not awaited any more: nats.go forgets it after its ack
-			// timeout, and its own bound on pending publishes is larger
-			// than the Writer's window for that.
-			err = p.ctx.Err()
 		}
 		p.w.tokens.Release(1)
 		<-p.window
@@ -215,13 +191,17 @@ func (p *put) failed() error {
 	return p.err
 }
 
-// stop ends the acks and waits for awaitAcks to take out those sent.
+// stop ends the acks and waits for awaitAcks to take out those sent,
+// unless the Put's context is done: then awaitAcks finishes on its own.
 func (p *put) stop() {
 	if !p.stopped {
 		p.stopped = true
 		close(p.acks)
 	}
-	<-p.acked
+	select {
+	case <-p.acked:
+	case <-p.ctx.Done():
+	}
 }
 
 func (p *put) run(r io.Reader) (*jetstream.ObjectInfo, error) {

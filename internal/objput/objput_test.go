@@ -336,7 +336,7 @@ func TestOpen(t *testing.T) {
 	}
 	ctx := context.Background()
 	read := func(name string) ([]byte, error) {
-		r, _, err := objput.Open(ctx, js, "bodies", name)
+		r, _, err := objput.Open(ctx, nc, "bodies", name)
 		if err != nil {
 			return nil, err
 		}

@@ -193,7 +193,16 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 			}
 			return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
 		}
+		if replayed(msg.Header) {
+			// A stored message a server sent here on someone's request
+			// (a direct get naming this subject as its reply): not a
+			// worker's result.
+			continue
+		}
 		r, err := jobs.DecodeResult(msg.Data)
+		if err == nil && r.ID != call.ID {
+			continue // another call's result, replayed or misaddressed
+		}
 		if err != nil || !r.Progress {
 			if err == nil {
 				err = c.fetchBody(ctx, r)
@@ -204,6 +213,17 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 			onProgress(r)
 		}
 	}
+}
+
+// replayed reports whether a message is a stored message a JetStream
+// server sent back (a direct get's answer), not a worker's publish.
+func replayed(h nats.Header) bool {
+	for _, k := range []string{"Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // Direct sends call as a core NATS request to <prefix>.rpc.<connection>: no
@@ -353,7 +373,7 @@ func (c *Client) OpenBody(ctx context.Context, res *jobs.Result) (io.ReadCloser,
 	}
 	// By direct gets, not a consumer: a tenant's NATS user may read its
 	// bucket, and may not create consumers (docs/nats-accounts.conf).
-	obj, _, err := objput.Open(ctx, c.js, res.BodyRef.Bucket, res.BodyRef.Name)
+	obj, _, err := objput.Open(ctx, c.nc, res.BodyRef.Bucket, res.BodyRef.Name)
 	if err != nil {
 		return nil, fmt.Errorf("read %s/%s: %w", res.BodyRef.Bucket, res.BodyRef.Name, err)
 	}
