@@ -316,7 +316,10 @@ func (w *Worker) notReadyReason() string {
 	case !w.nc.IsConnected():
 		return "NATS disconnected (" + w.nc.Status().String() + ")"
 	case !w.directConnected():
-		return "NATS connection of direct calls disconnected (" + w.directNC.Load().Status().String() + ")"
+		if dnc := w.directNC.Load(); dnc != nil {
+			return "NATS connection of direct calls disconnected (" + dnc.Status().String() + ")"
+		}
+		return "NATS connection of direct calls disconnected"
 	default:
 		return "streams and consumer not set up yet"
 	}

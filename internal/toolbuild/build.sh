@@ -14,11 +14,17 @@ set -eu
 name=$1 out=$2
 shift 2
 force=
-if [ "${1:-}" = "-f" ]; then force=1; shift; fi
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+	case $1 in
+	-f) force=1 ;;
+	*) echo "$name: unknown argument $1 (-f builds again)" >&2; exit 2 ;;
+	esac
+	shift
+done
 if [ "${1:-}" = "--" ]; then shift; fi
 
 start=$(date +%s)
-built() { [ -x "$out" ] && [ -z "$force" ]; }
+built() { [ -f "$out" ] && [ -x "$out" ] && [ -z "$force" ]; }
 if built; then
 	echo "$name: $out is already built (0s; -f builds it again)"
 	exit 0
