@@ -37,6 +37,22 @@ const (
 	HeaderDeadReason = "Mtlsrelay-Dead-Reason"
 )
 
+// ReplayHeaders are the headers of a stored message a JetStream server
+// sends back (a direct get's answer), never on what a flow or a worker
+// publishes: a message carrying one on a calls or results subject was
+// replayed there by someone's request naming it as reply subject.
+var ReplayHeaders = []string{"Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp", "Nats-Last-Sequence"}
+
+// Replayed returns the first of ReplayHeaders that h has, or "".
+func Replayed(h map[string][]string) string {
+	for _, k := range ReplayHeaders {
+		if _, ok := h[k]; ok {
+			return k
+		}
+	}
+	return ""
+}
+
 // Subjects builds the subjects of the wire contract under one prefix. The
 // zero value uses DefaultPrefix.
 type Subjects struct {

@@ -689,20 +689,14 @@ func (w *Worker) reject(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 // did not exist: a v1 call (no tenant) while tenants are configured, a
 // tenant the config does not name, or a connection outside the tenant's
 // list. Without tenants configured, only v1 calls are taken.
-// replayHeaders are the headers of a stored message a JetStream server
-// sends back (a direct get's answer): never on a call a flow publishes.
-var replayHeaders = []string{"Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp", "Nats-Last-Sequence"}
-
 // checkNotReplayed refuses a call that is a stored message replayed onto
 // a calls subject: a flow may name any reply subject on a JetStream API
 // request, the server publishes its answer there in the account's name,
 // and a direct get answers with the message itself. One tenant could so
 // put a message of its own stream onto another tenant's calls subject.
 func checkNotReplayed(h nats.Header) error {
-	for _, k := range replayHeaders {
-		if _, ok := h[k]; ok {
-			return jobs.Errorf(jobs.CodeInvalidCall, "the message carries %s: it is a stored message a JetStream server replayed onto a calls subject, not a call a flow published", k)
-		}
+	if k := jobs.Replayed(h); k != "" {
+		return jobs.Errorf(jobs.CodeInvalidCall, "the message carries %s: it is a stored message a JetStream server replayed onto a calls subject, not a call a flow published", k)
 	}
 	return nil
 }

@@ -193,7 +193,7 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 			}
 			return nil, fmt.Errorf("waiting for the result of call %s on %s: %w", call.ID, call.ReplyTo, err)
 		}
-		if replayed(msg.Header) {
+		if jobs.Replayed(msg.Header) != "" {
 			// A stored message a server sent here on someone's request
 			// (a direct get naming this subject as its reply): not a
 			// worker's result.
@@ -213,17 +213,6 @@ func (c *Client) CallProgress(ctx context.Context, call *jobs.Call, onProgress f
 			onProgress(r)
 		}
 	}
-}
-
-// replayed reports whether a message is a stored message a JetStream
-// server sent back (a direct get's answer), not a worker's publish.
-func replayed(h nats.Header) bool {
-	for _, k := range []string{"Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp"} {
-		if _, ok := h[k]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // Direct sends call as a core NATS request to <prefix>.rpc.<connection>: no
