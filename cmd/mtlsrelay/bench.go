@@ -55,7 +55,7 @@ half its measured peak (or --paced-rate).`,
 			if !sideBySide && !cmd.Flags().Changed("peer") {
 				o.Peer = false // on by default in the side-by-side mode only
 			}
-			if ((o.LargeBodies || sideBySide) && !inProcess) || (o.DirectCalls && workerProcess) {
+			if ((o.LargeBodies || sideBySide) && !inProcess) || ((o.DirectCalls || o.Inflight > 0) && workerProcess) {
 				exe, err := os.Executable()
 				if err != nil {
 					return fmt.Errorf("the worker process runs this command again: %w", err)
@@ -108,7 +108,7 @@ half its measured peak (or --paced-rate).`,
 	f.IntVar(&o.Calls, "calls", 0, "calls of the large-bodies mode (default twice the calls in flight)")
 	f.IntVar(&o.VerifyEvery, "verify-every", bench.DefaultVerifyEvery, "large-bodies mode: read back and hash the first body and 1 in this many")
 	f.BoolVar(&inProcess, "worker-in-process", false, "side-by-side and large-bodies modes: run the workers in this process (their CPU and peak RSS are then the whole process's)")
-	f.BoolVar(&workerProcess, "worker-process", false, "direct-calls mode: run the worker in a process of its own (its Go scheduler then serves the worker alone)")
+	f.BoolVar(&workerProcess, "worker-process", false, "direct-calls and memory-bound (--inflight) modes: run the worker in a process of its own (its Go scheduler then serves the worker alone; its peak RSS is reported, and --max-rss-mib bounds it)")
 	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
 	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")
 	f.Float64Var(&o.DirectRate, "direct-rate", bench.DefaultDirectRate, "direct-calls mode: rate of the direct and rpc phases, calls/s")

@@ -220,7 +220,7 @@ func (o Options) largeBodyBytes() int64 {
 // own: with WorkerCommand, in every mode but the memory-bound one (whose
 // point is the bench process's peak RSS, workers included).
 func (o Options) workerProcesses() bool {
-	return o.WorkerCommand != nil && (o.LargeBodies || o.DirectCalls || o.Inflight <= 0)
+	return o.WorkerCommand != nil
 }
 
 // DefaultOptions returns the options of `mtlsrelay bench` without flags.
@@ -379,6 +379,10 @@ type Report struct {
 	// not sustain PacedRate (on a busy machine, usually), so its
 	// percentiles, and the added latency, describe a backlog.
 	PacedWarning string `json:"paced_warning,omitempty"`
+	// Workers are the worker processes' memory figures in the memory-bound
+	// mode with worker processes (the large-bodies mode has its own);
+	// MaxRSSMiB then bounds the largest of their peaks.
+	Workers []WorkerMemory `json:"workers,omitempty"`
 	// PeakRSSMiB is the process's VmHWM at the end of the run: the largest
 	// resident set since the process started (it cannot be reset).
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
@@ -651,6 +655,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		if rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Inflight, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
 			return nil, err
 		}
+		// The workers' peak, when they are processes of their own: they
+		// end here, for getrusage.
+		for _, p := range r.procs {
+			p.stop()
+			rep.Workers = append(rep.Workers, p.memory())
+		}
 		if err := needCalls(rep.Relay); err != nil {
 			return rep, err
 		}
@@ -754,6 +764,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	peak := rep.PeakRSSMiB
 	if lb := rep.LargeBodies; lb != nil {
 		peak = lb.WorkerPeakRSSMiB
+	}
+	if len(rep.Workers) > 0 {
+		peak = 0
+		for _, w := range rep.Workers {
+			peak = max(peak, w.PeakRSSMiB)
+		}
 	}
 	if o.MaxRSSMiB > 0 && peak > o.MaxRSSMiB {
 		return rep, &RSSLimitError{PeakMiB: peak, LimitMiB: o.MaxRSSMiB}

@@ -173,3 +173,33 @@ func TestRunRejectsTwoNATSServers(t *testing.T) {
 		t.Errorf("peer with the memory-bound mode: err = %v", err)
 	}
 }
+
+// The memory-bound mode with worker processes reports the worker's own
+// peak, and --max-rss-mib bounds that, not the bench process's.
+func TestMemoryBoundWorkerProcess(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	o := bench.Options{
+		Inflight:      50,
+		ResponseBytes: 65536,
+		Duration:      time.Second,
+		Warmup:        200 * time.Millisecond,
+		WorkerCommand: testWorkerCommand,
+		Dir:           t.TempDir(),
+	}
+	rep, err := bench.Run(ctx, o, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if len(rep.Workers) != 1 || rep.Workers[0].PeakRSSMiB <= 0 || !strings.Contains(out.String(), "worker process bench-worker-1: peak RSS") {
+		t.Fatalf("workers %+v\n%s", rep.Workers, out.String())
+	}
+	// A bound under the worker's peak fails the run, whatever the bench
+	// process's own peak.
+	o.MaxRSSMiB, o.Dir = 1, t.TempDir()
+	var limit *bench.RSSLimitError
+	if _, err := bench.Run(ctx, o, &out); !errors.As(err, &limit) || limit.PeakMiB <= 1 {
+		t.Errorf("a 1 MiB bound on the worker: %v", err)
+	}
+}

@@ -107,8 +107,9 @@ func writeTable(out io.Writer, rep *Report) {
 	if rep.Setup.MemoryLimitMiB > 0 {
 		limit = fmt.Sprintf(", Go memory limit %.0f MiB", rep.Setup.MemoryLimitMiB)
 	}
-	if lb := rep.LargeBodies; lb != nil && lb.WorkerProcess {
+	if lb := rep.LargeBodies; (lb != nil && lb.WorkerProcess) || len(rep.Workers) > 0 {
 		fmt.Fprintf(out, "peak RSS of the bench process, without the worker (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
+		writeWorkerMemory(out, rep.Workers)
 	} else {
 		fmt.Fprintf(out, "peak RSS (VmHWM over the whole run): %.1f MiB%s\n", rep.PeakRSSMiB, limit)
 	}
@@ -145,17 +146,7 @@ func writeLargeBodies(out io.Writer, rep *Report) {
 	if lb.FirstDeleteErr != "" {
 		fmt.Fprintf(out, "first delete failure: %s\n", lb.FirstDeleteErr)
 	}
-	for _, w := range lb.Workers {
-		limit := "no Go memory limit"
-		if w.MemoryLimitMiB > 0 {
-			limit = fmt.Sprintf("Go memory limit %.0f MiB", w.MemoryLimitMiB)
-		}
-		fmt.Fprintf(out, "worker process %s: peak RSS %.1f MiB (VmHWM %.1f, largest VmRSS sampled %.1f, ru_maxrss %.1f); Go heap peak %.1f MiB, heap goal peak %.1f MiB, runtime-mapped peak %.1f MiB, %d collections, %s; %.1f s of CPU\n",
-			w.Name, w.PeakRSSMiB, w.VmHWMMiB, w.SampledRSSMiB, w.MaxRSSMiB, w.HeapPeakMiB, w.HeapGoalPeakMiB, w.RuntimeTotalPeakMiB, w.GCCycles, limit, w.CPUSeconds)
-		if w.ExitError != "" {
-			fmt.Fprintf(out, "worker process %s ended: %s\n", w.Name, w.ExitError)
-		}
-	}
+	writeWorkerMemory(out, lb.Workers)
 	where := "worker process"
 	if !lb.WorkerProcess {
 		where = "bench process, worker included (VmHWM)"
@@ -302,4 +293,19 @@ func procColumn(name string) string {
 		return "worker"
 	}
 	return name
+}
+
+// writeWorkerMemory writes the worker processes' memory figures.
+func writeWorkerMemory(out io.Writer, ws []WorkerMemory) {
+	for _, w := range ws {
+		limit := "no Go memory limit"
+		if w.MemoryLimitMiB > 0 {
+			limit = fmt.Sprintf("Go memory limit %.0f MiB", w.MemoryLimitMiB)
+		}
+		fmt.Fprintf(out, "worker process %s: peak RSS %.1f MiB (VmHWM %.1f, largest VmRSS sampled %.1f, ru_maxrss %.1f); Go heap peak %.1f MiB, heap goal peak %.1f MiB, runtime-mapped peak %.1f MiB, %d collections, %s; %.1f s of CPU\n",
+			w.Name, w.PeakRSSMiB, w.VmHWMMiB, w.SampledRSSMiB, w.MaxRSSMiB, w.HeapPeakMiB, w.HeapGoalPeakMiB, w.RuntimeTotalPeakMiB, w.GCCycles, limit, w.CPUSeconds)
+		if w.ExitError != "" {
+			fmt.Fprintf(out, "worker process %s ended: %s\n", w.Name, w.ExitError)
+		}
+	}
 }
