@@ -26,13 +26,11 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +50,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testserver"
 )
 
 // Version is the Hydra version tools/ builds.
@@ -121,7 +121,7 @@ func Start(t testing.TB, opts Options) *Hydra {
 	var public string
 	for range 5 {
 		var ports []int
-		if ports, err = freePorts(2); err != nil {
+		if ports, err = testserver.FreePorts(2); err != nil {
 			continue
 		}
 		public = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
@@ -282,7 +282,7 @@ func (h *Hydra) start(bin string, public, admin int, ttl time.Duration) error {
 		"HOME=" + h.dir,
 		"PATH=" + os.Getenv("PATH"),
 		"DSN=memory",
-		"SECRETS_SYSTEM=" + randomHex(24),
+		"SECRETS_SYSTEM=" + testserver.RandomHex(24),
 		"SERVE_PUBLIC_HOST=127.0.0.1",
 		"SERVE_PUBLIC_PORT=" + strconv.Itoa(public),
 		"SERVE_ADMIN_HOST=127.0.0.1",
@@ -306,7 +306,7 @@ func (h *Hydra) start(bin string, public, admin int, ttl time.Duration) error {
 		_ = cmd.Process.Kill()
 		<-exited
 		out, _ := os.ReadFile(h.logPath)
-		return fmt.Errorf("hydra on ports %d and %d: %w\n%s", public, admin, err, tail(out, 3000))
+		return fmt.Errorf("hydra on ports %d and %d: %w\n%s", public, admin, err, testserver.Tail(out, 3000))
 	}
 	h.cmd, h.exited = cmd, exited
 	return nil
@@ -497,38 +497,4 @@ func JWK(cert *x509.Certificate) (map[string]any, string) {
 	return k, alg
 }
 
-// freePorts returns n distinct free loopback ports.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 var discardLog = log.New(io.Discard, "", 0)
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func tail(b []byte, n int) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}

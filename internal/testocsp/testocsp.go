@@ -31,12 +31,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testserver"
 )
 
 // CA is an OpenSSL certificate authority in a temporary directory, with its
@@ -382,13 +385,11 @@ func ClosedURL(tb testing.TB, path string) string {
 
 func freePort(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testserver.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
+	return strconv.Itoa(port)
 }
 
 func readCert(tb testing.TB, path string) *x509.Certificate {

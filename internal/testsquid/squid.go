@@ -34,6 +34,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testserver"
 )
 
 // Package is the Debian package that provides Squid and basic_ncsa_auth.
@@ -93,7 +95,7 @@ func Start(t testing.TB, opts Options) *Squid {
 	}
 	var lastErr error
 	for range 5 {
-		port, err := freePort()
+		port, err := testserver.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -370,16 +372,6 @@ func (s *Squid) tail(name string, lines int) string {
 		l = l[len(l)-lines:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// freePort returns a loopback TCP port nothing listens on now.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // runAs returns the user Squid runs as when started by root (its

@@ -13,11 +13,8 @@
 package testvault
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -34,6 +31,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testserver"
 )
 
 // Version is the Vault version the tools module builds.
@@ -85,7 +84,7 @@ func Start(t testing.TB, opts ...Option) *Vault {
 	if testing.Short() {
 		t.Skip("-short: needs a Vault server, built from the module proxy when not cached")
 	}
-	v := &Vault{t: t, bin: Binary(t), RootToken: "root-" + randomHex(12), dir: t.TempDir()}
+	v := &Vault{t: t, bin: Binary(t), RootToken: "root-" + testserver.RandomHex(12), dir: t.TempDir()}
 	for _, o := range opts {
 		o(&v.opts)
 	}
@@ -202,7 +201,7 @@ func (v *Vault) start() error {
 		_ = cmd.Process.Kill()
 		<-exited
 		out, _ := os.ReadFile(v.logPath)
-		return fmt.Errorf("vault dev server on port %d: %w\n%s", v.port, err, tail(out, 3000))
+		return fmt.Errorf("vault dev server on port %d: %w\n%s", v.port, err, testserver.Tail(out, 3000))
 	}
 	v.cmd, v.exited = cmd, exited
 	return nil
@@ -369,18 +368,4 @@ func (v *Vault) Token(policies ...string) string {
 		v.t.Fatalf("testvault: token create: %v", err)
 	}
 	return s.Auth.ClientToken
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func tail(b []byte, n int) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
