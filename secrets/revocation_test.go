@@ -342,25 +342,34 @@ func TestRevocationOCSP(t *testing.T) {
 				// A checker of its own: nothing cached from other cases.
 				c := secrets.NewRevocationChecker(secrets.RevocationOptions{})
 				err := verify(c, mode, p.state(nil))
-				switch {
-				case tc.revoke:
-					wantRevoked(t, p, err, "OCSP responder "+p.srv.ocspURL())
-					if !strings.Contains(err.Error(), "keyCompromise") {
-						t.Errorf("message %q does not give the reason", err)
-					}
-				case tc.why == nil:
-					if err != nil {
-						t.Fatalf("%s: %v", mode, err)
-					}
-				case mode == secrets.RevocationPrefer:
-					if err != nil {
-						t.Fatalf("prefer without an answer: %v", err)
-					}
-				default:
-					wantUnavailable(t, err, append([]string{"OCSP responder " + p.srv.ocspURL()}, tc.why...)...)
-				}
+				wantOutcome(t, p, mode, err, "OCSP responder "+p.srv.ocspURL(), tc.revoke, "keyCompromise", tc.why)
 			}
 		})
+	}
+}
+
+// wantOutcome checks what a check against source under mode gave: revoked
+// (with reason in the message), else passed when there was an answer (why
+// nil), else passed under prefer and unavailable, naming source and why,
+// under require.
+func wantOutcome(t *testing.T, p *revPKI, mode string, err error, source string, revoked bool, reason string, why []string) {
+	t.Helper()
+	switch {
+	case revoked:
+		wantRevoked(t, p, err, source)
+		if !strings.Contains(err.Error(), reason) {
+			t.Errorf("message %q does not give the reason", err)
+		}
+	case why == nil:
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+	case mode == secrets.RevocationPrefer:
+		if err != nil {
+			t.Fatalf("prefer without an answer: %v", err)
+		}
+	default:
+		wantUnavailable(t, err, append([]string{source}, why...)...)
 	}
 }
 
@@ -460,23 +469,7 @@ func TestRevocationCRL(t *testing.T) {
 				}
 				c := secrets.NewRevocationChecker(opts)
 				err := verify(c, mode, p.state(nil))
-				switch {
-				case tc.revoked:
-					wantRevoked(t, p, err, "CRL "+p.srv.crlURL())
-					if !strings.Contains(err.Error(), "superseded") {
-						t.Errorf("message %q does not give the reason", err)
-					}
-				case tc.why == nil:
-					if err != nil {
-						t.Fatalf("%s: %v", mode, err)
-					}
-				case mode == secrets.RevocationPrefer:
-					if err != nil {
-						t.Fatalf("prefer without an answer: %v", err)
-					}
-				default:
-					wantUnavailable(t, err, append([]string{"CRL " + p.srv.crlURL()}, tc.why...)...)
-				}
+				wantOutcome(t, p, mode, err, "CRL "+p.srv.crlURL(), tc.revoked, "superseded", tc.why)
 			}
 		})
 	}
