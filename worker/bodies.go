@@ -31,7 +31,6 @@ const DefaultInlineBodyMax = 256 << 10
 // mtlsrelay_bodies_<tenant> (outbound.Bodies): request bodies flows
 // uploaded, response bodies above inlineMax, streamed both ways.
 type objectBodies struct {
-	subj      jobs.Subjects
 	inlineMax int64
 	// buckets are the buckets by name, set once the worker created them
 	// (ensureStreams); nc is the connection they are read on, set before.

@@ -141,7 +141,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 	if w.results, err = pubwindow.New(nc, max(cfg.Worker.Concurrency, 64), resultTimeout); err != nil {
 		return nil, err
 	}
-	w.bodies = &objectBodies{subj: w.subj, inlineMax: inlineMaxFor(cfg.Worker.InlineBodyMax, nc.MaxPayload())}
+	w.bodies = &objectBodies{inlineMax: inlineMaxFor(cfg.Worker.InlineBodyMax, nc.MaxPayload())}
 	maxMemory := cfg.Worker.MaxMemory
 	if maxMemory == 0 {
 		maxMemory = defaultMaxMemory()
