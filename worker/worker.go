@@ -192,6 +192,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	directNC, closeDirect := w.directConn()
 	sub, err := directNC.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
+	if err == nil {
+		// Ready means direct calls reach this worker: the server has the
+		// subscription (on a connection of its own, nothing else the
+		// worker does before it is ready orders after it).
+		err = directNC.FlushTimeout(10 * time.Second)
+	}
 	if err != nil {
 		closeDirect()
 		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
