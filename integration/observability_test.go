@@ -246,6 +246,11 @@ func TestObservabilityMetrics(t *testing.T) {
 		if n, _ := value(samples, "mtlsrelay_calls_in_flight", nil); n != 0 {
 			return errorf("%v calls still in flight", n)
 		}
+		// The last call's ack reaches the consumer after its handler
+		// returned, and the gauge follows the consumer's info.
+		if n, _ := value(samples, "mtlsrelay_consumer_ack_pending", nil); n != 0 {
+			return errorf("%v calls awaiting their ack at the consumer", n)
+		}
 		return nil
 	})
 
