@@ -1,21 +1,11 @@
 package testsquid
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 
-	"github.com/mtlsrelay/mtlsrelay/internal/filelock"
-)
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	"github.com/mtlsrelay/mtlsrelay/internal/testdeb"
 )
 
 // squidPaths are where distributions put the squid binary when it is not
@@ -36,11 +26,8 @@ var helperPaths = []string{
 // test when there is no squid and it cannot be installed.
 func Binary(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() { binPath, binErr = findOrInstall(t) })
-	if binErr != nil {
-		t.Fatalf("testsquid: %v", binErr)
-	}
-	return binPath
+	testdeb.Ensure(t, func() bool { return findSquid() != "" }, Package)
+	return findSquid()
 }
 
 func findSquid() string {
@@ -53,46 +40,6 @@ func findSquid() string {
 		}
 	}
 	return ""
-}
-
-func findOrInstall(t testing.TB) (string, error) {
-	if p := findSquid(); p != "" {
-		return p, nil
-	}
-	if os.Geteuid() != 0 {
-		return "", fmt.Errorf("squid is not installed and this test does not run as root to install it: run `sudo apt-get install -y %s` (Debian, Ubuntu) or install Squid with basic_ncsa_auth", Package)
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", fmt.Errorf("squid is not installed and there is no apt-get to install it: install Squid with basic_ncsa_auth")
-	}
-	// Test binaries of several packages may start at once: one installs.
-	unlock, err := filelock.Lock(filepath.Join(os.TempDir(), "mtlsrelay-testsquid-install.lock"))
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if p := findSquid(); p != "" {
-		return p, nil
-	}
-	t.Logf("testsquid: squid is missing; installing the Debian package %s with apt-get", Package)
-	install := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", "install", "-y", "--no-install-recommends", Package)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		return cmd.CombinedOutput()
-	}
-	if _, err := install(); err != nil {
-		// The package lists may be missing (a fresh container) or stale.
-		if upd, uerr := exec.Command("apt-get", "update").CombinedOutput(); uerr != nil {
-			return "", fmt.Errorf("apt-get update: %v\n%s", uerr, tailLines(upd, 20))
-		}
-		if out, err := install(); err != nil {
-			return "", fmt.Errorf("apt-get install %s: %v\n%s", Package, err, tailLines(out, 20))
-		}
-	}
-	if p := findSquid(); p != "" {
-		return p, nil
-	}
-	return "", fmt.Errorf("apt-get installed %s, but no squid binary was found on PATH or in %v", Package, squidPaths)
 }
 
 // helperPath returns the path of basic_ncsa_auth.
@@ -110,12 +57,4 @@ func helperPath(t testing.TB) string {
 func executable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
-}
-
-func tailLines(b []byte, n int) string {
-	l := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(l) > n {
-		l = l[len(l)-n:]
-	}
-	return strings.Join(l, "\n")
 }
