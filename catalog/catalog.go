@@ -26,7 +26,8 @@ func UnknownConnection(name string) *jobs.Error {
 }
 
 // Lookup returns the connection called name and its profile, or
-// unknown_connection / unknown_profile.
+// unknown_connection / unknown_profile. The connection's soap.wss is its
+// profile's when it sets none.
 func (c *Catalog) Lookup(name string) (*Connection, *secrets.Profile, error) {
 	conn, ok := c.Connections[name]
 	if !ok {
@@ -39,6 +40,16 @@ func (c *Catalog) Lookup(name string) (*Connection, *secrets.Profile, error) {
 	if !ok {
 		return nil, nil, jobs.Errorf(jobs.CodeUnknownProfile,
 			"connection %s uses profile %q, which is not defined in the worker's config or the registry", name, conn.Profile)
+	}
+	if prof.SOAP != nil && prof.SOAP.WSS != nil && (conn.SOAP == nil || conn.SOAP.WSS == nil) {
+		// The profile's soap.wss applies where the connection sets none;
+		// a copy, so that the catalog's connection stays as configured.
+		soap := secrets.SOAPSettings{}
+		if conn.SOAP != nil {
+			soap = *conn.SOAP
+		}
+		soap.WSS = prof.SOAP.WSS
+		conn.SOAP = &soap
 	}
 	return &conn, &prof, nil
 }

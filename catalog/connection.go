@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
 // Defaults of a connection's limits.
@@ -69,6 +70,47 @@ type Connection struct {
 	// Proxy names the egress proxy (a key of proxies), "none" for direct.
 	// Empty: worker.proxy.
 	Proxy string `yaml:"proxy,omitempty" json:"proxy,omitempty"`
+	// WSDL locates the partner's WSDL, so that SOAP calls may name
+	// soap.operation: a URL relative to base_url ("?wsdl", "calc.wsdl"),
+	// an https URL on an allowed host (both fetched through the
+	// connection: its client certificate, proxy and egress rules), or
+	// file:/path on the worker. Imports and includes are followed.
+	WSDL string `yaml:"wsdl,omitempty" json:"wsdl,omitempty"`
+	// SOAP holds SOAP settings: soap.wss signs requests with WS-Security,
+	// replacing the profile's soap.wss.
+	SOAP *secrets.SOAPSettings `yaml:"soap,omitempty" json:"soap,omitempty"`
+}
+
+// WSDLLocation returns where the connection's WSDL is: an absolute https
+// URL (resolved against base_url) or a file path, and whether it is a
+// file. It returns "" when the connection has no wsdl.
+func (c *Connection) WSDLLocation() (loc string, file bool, err error) {
+	if c.WSDL == "" {
+		return "", false, nil
+	}
+	if p, ok := strings.CutPrefix(c.WSDL, "file:"); ok {
+		p = strings.TrimPrefix(p, "//")
+		if !strings.HasPrefix(p, "/") {
+			return "", false, fmt.Errorf("wsdl %q: a file WSDL needs an absolute path, file:/path/to/service.wsdl", c.WSDL)
+		}
+		return p, true, nil
+	}
+	base, err := url.Parse(c.BaseURL)
+	if err != nil {
+		return "", false, fmt.Errorf("base_url does not parse")
+	}
+	ref, err := url.Parse(c.WSDL)
+	if err != nil {
+		return "", false, fmt.Errorf("wsdl %q is not a URL, a URL relative to base_url (\"?wsdl\") or file:/path", c.WSDL)
+	}
+	u := base.ResolveReference(ref)
+	if u.Scheme != "https" {
+		return "", false, fmt.Errorf("wsdl %q: mtlsrelay fetches WSDLs over https only; use an https URL or file:/path", c.WSDL)
+	}
+	if !c.HostAllowed(u, base) {
+		return "", false, fmt.Errorf("wsdl %q: host %s is not allowed by the connection; add it to allow_hosts", c.WSDL, u.Host)
+	}
+	return u.String(), false, nil
 }
 
 // Validate checks the connection's own fields; name is used in messages.
@@ -96,6 +138,12 @@ func (c *Connection) Validate(name string) error {
 		if err := c.Auth.validate(name); err != nil {
 			return err
 		}
+	}
+	if _, _, err := c.WSDLLocation(); err != nil {
+		return fmt.Errorf("connection %s: %v", name, err)
+	}
+	if err := c.SOAP.Validate("connection " + name); err != nil {
+		return err
 	}
 	if c.MaxResponseBytes > MaxResponseBytesLimit {
 		return fmt.Errorf("connection %s: max_response_bytes %d is over the limit of 1 GiB (%d)", name, c.MaxResponseBytes, int64(MaxResponseBytesLimit))

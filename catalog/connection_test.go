@@ -8,6 +8,7 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/catalog"
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
 func mustURL(t *testing.T, s string) *url.URL {
@@ -178,6 +179,15 @@ func TestValidate(t *testing.T) {
 		{"fail/allow-host-star", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"*"}}, "allow_hosts entry"},
 		{"fail/allow-host-inner-wildcard", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{"a.*.example"}}, "allow_hosts entry"},
 		{"fail/allow-host-empty", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", AllowHosts: []string{""}}, "allow_hosts entry"},
+		{"ok/wsdl-relative", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "?wsdl"}, ""},
+		{"ok/wsdl-file", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "file:/etc/mtlsrelay/h.wsdl"}, ""},
+		{"ok/wsdl-allowed-host", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "https://docs.h.example/h.wsdl", AllowHosts: []string{"docs.h.example"}}, ""},
+		{"fail/wsdl-http", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "http://h.example/ws?wsdl"}, "https only"},
+		{"fail/wsdl-other-host", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "https://evil.example/x.wsdl"}, "not allowed"},
+		{"fail/wsdl-relative-file", catalog.Connection{BaseURL: "https://h.example/ws", Profile: "p", WSDL: "file:h.wsdl"}, "absolute path"},
+		{"ok/wss", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", SOAP: &secrets.SOAPSettings{WSS: &secrets.WSS{TimestampTTL: "2m", SignHeaders: []string{"{urn:a}To"}}}}, ""},
+		{"fail/wss-ttl", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", SOAP: &secrets.SOAPSettings{WSS: &secrets.WSS{TimestampTTL: "forever"}}}, "timestamp_ttl"},
+		{"fail/wss-header-name", catalog.Connection{BaseURL: "https://h.example/", Profile: "p", SOAP: &secrets.SOAPSettings{WSS: &secrets.WSS{SignHeaders: []string{"wsa:To"}}}}, "{namespace}local"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -186,6 +196,37 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A profile's soap.wss applies to its connections that set none; a
+// connection's own replaces it, and the catalog's connection is not changed.
+func TestLookupWSS(t *testing.T) {
+	profWSS := &secrets.WSS{TimestampTTL: "1m"}
+	connWSS := &secrets.WSS{TimestampTTL: "2m"}
+	cat := &catalog.Catalog{
+		Profiles: map[string]secrets.Profile{"p": {Keystore: "file:/k.p12", SOAP: &secrets.SOAPSettings{WSS: profWSS}}, "plain": {Keystore: "file:/k.p12"}},
+		Connections: map[string]catalog.Connection{
+			"inherits": {BaseURL: "https://h.example/", Profile: "p", WSDL: "?wsdl"},
+			"own":      {BaseURL: "https://h.example/", Profile: "p", SOAP: &secrets.SOAPSettings{WSS: connWSS}},
+			"none":     {BaseURL: "https://h.example/", Profile: "plain"},
+		},
+	}
+	for name, want := range map[string]*secrets.WSS{"inherits": profWSS, "own": connWSS, "none": nil} {
+		conn, _, err := cat.Lookup(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got *secrets.WSS
+		if conn.SOAP != nil {
+			got = conn.SOAP.WSS
+		}
+		if got != want {
+			t.Errorf("%s: wss %+v, want %+v", name, got, want)
+		}
+	}
+	if cat.Connections["inherits"].SOAP != nil {
+		t.Error("Lookup changed the catalog's connection")
 	}
 }
 

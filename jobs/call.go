@@ -94,11 +94,17 @@ type Call struct {
 
 // SOAP describes a SOAP request: the worker builds the envelope.
 type SOAP struct {
-	// Version is "1.1" (default) or "1.2".
+	// Version is "1.1" (default) or "1.2". With Operation, empty means
+	// the version of the WSDL port that has the operation.
 	Version string `json:"version,omitempty"`
 	// Action is sent as SOAPAction (1.1) or the action parameter of the
 	// application/soap+xml content type (1.2).
 	Action string `json:"action,omitempty"`
+	// Operation names a WSDL operation ("Op", "Port/Op" or
+	// "Service/Port/Op") of the connection's wsdl, instead of Action: the
+	// worker fills in the SOAPAction, the version and the endpoint from
+	// the WSDL. Exclusive with Action.
+	Operation string `json:"operation,omitempty"`
 	// Header is XML placed inside soap:Header; empty means no Header element.
 	Header string `json:"header,omitempty"`
 	// Body is XML placed inside soap:Body.
@@ -140,6 +146,9 @@ var (
 	idChars     = newCharset("._:-")
 	nameChars   = newCharset("_-")
 	methodChars = newCharset("!#$%&'*+.^_`|~-") // RFC 9110 token
+	// operationChars: WSDL names (XML NCNames, ASCII only), "/" between
+	// service, port and operation.
+	operationChars = newCharset("._-/")
 )
 
 // ValidName reports whether name can name a connection or a profile: 1-128
@@ -237,10 +246,17 @@ func (c *Call) Normalize(subjectConnection string) error {
 		if c.SOAP == nil {
 			return Errorf(CodeInvalidCall, "kind is \"soap\" but \"soap\" is missing; give soap.body at least")
 		}
-		if c.SOAP.Version == "" {
+		if c.SOAP.Operation != "" {
+			if c.SOAP.Action != "" {
+				return Errorf(CodeInvalidCall, "give soap.operation or soap.action, not both: the operation's SOAPAction comes from the connection's WSDL")
+			}
+			if !operationChars.matches(c.SOAP.Operation, 512) {
+				return Errorf(CodeInvalidCall, "soap.operation must be a WSDL operation name, or Port/Operation or Service/Port/Operation (letters, digits, . _ - /)")
+			}
+		} else if c.SOAP.Version == "" {
 			c.SOAP.Version = SOAP11
 		}
-		if c.SOAP.Version != SOAP11 && c.SOAP.Version != SOAP12 {
+		if c.SOAP.Version != "" && c.SOAP.Version != SOAP11 && c.SOAP.Version != SOAP12 {
 			return Errorf(CodeInvalidCall, "soap.version must be \"1.1\" or \"1.2\", not %q", c.SOAP.Version)
 		}
 		if c.Body != "" || len(c.BodyBase64) > 0 {

@@ -21,6 +21,7 @@ func TestDecodeCallDefaults(t *testing.T) {
 		{"ok/post-not-idempotent", `{"id":"a","method":"POST"}`, "p", jobs.KindREST, "POST", false, "p"},
 		{"ok/post-declared-idempotent", `{"id":"a","method":"POST","idempotent":true}`, "p", jobs.KindREST, "POST", true, "p"},
 		{"ok/connection-in-body", `{"id":"a:b.c-d_1","connection":"c1"}`, "", jobs.KindREST, "GET", true, "c1"},
+		{"ok/soap-operation", `{"id":"a","soap":{"operation":"Orders/OrdersSoap12/PlaceOrder","body":"<x/>"}}`, "p", jobs.KindSOAP, "POST", false, "p"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := jobs.DecodeCall([]byte(tc.json), tc.subject)
@@ -30,8 +31,13 @@ func TestDecodeCallDefaults(t *testing.T) {
 			if c.Kind != tc.kind || c.Method != tc.method || c.IsIdempotent() != tc.idempotent || c.Connection != tc.conn {
 				t.Errorf("got kind=%s method=%s idempotent=%v conn=%s", c.Kind, c.Method, c.IsIdempotent(), c.Connection)
 			}
-			if c.SOAP != nil && c.SOAP.Version != jobs.SOAP11 {
+			// With an operation the version is the WSDL port's, so it
+			// stays empty until the worker reads the WSDL.
+			if c.SOAP != nil && c.SOAP.Operation == "" && c.SOAP.Version != jobs.SOAP11 {
 				t.Errorf("soap version default = %q", c.SOAP.Version)
+			}
+			if c.SOAP != nil && c.SOAP.Operation != "" && c.SOAP.Version != "" {
+				t.Errorf("soap version of an operation call = %q, want empty", c.SOAP.Version)
 			}
 		})
 	}
@@ -58,6 +64,8 @@ func TestDecodeCallRejects(t *testing.T) {
 		{"fail/soap-without-soap", `{"id":"a","kind":"soap"}`, "p", "soap.body"},
 		{"fail/soap-version", `{"id":"a","soap":{"version":"2.0","body":"<a/>"}}`, "p", "soap.version"},
 		{"fail/soap-with-body", `{"id":"a","soap":{"body":"<a/>"},"body":"x"}`, "p", "drop body"},
+		{"fail/soap-operation-and-action", `{"id":"a","soap":{"operation":"Add","action":"Add","body":"<a/>"}}`, "p", "not both"},
+		{"fail/soap-operation-chars", `{"id":"a","soap":{"operation":"Add\"><x","body":"<a/>"}}`, "p", "soap.operation must be"},
 		{"fail/bad-method", `{"id":"a","method":"G ET"}`, "p", "method"},
 		{"fail/both-bodies", `{"id":"a","body":"x","body_base64":"eA=="}`, "p", "both set"},
 		{"fail/path-and-url", `{"id":"a","path":"x","url":"https://h/"}`, "p", "both set"},

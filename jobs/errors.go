@@ -78,6 +78,11 @@ const (
 	// CRL), or its status could not be had under revocation: require; not
 	// retried.
 	CodeServerCertRevoked Code = "server_cert_revoked"
+	// CodeSOAPSignatureInvalid: the connection verifies WS-Security
+	// signatures of responses, and the response's is missing, does not
+	// verify, has expired or was made by a certificate the profile's
+	// truststore does not trust; not retried.
+	CodeSOAPSignatureInvalid Code = "soap_signature_invalid"
 )
 
 // CodeInfo is one row of the table of error codes.
@@ -121,6 +126,7 @@ var codeTable = []CodeInfo{
 	{CodeAuthFailed, false, "the partner's token endpoint refused the client credentials of the connection's auth"},
 	{CodeProxyRefused, false, "the egress proxy refused the CONNECT (403 or 407)"},
 	{CodeServerCertRevoked, false, "the partner's certificate is revoked, or its status could not be had under revocation: require"},
+	{CodeSOAPSignatureInvalid, false, "the response's WS-Security signature is missing, invalid or expired, or its signer is not trusted"},
 }
 
 // retryableCodes are the codes whose failures are retried by default.

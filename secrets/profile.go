@@ -59,6 +59,10 @@ type Profile struct {
 	// responder it names) and CRL distribution points. prefer accepts when
 	// no answer can be had; require does not (server_cert_revoked).
 	Revocation string `yaml:"revocation,omitempty" json:"revocation,omitempty"`
+	// SOAP holds the SOAP settings of calls made with this profile's
+	// identity: soap.wss signs them with WS-Security. A connection's own
+	// soap.wss replaces it.
+	SOAP *SOAPSettings `yaml:"soap,omitempty" json:"soap,omitempty"`
 }
 
 // Revocation checking of a profile's partners.
@@ -133,6 +137,9 @@ func (p Profile) parse() (profileRefs, error) {
 	}
 	if _, err := p.renegotiation(); err != nil {
 		return r, err
+	}
+	if err := p.SOAP.Validate("profile"); err != nil {
+		return r, jobs.Errorf(jobs.CodeKeystoreInvalid, "%v", err)
 	}
 	switch p.Revocation {
 	case "", RevocationOff, RevocationPrefer, RevocationRequire:
