@@ -76,6 +76,7 @@ connections:
   short:           {base_url: "PARTNER", profile: openssl, timeout: 300ms, max_attempts: 2}
   small:           {base_url: "PARTNER", profile: openssl, max_response_bytes: 100}
   partner:         {base_url: "PARTNER", profile: openssl, max_attempts: 3, allow_hosts: ["127.0.0.1:PPORT"], breaker_failures: -1}
+  gsoap-wsdl:      {base_url: "PARTNER", profile: openssl, wsdl: "file:FIX/../../outbound/wsdl/testdata/gsoap/inventory.wsdl"}
 `
 
 type relayEnv struct {
@@ -369,6 +370,23 @@ func TestSOAP(t *testing.T) {
 				t.Errorf("a SOAP fault is a response, not an error: %+v", r.Error)
 			}
 		})
+	}
+}
+
+// An operation of a SOAP 1.2 rpc/literal port (gSOAP's WSDL, read from a
+// file) is sent as SOAP 1.2 with the WSDL's action; the WSDL's address
+// (http://localhost...) is not one the connection allows, so the call goes
+// to base_url and its path.
+func TestSOAPOperationFromFileWSDL(t *testing.T) {
+	env := newRelayEnv(t)
+	r := call(t, env.nc, env.js, "gsoap-wsdl", map[string]any{"path": "soap", "soap": map[string]any{
+		"operation": "Lookup", "body": `<inv:Lookup xmlns:inv="urn:inventory"><sku>A-1</sku></inv:Lookup>`,
+	}})
+	if !r.OK {
+		t.Fatalf("Lookup: %+v %+v", r.Error, r.SOAPFault)
+	}
+	if !strings.Contains(r.Body, "urn:inventory#Lookup") || !strings.Contains(r.Body, "http://www.w3.org/2003/05/soap-envelope") {
+		t.Errorf("the partner did not get a SOAP 1.2 request with action urn:inventory#Lookup: %s", r.Body)
 	}
 }
 

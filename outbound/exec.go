@@ -37,6 +37,7 @@ type Executor struct {
 	transports *transportCache
 	derived    derivedCache
 	oauth      *oauthTokens
+	wsdls      wsdlCache
 }
 
 // NewExecutor returns an executor; zero options mean the defaults.
@@ -127,6 +128,15 @@ func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, co
 	if cd.base == nil {
 		return finish(jobs.Errorf(jobs.CodeInternal, "connection %s has an invalid base_url", call.Connection))
 	}
+	if call.Kind == jobs.KindSOAP && call.SOAP != nil && call.SOAP.Operation != "" {
+		wctx, wcancel := context.WithTimeout(ctx, conn.AttemptTimeout(call))
+		resolved, jerr := x.resolveOperation(wctx, lane, call, conn, cd.base, mat)
+		wcancel()
+		if jerr != nil {
+			return finish(jerr)
+		}
+		call = resolved
+	}
 	u, err := conn.RequestURL(call, cd.base)
 	if err != nil {
 		return finish(jobs.AsError(err))
@@ -148,7 +158,7 @@ func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, co
 	var req *http.Request
 	var jerr *jobs.Error
 	if call.Kind == jobs.KindSOAP {
-		req, jerr = newSOAPRequest(ctx, call, u)
+		req, jerr = newSOAPRequest(ctx, call, u, conn.SOAP, mat)
 	} else {
 		req, jerr = newRESTRequest(ctx, call, u, x.opts.Bodies)
 	}
@@ -221,8 +231,11 @@ func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, co
 		tr.recordTiming(res)
 		return finish(tooLarge(call, target.Host, resp.ContentLength, limit))
 	}
+	verify := call.Kind == jobs.KindSOAP && conn.SOAP != nil && conn.SOAP.WSS != nil && conn.SOAP.WSS.VerifyResponse
 	var body []byte
-	if b := x.opts.Bodies; b != nil && req.Method != http.MethodHead && (resp.ContentLength < 0 || resp.ContentLength > b.InlineMax()) {
+	// A response whose signature is verified is read whole first (it is
+	// bounded by max_response_bytes): the signature covers all of it.
+	if b := x.opts.Bodies; b != nil && !verify && req.Method != http.MethodHead && (resp.ContentLength < 0 || resp.ContentLength > b.InlineMax()) {
 		// Perhaps too large for a message: read what a result may hold,
 		// and stream the rest, if there is more, to the bodies store.
 		inline := min(b.InlineMax(), limit)
@@ -261,12 +274,28 @@ func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, co
 	if int64(len(body)) > limit {
 		return finish(tooLarge(call, target.Host, -1, limit))
 	}
-	setBody(res, body)
 	if call.Kind == jobs.KindSOAP || mayCarrySOAP(resp.Header.Get("Content-Type")) {
 		res.SOAPFault = parseSOAPFault(resp.Header.Get("Content-Type"), body)
 	}
 	res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300 && res.SOAPFault == nil
-	return finish(nil)
+	var verr *jobs.Error
+	if verify && res.OK {
+		verr = verifyResponse(call, target.Host, body, mat)
+	}
+	if b := x.opts.Bodies; verify && b != nil && int64(len(body)) > b.InlineMax() {
+		ref, err := b.Store(ctx, call, bytes.NewReader(body), resp.Header.Get("Content-Type"))
+		var je *jobs.Error
+		switch {
+		case errors.As(err, &je):
+			return finish(je)
+		case err != nil:
+			return finish(classify(err))
+		}
+		res.BodyRef = ref
+		return finish(verr)
+	}
+	setBody(res, body)
+	return finish(verr)
 }
 
 // retryUnauthorized renews the token of cred, which the partner refused

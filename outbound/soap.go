@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/secrets"
 )
 
 // SOAP envelope namespaces.
@@ -29,7 +30,10 @@ const (
 //
 //	1.1: Content-Type: text/xml; charset=utf-8 and SOAPAction: "<action>"
 //	1.2: Content-Type: application/soap+xml; charset=utf-8; action="<action>"
-func newSOAPRequest(ctx context.Context, call *jobs.Call, u *url.URL) (*http.Request, *jobs.Error) {
+//
+// With settings' wss, the envelope is signed with mat's key and
+// certificate (signEnvelope).
+func newSOAPRequest(ctx context.Context, call *jobs.Call, u *url.URL, settings *secrets.SOAPSettings, mat *secrets.Material) (*http.Request, *jobs.Error) {
 	s := call.SOAP
 	if s == nil {
 		return nil, jobs.Errorf(jobs.CodeInvalidCall, "kind is \"soap\" but \"soap\" is missing; give soap.body at least")
@@ -63,7 +67,14 @@ func newSOAPRequest(ctx context.Context, call *jobs.Call, u *url.URL) (*http.Req
 	b.WriteString(body)
 	b.WriteString(`</soap:Body></soap:Envelope>`)
 
-	req, err := newRequest(ctx, call.Method, u, b.Bytes())
+	envelope := b.Bytes()
+	if settings != nil && settings.WSS != nil {
+		var jerr *jobs.Error
+		if envelope, jerr = signEnvelope(call, envelope, settings.WSS, mat); jerr != nil {
+			return nil, jerr
+		}
+	}
+	req, err := newRequest(ctx, call.Method, u, envelope)
 	if err != nil {
 		return nil, err
 	}

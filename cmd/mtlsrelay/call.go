@@ -24,11 +24,11 @@ import (
 
 func newCallCmd() *cobra.Command {
 	var (
-		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapVersion, id, replyTo, output, tenant string
-		headers, query                                                                                                []string
-		noWait, direct, progress                                                                                      bool
-		timeout                                                                                                       time.Duration
-		maxAttempts                                                                                                   int
+		natsURL, configPath, prefix, method, path, absURL, data, soapAction, soapOperation, soapVersion, id, replyTo, output, tenant string
+		headers, query                                                                                                               []string
+		noWait, direct, progress                                                                                                     bool
+		timeout                                                                                                                      time.Duration
+		maxAttempts                                                                                                                  int
 	)
 	cmd := &cobra.Command{
 		Use:   "call CONNECTION",
@@ -51,7 +51,7 @@ func newCallCmd() *cobra.Command {
 			if call.ID == "" {
 				call.ID = newID()
 			}
-			soap := soapAction != "" || soapVersion != ""
+			soap := soapAction != "" || soapOperation != "" || soapVersion != ""
 			// A large file is uploaded by reference once connected.
 			upload, err := largeFile(data, soap)
 			if err != nil {
@@ -64,7 +64,7 @@ func newCallCmd() *cobra.Command {
 				}
 				switch {
 				case soap:
-					call.SOAP = &jobs.SOAP{Version: soapVersion, Action: soapAction, Body: body}
+					call.SOAP = &jobs.SOAP{Version: soapVersion, Action: soapAction, Operation: soapOperation, Body: body}
 				case utf8.ValidString(body):
 					call.Body = body
 				default:
@@ -170,6 +170,7 @@ func newCallCmd() *cobra.Command {
 	f.StringArrayVarP(&headers, "header", "H", nil, "request header 'Name: value' (repeatable)")
 	f.StringArrayVar(&query, "query", nil, "query parameter name=value (repeatable)")
 	f.StringVar(&soapAction, "soap-action", "", "make a SOAP call with this action; --data is the Body XML")
+	f.StringVar(&soapOperation, "soap-operation", "", "make a SOAP call to this operation of the connection's WSDL (see `mtlsrelay soap describe`); --data is the Body XML")
 	f.StringVar(&soapVersion, "soap-version", "", "SOAP version 1.1 (default) or 1.2")
 	f.StringVar(&id, "id", "", "call id (default: random)")
 	f.StringVarP(&output, "output", "o", "", "write the response body to this file (a body_ref is read from the Object Store) and leave it out of the printed result")

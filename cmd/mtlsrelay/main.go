@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newCallCmd(), newTestCmd(), newKeystoreCmd(), newDemoCmd(), newProfileCmd(), newConnectionCmd(), newBenchCmd(), newStatusCmd())
+	root.AddCommand(newServeCmd(), newCallCmd(), newTestCmd(), newKeystoreCmd(), newDemoCmd(), newProfileCmd(), newConnectionCmd(), newBenchCmd(), newStatusCmd(), newSOAPCmd())
 	err := root.ExecuteContext(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mtlsrelay:", err)

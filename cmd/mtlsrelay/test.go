@@ -27,19 +27,12 @@ func newTestCmd() *cobra.Command {
 		Short: "Check a connection end to end, as a worker calls it: keystore, certificate expiry, proxy, server chain, TLS version, acceptance, credentials (token)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadConfig(configPath)
+			env, err := loadConnectionEnv(cmd.Context(), configPath, natsURL)
 			if err != nil {
 				return err
 			}
-			cat := &catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections}
-			sources, closeSources, err := secretSources(cmd.Context(), cfg, zerolog.Nop())
-			if err != nil {
-				return err
-			}
-			defer closeSources()
-			if natsURL == "" && !cfg.Registry.Disabled {
-				natsURL = cfg.NATS.URL
-			}
+			defer env.close()
+			cfg, cat, sources, natsURL := env.cfg, env.cat, env.sources, env.natsURL
 			// The registry adds what the config file does not define. When
 			// it cannot be read, the file's connections are tested all the
 			// same, and the report says what could not be checked.
@@ -88,6 +81,41 @@ func newTestCmd() *cobra.Command {
 	cmd.Flags().StringVar(&natsURL, "nats", "", "NATS URL, to find the connection and its profile in the registry too (default: nats.url of --config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// connectionEnv is what a command about one connection (test, soap
+// describe) needs: the config file, a catalog of its profiles and
+// connections, the secret sources, and the registry's NATS URL ("" when
+// there is none).
+type connectionEnv struct {
+	cfg     *worker.Config
+	cat     *catalog.Catalog
+	sources *secrets.Sources
+	natsURL string
+	close   func()
+}
+
+// loadConnectionEnv loads the config file at configPath; natsURL, when
+// set, overrides its nats.url for the registry.
+func loadConnectionEnv(ctx context.Context, configPath, natsURL string) (*connectionEnv, error) {
+	cfg, err := loadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	sources, closeSources, err := secretSources(ctx, cfg, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	if natsURL == "" && !cfg.Registry.Disabled {
+		natsURL = cfg.NATS.URL
+	}
+	return &connectionEnv{
+		cfg:     cfg,
+		cat:     &catalog.Catalog{Profiles: cfg.Profiles, Connections: cfg.Connections},
+		sources: sources,
+		natsURL: natsURL,
+		close:   closeSources,
+	}, nil
 }
 
 // addFromRegistry adds connection name and its profile from the registry to
