@@ -71,6 +71,14 @@ func startTenantRelayWith(t *testing.T, concurrency int, binary bool) *tenantRel
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The file fsyncs every write (sync_interval: always), as a single
+	// production server should; these tests check permissions and
+	// isolation, not power loss, and flood the server: they run with
+	// nats-server's default interval.
+	if !opts.SyncAlways {
+		t.Fatal("docs/nats-accounts.conf no longer sets sync_interval: always; update docs/RELIABILITY.md and this test")
+	}
+	opts.SyncAlways, opts.SyncInterval = false, 0
 	r := &tenantRelay{srv: startServerWith(t, opts), partner: startPartner(t), dead: map[string][]*nats.Msg{}}
 	r.admin, err = nats.Connect(r.srv.ClientURL(), nats.UserInfo("admin", "admin-example-password"))
 	if err != nil {
