@@ -79,6 +79,19 @@ type Connection struct {
 	// SOAP holds SOAP settings: soap.wss signs requests with WS-Security,
 	// replacing the profile's soap.wss.
 	SOAP *secrets.SOAPSettings `yaml:"soap,omitempty" json:"soap,omitempty"`
+	// Zone names the workers that run this connection's calls, durable
+	// and direct: those whose worker.zones list it (a DMZ, a payments
+	// network). Default "default". A worker that takes a call of another
+	// zone forwards it there.
+	Zone string `yaml:"zone,omitempty" json:"zone,omitempty"`
+}
+
+// ZoneName returns the connection's zone, DefaultZone when it names none.
+func (c *Connection) ZoneName() string {
+	if c.Zone == "" {
+		return jobs.DefaultZone
+	}
+	return c.Zone
 }
 
 // WSDLLocation returns where the connection's WSDL is: an absolute https
@@ -138,6 +151,9 @@ func (c *Connection) Validate(name string) error {
 		if err := c.Auth.validate(name); err != nil {
 			return err
 		}
+	}
+	if c.Zone != "" && !jobs.ValidName(c.Zone) {
+		return fmt.Errorf("connection %s: zone %q must be 1-128 chars of [A-Za-z0-9_-]", name, c.Zone)
 	}
 	if _, _, err := c.WSDLLocation(); err != nil {
 		return fmt.Errorf("connection %s: %v", name, err)

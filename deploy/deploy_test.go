@@ -95,7 +95,7 @@ func runValidator(t *testing.T, stdin string, args ...string) (string, error) {
 }
 
 func TestManifestsValidate(t *testing.T) {
-	out, err := runValidator(t, "", "-k8s", "k8s", "-compose", "compose.yaml")
+	out, err := runValidator(t, "", "-k8s", "k8s", "-k8s", "k8s-zone-dmz", "-compose", "compose.yaml")
 	if err != nil {
 		t.Fatalf("the manifests are not valid: %v\n%s", err, out)
 	}
@@ -453,6 +453,11 @@ func TestKubernetesWorker(t *testing.T) {
 	if ep := str(dig(md, "natsServerMonitoringEndpoint")); strings.Contains(ep, "://") || !strings.HasSuffix(ep, ":8222") {
 		t.Errorf("natsServerMonitoringEndpoint %q must be host:8222, without a scheme", ep)
 	}
+	// Zone default's workers also take the calls forwarded to their zone.
+	md1 := dig(so, "spec", "triggers", 1, "metadata")
+	if str(dig(md1, "stream")) != jobs.StreamZones || str(dig(md1, "consumer")) != jobs.ZoneConsumer(jobs.DefaultZone) {
+		t.Errorf("second trigger %v, want consumer %s of %s", md1, jobs.ZoneConsumer(jobs.DefaultZone), jobs.StreamZones)
+	}
 	minReplicas, _ := dig(so, "spec", "minReplicaCount").(int)
 	minAvailable, _ := dig(kubeObject(t, "PodDisruptionBudget", "mtlsrelay-worker"), "spec", "minAvailable").(int)
 	if minReplicas < 2 || minAvailable >= minReplicas {
@@ -779,6 +784,22 @@ func TestDockerfile(t *testing.T) {
 	for _, p := range []string{"cmd", "jobs", "worker", "secrets", "internal", "examples", "go.mod", "go.sum"} {
 		if regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(p) + `/?$`).MatchString(ignore) {
 			t.Errorf(".dockerignore excludes %s, which the build needs", p)
+		}
+	}
+}
+
+// The dmz overlay runs the workers with --zones=dmz and scales them on
+// what was forwarded to zone dmz; the validator renders it with kustomize
+// (TestManifestsValidate).
+func TestZoneOverlay(t *testing.T) {
+	k := yamlDocs(t, "k8s-zone-dmz/kustomization.yaml")[0]
+	text := readFile(t, "k8s-zone-dmz/kustomization.yaml")
+	if str(k["nameSuffix"]) != "-dmz" {
+		t.Errorf("nameSuffix %v, want -dmz", k["nameSuffix"])
+	}
+	for _, want := range []string{"value: --zones=dmz", "value: " + jobs.StreamZones, "value: " + jobs.ZoneConsumer("dmz"), "path: /spec/triggers/1", "value: mtlsrelay-worker-dmz"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("k8s-zone-dmz/kustomization.yaml lacks %q", want)
 		}
 	}
 }

@@ -83,6 +83,10 @@ const (
 	// verify, has expired or was made by a certificate the profile's
 	// truststore does not trust; not retried.
 	CodeSOAPSignatureInvalid Code = "soap_signature_invalid"
+	// CodeZoneUnavailable: a direct call's connection is in a zone no
+	// running worker serves (worker.zones); retryable. A durable call
+	// waits for one instead.
+	CodeZoneUnavailable Code = "zone_unavailable"
 )
 
 // CodeInfo is one row of the table of error codes.
@@ -127,6 +131,7 @@ var codeTable = []CodeInfo{
 	{CodeProxyRefused, false, "the egress proxy refused the CONNECT (403 or 407)"},
 	{CodeServerCertRevoked, false, "the partner's certificate is revoked, or its status could not be had under revocation: require"},
 	{CodeSOAPSignatureInvalid, false, "the response's WS-Security signature is missing, invalid or expired, or its signer is not trusted"},
+	{CodeZoneUnavailable, true, "no running worker serves the zone of the direct call's connection"},
 }
 
 // retryableCodes are the codes whose failures are retried by default.

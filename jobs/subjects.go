@@ -35,7 +35,25 @@ const (
 	HeaderProgress = "Mtlsrelay-Progress"
 	// HeaderDeadReason carries the reason a dead letter was written.
 	HeaderDeadReason = "Mtlsrelay-Dead-Reason"
+
+	// StreamZones holds durable calls a worker forwarded to the zone of
+	// their connection, on <prefix>.zone.<zone>.calls.… (work-queue
+	// retention); workers of a zone take them with consumer ZoneConsumer.
+	StreamZones = "MTLSRELAY_ZONES"
+	// DefaultZone is the zone of a connection that names none, and of a
+	// worker that lists none.
+	DefaultZone = "default"
+	// HeaderForwarded counts how many times workers forwarded a call to
+	// its connection's zone.
+	HeaderForwarded = "Mtlsrelay-Forwarded"
+	// HeaderEnqueued is when a forwarded call was first stored
+	// (RFC 3339), so its queueing time counts from there.
+	HeaderEnqueued = "Mtlsrelay-Enqueued"
 )
+
+// ZoneConsumer is the durable pull consumer of zone's workers on
+// StreamZones.
+func ZoneConsumer(zone string) string { return ConsumerWorkers + "-" + zone }
 
 // ReplayHeaders are the headers of a stored message a JetStream server
 // sends back (a direct get's answer), never on what a flow or a worker
@@ -105,11 +123,13 @@ func (s Subjects) ConnectionOf(subject string) string {
 
 // Route returns the tenant and the connection a calls or rpc subject
 // names: <prefix>.calls.<connection> (tenant "", the v1 form) or
-// <prefix>.calls.<tenant>.<connection>. Both are "" when subject is no
+// <prefix>.calls.<tenant>.<connection>, also forwarded to a zone
+// (<prefix>.zone.<zone>.calls.…). Both are "" when subject is no
 // calls or rpc subject; a deeper one returns its whole rest as the
 // connection, which is no valid name. The tenant is the subject token the NATS server let the
 // flow publish on, never anything inside the call.
 func (s Subjects) Route(subject string) (tenant, connection string) {
+	_, subject = s.Unzone(subject)
 	for _, kind := range []string{".calls.", ".rpc."} {
 		rest, ok := strings.CutPrefix(subject, s.p()+kind)
 		if !ok {
@@ -128,6 +148,39 @@ func (s Subjects) Route(subject string) (tenant, connection string) {
 	}
 	return "", ""
 }
+
+// Zoned is subject (a calls or rpc subject a flow published on) forwarded
+// to zone: <prefix>.zone.<zone>.calls.… or <prefix>.zone.<zone>.rpc.….
+// A subject forwarded already is forwarded from its original.
+func (s Subjects) Zoned(zone, subject string) string {
+	_, subject = s.Unzone(subject)
+	return s.p() + ".zone." + zone + "." + strings.TrimPrefix(subject, s.p()+".")
+}
+
+// Unzone returns the zone a forwarded subject names and the subject the
+// flow published on; a subject not forwarded comes back as it is, with
+// zone "".
+func (s Subjects) Unzone(subject string) (zone, original string) {
+	rest, ok := strings.CutPrefix(subject, s.p()+".zone.")
+	if !ok {
+		return "", subject
+	}
+	zone, rest, ok = strings.Cut(rest, ".")
+	if !ok {
+		return "", subject
+	}
+	return zone, s.p() + "." + rest
+}
+
+// ZoneCallsAll matches the durable calls forwarded to zone.
+func (s Subjects) ZoneCallsAll(zone string) string { return s.p() + ".zone." + zone + ".calls.>" }
+
+// ZoneRPCAll matches the direct calls forwarded to zone.
+func (s Subjects) ZoneRPCAll(zone string) string { return s.p() + ".zone." + zone + ".rpc.>" }
+
+// ZonesCallsAll matches the durable calls forwarded to any zone: the
+// subjects of StreamZones.
+func (s Subjects) ZonesCallsAll() string { return s.p() + ".zone.*.calls.>" }
 
 // TenantCalls is the durable call subject of connection for tenant.
 func (s Subjects) TenantCalls(tenant, connection string) string {
@@ -196,7 +249,7 @@ func (s Subjects) Reserved(subject string) bool {
 	if strings.HasPrefix(subject, "$") {
 		return true
 	}
-	for _, kind := range []string{".calls.", ".rpc.", ".dead."} {
+	for _, kind := range []string{".calls.", ".rpc.", ".dead.", ".zone."} {
 		if strings.HasPrefix(subject, s.p()+kind) {
 			return true
 		}

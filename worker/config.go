@@ -137,6 +137,11 @@ type WorkerConfig struct {
 	// that a request is not answered (its caller times out and may try
 	// another worker).
 	DirectConcurrency int `yaml:"direct_concurrency"`
+	// Zones are the zones whose calls this worker runs (a connection's
+	// zone); default ["default"]. Workers of zone default take the calls
+	// flows publish and forward those of other zones to them; a worker
+	// of other zones only takes what was forwarded to its zones.
+	Zones []string `yaml:"zones"`
 	// AdminAddr serves /healthz, /readyz and /metrics; default
 	// 127.0.0.1:9464; "off" disables it.
 	AdminAddr string `yaml:"admin_addr"`
@@ -298,6 +303,9 @@ func (c *Config) applyDefaults() {
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency
 	}
+	if len(w.Zones) == 0 {
+		w.Zones = []string{jobs.DefaultZone}
+	}
 	if len(w.ReplyPrefixes) == 0 {
 		w.ReplyPrefixes = []string{jobs.DefaultReplyPrefix}
 	}
@@ -375,6 +383,11 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	for _, z := range c.Worker.Zones {
+		if !jobs.ValidName(z) {
+			errs = append(errs, fmt.Errorf("worker.zones: zone %q must be 1-128 chars of [A-Za-z0-9_-]", z))
+		}
+	}
 	for _, p := range c.Worker.ReplyPrefixes {
 		if err := jobs.CheckReplyPrefix(p); err != nil {
 			errs = append(errs, fmt.Errorf("worker.reply_prefixes: %w", err))
@@ -393,6 +406,14 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// zones is Zones, or [default] when unset (read before defaults apply).
+func (w WorkerConfig) zones() []string {
+	if len(w.Zones) == 0 {
+		return []string{jobs.DefaultZone}
+	}
+	return w.Zones
 }
 
 // directConcurrency is DirectConcurrency, or Concurrency when unset (read

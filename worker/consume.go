@@ -18,7 +18,7 @@ import (
 
 // consume pulls durable calls from queues while slots are free, until ctx
 // ends: from the one calls stream in batches, or, with tenants, from each
-// tenant's in turn. A fixed pool of goroutines, one per slot, runs the
+// tenant's in turn; and from the consumers of its zones in turn. A fixed pool of goroutines, one per slot, runs the
 // calls: their stacks, grown deep by TLS and HTTP/2, are kept from call to
 // call.
 func (w *Worker) consume(ctx context.Context, queues []streams.Queue) {
@@ -37,13 +37,28 @@ func (w *Worker) consume(ctx context.Context, queues []streams.Queue) {
 	// The pool ends once the calls it runs end; Run's shutdown waits for
 	// those (w.inflight) within the grace period.
 	defer close(work)
-	if len(queues) == 1 {
-		w.pullBatches(ctx, queues[0].Consumer, work)
-		return
+	// Only workers of zone default take the calls flows publish; each
+	// worker takes those forwarded to its zones.
+	var intake, zoned []streams.Queue
+	for _, q := range queues {
+		switch {
+		case q.Zone != "":
+			zoned = append(zoned, q)
+		case w.serves(jobs.DefaultZone):
+			intake = append(intake, q)
+		}
 	}
 	var wg sync.WaitGroup
-	for _, q := range queues {
+	for _, q := range zoned {
 		wg.Go(func() { w.pullInTurn(ctx, q, work) })
+	}
+	if len(intake) == 1 {
+		// No tenants: the one calls stream, in batches.
+		w.pullBatches(ctx, intake[0].Consumer, work)
+	} else {
+		for _, q := range intake {
+			wg.Go(func() { w.pullInTurn(ctx, q, work) })
+		}
 	}
 	wg.Wait()
 }
@@ -326,7 +341,7 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		return
 	}
 	w.held.add(msg)
-	queued := time.Since(meta.Timestamp)
+	queued := time.Since(enqueuedAt(msg.Headers(), meta))
 	tenant, conn := w.subj.Route(msg.Subject())
 	call, derr := jobs.DecodeCall(msg.Data(), conn)
 	if call != nil {
@@ -360,6 +375,10 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	if err := w.checkReply(call.ReplyTo, call.Tenant); err != nil {
 		w.reject(ctx, msg, call, err, meta)
+		return
+	}
+	if zone, foreign := w.foreignZone(call.Tenant, call.Connection); foreign {
+		w.forward(ctx, msg, call, zone, meta)
 		return
 	}
 
@@ -441,15 +460,18 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 // that could not publish it, or its outcome is unknown and was reported).
 func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call, meta *jetstream.MsgMetadata) (attempt int, done bool) {
 	deliveries := int(meta.NumDelivered)
-	if deliveries <= 1 && call.IsIdempotent() {
+	// A forwarded call may have had attempts in the zone it came from, or
+	// even completed there with an ack that NATS lost.
+	forwarded := forwardCount(msg.Headers()) > 0
+	if deliveries <= 1 && call.IsIdempotent() && !forwarded {
 		return 1, false
 	}
 	log := zerolog.Ctx(ctx)
-	if deliveries > 1 {
+	if deliveries > 1 || forwarded {
 		// A redelivery may follow an ack that NATS lost (a leader
 		// election, a worker that died between storing the result and
 		// acking): then the result is stored already.
-		stored, err := w.storedResult(ctx, call, meta.Timestamp)
+		stored, err := w.storedResult(ctx, call, enqueuedAt(msg.Headers(), meta))
 		if err != nil {
 			log.Warn().Err(err).Msg("could not look for the call's stored result; handing it back")
 			w.handBack(msg, jitter(time.Second))

@@ -78,6 +78,8 @@ type metrics struct {
 	loads   *prometheus.CounterVec
 	// directRefused counts direct calls dropped for their reply subject.
 	directRefused prometheus.Counter
+	// forwarded counts calls forwarded to their connection's zone.
+	forwarded *prometheus.CounterVec
 
 	inflight atomic.Int64
 	handled  handledCounters
@@ -141,6 +143,10 @@ func newMetrics(w *Worker) *metrics {
 		Name: "mtlsrelay_direct_calls_refused_total",
 		Help: "Direct calls dropped unanswered because their reply subject is not one results may go to (worker.reply_prefixes).",
 	})
+	m.forwarded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mtlsrelay_calls_forwarded_total",
+		Help: "Calls (durable and direct) this worker took and forwarded to the zone of their connection, which it does not serve, by zone.",
+	}, []string{"zone"})
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "mtlsrelay_calls_in_flight",
 		Help: "Calls this worker is processing now.",
@@ -157,7 +163,7 @@ func newMetrics(w *Worker) *metrics {
 	})
 	info.Set(1)
 	m.consumer.timeout = 2 * time.Second
-	m.reg.MustRegister(m.calls, m.phases, m.retries, m.dead, m.loads, m.directRefused, inflight, concurrency, info,
+	m.reg.MustRegister(m.calls, m.phases, m.retries, m.dead, m.loads, m.directRefused, m.forwarded, inflight, concurrency, info,
 		&m.consumer, &certCollector{w: w},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -60,6 +60,8 @@ type WorkerStatus struct {
 	Ready       bool      `json:"ready"`
 	Started     time.Time `json:"started"`
 	Concurrency int       `json:"concurrency"`
+	// Zones are the zones whose calls the worker runs (worker.zones).
+	Zones []string `json:"zones"`
 	// InFlight is the number of calls the worker is processing now.
 	InFlight int64 `json:"in_flight"`
 	// Handled counts what the worker finished since it started.
@@ -75,6 +77,7 @@ type WorkerStatus struct {
 type ConnectionStatus struct {
 	Name    string `json:"name"`
 	Profile string `json:"profile"`
+	Zone    string `json:"zone"`
 	// Host is the host (and port) of the connection's base URL.
 	Host string `json:"host"`
 }
@@ -86,7 +89,7 @@ func (w *Worker) Status() WorkerStatus {
 	conns := make([]ConnectionStatus, 0, len(cat.Connections))
 	for _, name := range sortedKeys(cat.Connections) {
 		c := cat.Connections[name]
-		cs := ConnectionStatus{Name: name, Profile: c.Profile}
+		cs := ConnectionStatus{Name: name, Profile: c.Profile, Zone: c.ZoneName()}
 		if u, err := url.Parse(c.BaseURL); err == nil {
 			cs.Host = u.Host
 		}
@@ -98,6 +101,7 @@ func (w *Worker) Status() WorkerStatus {
 		Ready:       w.Ready(),
 		Started:     w.started.UTC(),
 		Concurrency: w.cfg.Worker.Concurrency,
+		Zones:       w.cfg.Worker.zones(),
 		InFlight:    w.metrics.inflight.Load(),
 		Handled:     w.metrics.handled.snapshot(),
 		Profiles:    w.profileStatuses(now),
@@ -199,12 +203,18 @@ type Fleet struct {
 	// not be read (ConsumerError says why).
 	Consumer      *ConsumerStatus `json:"consumer,omitempty"`
 	ConsumerError string          `json:"consumer_error,omitempty"`
+	// Zones are the consumers of MTLSRELAY_ZONES, one per zone with
+	// workers now or before (workers-<zone>): the calls forwarded to
+	// each zone and waiting there.
+	Zones []ConsumerStatus `json:"zones,omitempty"`
 }
 
 // ConsumerStatus is the state of the shared consumer: the calls waiting.
 type ConsumerStatus struct {
 	Stream   string `json:"stream"`
 	Consumer string `json:"consumer"`
+	// Zone is the zone of a consumer of MTLSRELAY_ZONES.
+	Zone string `json:"zone,omitempty"`
 	// Pending calls are not delivered to any worker yet.
 	Pending uint64 `json:"pending"`
 	// AckPending calls are held by workers (running, or waiting to retry).
@@ -247,10 +257,12 @@ func FleetStatus(ctx context.Context, nc *nats.Conn, opts FleetOptions) (*Fleet,
 	}
 	js, err := jetstream.New(nc)
 	if err == nil {
-		fleet.Consumer, err = consumerStatus(ctx, js)
+		fleet.Consumer, err = consumerStatus(ctx, js, jobs.StreamCalls, jobs.ConsumerWorkers)
 	}
 	if err != nil {
 		fleet.ConsumerError = err.Error()
+	} else {
+		fleet.Zones = zoneStatuses(ctx, js)
 	}
 	wg.Wait()
 	sort.Slice(fleet.Workers, func(i, j int) bool {
@@ -290,22 +302,50 @@ func workerStatus(ctx context.Context, nc *nats.Conn, info micro.Info, wait time
 	return got
 }
 
-func consumerStatus(ctx context.Context, js jetstream.JetStream) (*ConsumerStatus, error) {
+func consumerStatus(ctx context.Context, js jetstream.JetStream, stream, consumer string) (*ConsumerStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cons, err := js.Consumer(ctx, jobs.StreamCalls, jobs.ConsumerWorkers)
+	cons, err := js.Consumer(ctx, stream, consumer)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", jobs.ConsumerWorkers, jobs.StreamCalls, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", consumer, stream, err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s on %s: %w", jobs.ConsumerWorkers, jobs.StreamCalls, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", consumer, stream, err)
 	}
+	return statusOf(stream, info), nil
+}
+
+func statusOf(stream string, info *jetstream.ConsumerInfo) *ConsumerStatus {
 	return &ConsumerStatus{
-		Stream: jobs.StreamCalls, Consumer: jobs.ConsumerWorkers,
+		Stream: stream, Consumer: info.Name,
 		Pending: info.NumPending, AckPending: info.NumAckPending,
 		Redelivered: info.NumRedelivered, Waiting: info.NumWaiting,
-	}, nil
+	}
+}
+
+// zoneStatuses lists the consumers of MTLSRELAY_ZONES, by zone; none when
+// the stream cannot be read (a relay older than zones).
+func zoneStatuses(ctx context.Context, js jetstream.JetStream) []ConsumerStatus {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, jobs.StreamZones)
+	if err != nil {
+		return nil
+	}
+	var out []ConsumerStatus
+	lister := s.ListConsumers(ctx)
+	for info := range lister.Info() {
+		zone, ok := strings.CutPrefix(info.Name, jobs.ConsumerWorkers+"-")
+		if !ok {
+			continue
+		}
+		cs := statusOf(jobs.StreamZones, info)
+		cs.Zone = zone
+		out = append(out, *cs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Zone < out[j].Zone })
+	return out
 }
 
 // requestMany publishes a request on subject and gathers the answers for

@@ -234,7 +234,7 @@ func TestDirectCallsDoNotWaitForDurableSlots(t *testing.T) {
 	}
 	returned := make(chan struct{})
 	go func() {
-		w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d1","path":"x"}`)})
+		w.handleDirect(nil, &nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d1","path":"x"}`)})
 		close(returned)
 	}()
 	select {
@@ -254,7 +254,7 @@ func TestDirectCallsDoNotWaitForDurableSlots(t *testing.T) {
 	if !w.directWaiting.TryAcquire(4) {
 		t.Fatal("could not fill the waiting bound")
 	}
-	w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d2","path":"x"}`)})
+	w.handleDirect(nil, &nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: "_INBOX.test", Data: []byte(`{"id":"d2","path":"x"}`)})
 	w.inflight.Wait()
 	if ex.count() != 1 {
 		t.Errorf("a direct call past the waiting bound was made")
@@ -314,7 +314,7 @@ func TestDirectCallWithForbiddenReplyIsDropped(t *testing.T) {
 	w.direct, w.directWaiting = semaphore.NewWeighted(2), semaphore.NewWeighted(4)
 	w.callCtx = context.Background()
 	for _, reply := range []string{"$KV.mtlsrelay_registry.connections.victim", "$JS.API.STREAM.DELETE.MTLSRELAY_CALLS", "mtlsrelay.calls.a", "other.app.subject"} {
-		w.handleDirect(&nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: reply, Data: []byte(`{"id":"d1","path":"x"}`)})
+		w.handleDirect(nil, &nats.Msg{Subject: "mtlsrelay.rpc.a", Reply: reply, Data: []byte(`{"id":"d1","path":"x"}`)})
 	}
 	w.inflight.Wait()
 	if ex.count() != 0 {

@@ -21,16 +21,20 @@ const directMaxTotal = time.Minute
 // runs at once, retries happen in process within the call's attempts, and
 // the result is the reply. Nothing is persisted: the caller retries if the
 // worker dies.
-func (w *Worker) handleDirect(msg *nats.Msg) {
+func (w *Worker) handleDirect(nc *nats.Conn, msg *nats.Msg) {
 	if msg.Reply == "" {
 		w.log.Warn().Str("subject", msg.Subject).Msg("direct call without a reply inbox dropped; use a request, or publish to calls for durable delivery")
 		return
 	}
-	tenant, _ := w.subj.Route(msg.Subject)
+	tenant, conn := w.subj.Route(msg.Subject)
 	if err := w.checkReply(msg.Reply, tenant); err != nil {
 		// Answering would publish there with the worker's permissions.
 		w.log.Warn().Str("subject", msg.Subject).Str("reason", err.Message).Msg("direct call with a reply subject results may not go to dropped; nothing is published there")
 		w.metrics.directRefused.Inc()
+		return
+	}
+	if zone, foreign := w.foreignZone(tenant, conn); foreign {
+		w.forwardDirect(nc, msg, zone)
 		return
 	}
 	// Admission happens off the subscription's callback, with slots of

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,7 +18,9 @@ import (
 // maxDeliveriesSubject is JetStream's advisory of a message that reached
 // its consumer's MaxDeliver without being acknowledged, for consumer
 // "workers" of any stream.
-const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*." + jobs.ConsumerWorkers
+// Consumers "workers" and "workers-<zone>" of every stream: the callback
+// keeps the relay's.
+const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.*"
 
 // maxDeliveriesAdvisory is the part of the advisory the worker reads.
 type maxDeliveriesAdvisory struct {
@@ -37,7 +40,7 @@ type maxDeliveriesAdvisory struct {
 func (w *Worker) watchUndelivered() (*nats.Subscription, error) {
 	sub, err := w.nc.QueueSubscribe(maxDeliveriesSubject, jobs.QueueGroup, func(m *nats.Msg) {
 		var adv maxDeliveriesAdvisory
-		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.Consumer != jobs.ConsumerWorkers || !w.isCallsStream(adv.Stream) {
+		if err := json.Unmarshal(m.Data, &adv); err != nil || !w.isCallsConsumer(adv.Stream, adv.Consumer) {
 			return
 		}
 		w.inflight.Add(1)
@@ -52,8 +55,18 @@ func (w *Worker) watchUndelivered() (*nats.Subscription, error) {
 	return sub, nil
 }
 
-// isCallsStream reports whether stream is one of the relay's calls streams.
-func (w *Worker) isCallsStream(stream string) bool {
+// isCallsConsumer reports whether consumer of stream is the workers' on
+// one of the relay's calls streams: "workers" on MTLSRELAY_CALLS or a
+// tenant's stream, "workers-<zone>" on MTLSRELAY_ZONES (any zone: a call
+// forwarded to a zone whose workers are gone is ended by whoever hears).
+func (w *Worker) isCallsConsumer(stream, consumer string) bool {
+	if stream == jobs.StreamZones {
+		zone, ok := strings.CutPrefix(consumer, jobs.ConsumerWorkers+"-")
+		return ok && jobs.ValidName(zone)
+	}
+	if consumer != jobs.ConsumerWorkers {
+		return false
+	}
 	if stream == jobs.StreamCalls {
 		return true
 	}

@@ -39,12 +39,14 @@ type Worker struct {
 	// tenantNames their names; empty without tenants.
 	tenants     map[string]TenantConfig
 	tenantNames []string
-	log         zerolog.Logger
-	exec        executor
-	resolver    *secrets.Resolver
-	catalog     catalogHolder
-	retry       retryPolicy
-	slots       *semaphore.Weighted
+	// zones are the zones whose calls this worker runs (worker.zones).
+	zones    map[string]bool
+	log      zerolog.Logger
+	exec     executor
+	resolver *secrets.Resolver
+	catalog  catalogHolder
+	retry    retryPolicy
+	slots    *semaphore.Weighted
 	// direct admits direct calls apart from durable ones (slots);
 	// directWaiting bounds those running or waiting for it.
 	direct        *semaphore.Weighted
@@ -114,6 +116,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		replyPrefixes: cfg.Worker.ReplyPrefixes,
 		tenants:       cfg.Tenants,
 		tenantNames:   cfg.TenantNames(),
+		zones:         map[string]bool{},
 		log:           zerolog.Nop(),
 		retry:         retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots:         semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
@@ -128,6 +131,10 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		AckWait:       cfg.Worker.AckWait.D(),
 		Tenants:       cfg.TenantNames(),
 		MaxDeliver:    cfg.Worker.MaxDeliver,
+		Zones:         cfg.Worker.zones(),
+	}
+	for _, z := range cfg.Worker.zones() {
+		w.zones[z] = true
 	}
 	for _, o := range opts {
 		o(w)
@@ -191,20 +198,25 @@ func (w *Worker) Run(ctx context.Context) error {
 		consumers[i] = q.Consumer
 	}
 	directNC, closeDirect := w.directConn()
-	sub, err := directNC.QueueSubscribe(w.subj.RPCAll(), jobs.QueueGroup, w.handleDirect)
+	subs, err := w.subscribeDirect(directNC)
 	if err == nil {
 		// Ready means direct calls reach this worker: the server has the
-		// subscription (on a connection of its own, nothing else the
+		// subscriptions (on a connection of its own, nothing else the
 		// worker does before it is ready orders after it).
 		err = directNC.FlushTimeout(10 * time.Second)
 	}
 	if err != nil {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
 		closeDirect()
-		return fmt.Errorf("subscribe to %s: %w", w.subj.RPCAll(), err)
+		return err
 	}
 	undelivered, err := w.watchUndelivered()
 	if err != nil {
-		_ = sub.Unsubscribe()
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
 		closeDirect()
 		return err
 	}
@@ -219,11 +231,35 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopObservability()
 
 	w.stopping.Store(true)
-	_ = sub.Drain()
+	for _, sub := range subs {
+		_ = sub.Drain()
+	}
 	_ = undelivered.Drain()
 	w.shutdown()
 	closeDirect()
 	return nil
+}
+
+// subscribeDirect subscribes to the direct calls this worker takes: those
+// flows send (<prefix>.rpc.>), when it serves zone default, and those
+// forwarded to each of its zones.
+func (w *Worker) subscribeDirect(nc *nats.Conn) ([]*nats.Subscription, error) {
+	subjects := make([]string, 0, len(w.zones)+1)
+	if w.serves(jobs.DefaultZone) {
+		subjects = append(subjects, w.subj.RPCAll())
+	}
+	for _, z := range w.cfg.Worker.zones() {
+		subjects = append(subjects, w.subj.ZoneRPCAll(z))
+	}
+	var subs []*nats.Subscription
+	for _, subject := range subjects {
+		sub, err := nc.QueueSubscribe(subject, jobs.QueueGroup, func(m *nats.Msg) { w.handleDirect(nc, m) })
+		if err != nil {
+			return subs, fmt.Errorf("subscribe to %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+	}
+	return subs, nil
 }
 
 // directConn returns the NATS connection direct calls come in and go back

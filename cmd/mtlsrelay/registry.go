@@ -370,6 +370,8 @@ func newConnectionPutCmd(rf *registryFlags) *cobra.Command {
 	f.IntVar(&c.MaxConns, "max-conns", 0, "connections per worker to the partner (default: the worker's concurrency)")
 	f.Float64Var(&c.RateLimit, "rate-limit", 0, "calls per second per worker (default no limit)")
 	f.Int64Var(&c.MaxResponseBytes, "max-response-bytes", 0, "largest response body (default 5 MiB)")
+	f.StringVar(&c.Zone, "zone", "", "zone whose workers run its calls (default \"default\"); changing it moves the connection live")
+	f.StringVar(&c.WSDL, "wsdl", "", "the partner's WSDL, so calls may name soap.operation: \"?wsdl\" (relative to base-url), an https URL or file:/path")
 	return cmd
 }
 

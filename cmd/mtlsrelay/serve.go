@@ -32,6 +32,7 @@ func newServeCmd() *cobra.Command {
 	var (
 		configPath, natsURL, dataDir, listen, adminAddr, name, logLevel, logFormat string
 		concurrency                                                                int
+		zones                                                                      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -58,6 +59,12 @@ func newServeCmd() *cobra.Command {
 				cfg.Worker.Concurrency = concurrency
 				cfg.Worker.FetchBatch = concurrency
 			}
+			if len(zones) > 0 {
+				cfg.Worker.Zones = zones
+				if err := cfg.Validate(); err != nil {
+					return err
+				}
+			}
 			log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return err
@@ -73,6 +80,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&adminAddr, "admin-addr", "", "address of /healthz, /readyz, /metrics (default 127.0.0.1:9464, \"off\" disables)")
 	f.StringVar(&name, "name", "", "worker name in results and logs (default host-pid)")
 	f.IntVar(&concurrency, "concurrency", 0, "calls in flight (default 64)")
+	f.StringSliceVar(&zones, "zones", nil, "zones whose calls this worker runs, replacing worker.zones (default [default]); e.g. --zones=dmz")
 	f.StringVar(&logLevel, "log-level", "", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "", "json, console or auto")
 	return cmd

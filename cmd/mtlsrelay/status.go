@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -79,14 +81,15 @@ func printFleet(out io.Writer, fleet *worker.Fleet, now time.Time) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "WORKERS (%d)\n", len(fleet.Workers))
 	if len(fleet.Workers) > 0 {
-		fmt.Fprintln(tw, "WORKER\tVERSION\tREADY\tIN FLIGHT\tCONCURRENCY\tOK\tNOT OK\tERROR\tRETRIES\tDEAD\tUP")
+		fmt.Fprintln(tw, "WORKER\tZONES\tVERSION\tREADY\tIN FLIGHT\tCONCURRENCY\tOK\tNOT OK\tERROR\tRETRIES\tDEAD\tUP")
 		for _, w := range fleet.Workers {
+			zones := strings.Join(w.Zones, ",")
 			if w.Error != "" {
-				fmt.Fprintf(tw, "%s\t%s\t?\t\t%d\t\t\t\t\t\t%s\n", w.Worker, w.Version, w.Concurrency, w.Error)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t?\t\t%d\t\t\t\t\t\t%s\n", w.Worker, zones, w.Version, w.Concurrency, w.Error)
 				continue
 			}
 			h := w.Handled
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", w.Worker, w.Version, yesNo(w.Ready),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", w.Worker, zones, w.Version, yesNo(w.Ready),
 				w.InFlight, w.Concurrency, h.OK, h.NotOK, h.Error, h.Retries, h.DeadLetters, now.Sub(w.Started).Round(time.Second))
 		}
 	}
@@ -99,6 +102,20 @@ func printFleet(out io.Writer, fleet *worker.Fleet, now time.Time) error {
 		fmt.Fprintf(tw, "waiting pulls\t%d\n", c.Waiting)
 	} else {
 		fmt.Fprintf(tw, "CALLS: unknown (%s)\n", fleet.ConsumerError)
+	}
+	if len(fleet.Zones) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "ZONES (calls forwarded to a zone, on %s)\n", jobs.StreamZones)
+		fmt.Fprintln(tw, "ZONE\tWORKERS\tPENDING\tACK PENDING\tWAITING PULLS")
+		for _, z := range fleet.Zones {
+			n := 0
+			for _, w := range fleet.Workers {
+				if slices.Contains(w.Zones, z.Zone) {
+					n++
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", z.Zone, n, z.Pending, z.AckPending, z.Waiting)
+		}
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "CERTIFICATES")

@@ -55,6 +55,9 @@ type Options struct {
 	// MaxDeliver bounds how many times JetStream delivers one call;
 	// default DefaultMaxDeliver.
 	MaxDeliver int
+	// Zones are the zones of the worker: Ensure creates the consumer of
+	// each on MTLSRELAY_ZONES (jobs.ZoneConsumer). Default: none.
+	Zones []string
 }
 
 // DefaultMaxDeliver is the default bound on a call's deliveries: far above
@@ -111,6 +114,10 @@ func (o Options) Configs() []jetstream.StreamConfig {
 	for _, t := range o.Tenants {
 		out = append(out, calls(jobs.TenantStream(t), "mtlsrelay durable calls of tenant "+t, s.TenantCallsAll(t)))
 	}
+	// Forwarded calls are deduplicated by the stream and sequence they
+	// were taken from, not by call id: <prefix>.zone.… never overlaps
+	// <prefix>.calls.….
+	out = append(out, calls(jobs.StreamZones, "mtlsrelay durable calls forwarded to the zone of their connection", s.ZonesCallsAll()))
 	return append(out, []jetstream.StreamConfig{
 		{
 			Name:        jobs.StreamResults,
@@ -155,17 +162,30 @@ func (o Options) ConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
+// ZoneConsumerConfig returns the configuration of the consumer of zone's
+// workers on MTLSRELAY_ZONES: ConsumerConfig's, filtered to the zone.
+func (o Options) ZoneConsumerConfig(zone string) jetstream.ConsumerConfig {
+	c := o.ConsumerConfig()
+	c.Durable = jobs.ZoneConsumer(zone)
+	c.Description = "mtlsrelay workers of zone " + zone + " share this consumer"
+	c.FilterSubject = o.Subjects.ZoneCallsAll(zone)
+	return c
+}
+
 // Queue is one calls stream and the workers' consumer on it: the v1
-// stream (Tenant "") and, with tenants, one per tenant.
+// stream (Tenant "", Zone ""), with tenants one per tenant, and one per
+// zone of the worker on MTLSRELAY_ZONES.
 type Queue struct {
 	Tenant   string
+	Zone     string
 	Stream   string
 	Consumer jetstream.Consumer
 }
 
 // Ensure creates or updates the streams and consumer "workers" on each
-// calls stream, so any worker can start first. It returns the queues, the
-// v1 one first. MTLSRELAY_CALLS is updated before the tenants' streams are
+// calls stream, and the consumers of o.Zones on MTLSRELAY_ZONES, so any
+// worker can start first. It returns the queues, the v1 one first, the
+// zones' last. MTLSRELAY_CALLS is updated before the tenants' streams are
 // created: its v1 subjects <prefix>.calls.> would overlap theirs.
 func Ensure(ctx context.Context, js jetstream.JetStream, o Options) ([]Queue, error) {
 	for _, cfg := range o.Configs() {
@@ -180,10 +200,17 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) ([]Queue, er
 	for _, t := range o.Tenants {
 		queues = append(queues, Queue{Tenant: t, Stream: jobs.TenantStream(t)})
 	}
+	for _, z := range o.Zones {
+		queues = append(queues, Queue{Zone: z, Stream: jobs.StreamZones})
+	}
 	for i := range queues {
-		cons, err := js.CreateOrUpdateConsumer(ctx, queues[i].Stream, o.ConsumerConfig())
+		cfg := o.ConsumerConfig()
+		if queues[i].Zone != "" {
+			cfg = o.ZoneConsumerConfig(queues[i].Zone)
+		}
+		cons, err := js.CreateOrUpdateConsumer(ctx, queues[i].Stream, cfg)
 		if err != nil {
-			return nil, fmt.Errorf("create or update consumer %s on %s: %w", jobs.ConsumerWorkers, queues[i].Stream, err)
+			return nil, fmt.Errorf("create or update consumer %s on %s: %w", cfg.Durable, queues[i].Stream, err)
 		}
 		queues[i].Consumer = cons
 	}

@@ -1,0 +1,391 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/catalog"
+	"github.com/mtlsrelay/mtlsrelay/internal/partner"
+	"github.com/mtlsrelay/mtlsrelay/internal/testproxy"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
+	"github.com/mtlsrelay/mtlsrelay/registry"
+)
+
+// zoneWorker is a worker process of one zone, reaching partners only
+// through its zone's egress proxy.
+type zoneWorker struct {
+	name string
+	logs *syncBuffer
+}
+
+// appliedRevision is the registry revision the worker applied last.
+var appliedRE = regexp.MustCompile(`"revision":(\d+)[^\n]*"message":"registry applied"`)
+
+func (z *zoneWorker) applied() uint64 {
+	var last uint64
+	for _, m := range appliedRE.FindAllStringSubmatch(z.logs.String(), -1) {
+		n, _ := strconv.ParseUint(m[1], 10, 64)
+		last = max(last, n)
+	}
+	return last
+}
+
+// startZoneWorker runs `mtlsrelay serve` with worker.zones and an egress
+// proxy of its own, as a DMZ and an internal worker would run.
+func startZoneWorker(t *testing.T, natsURL, name, zones, proxyAddr string) *zoneWorker {
+	t.Helper()
+	cfgPath := filepath.Join(t.TempDir(), name+".yaml")
+	cfg := configYAML(t, `
+worker:
+  concurrency: 32
+  admin_addr: "off"
+  retry_base: 20ms
+  retry_max: 200ms
+  zones: ZONES
+  proxy: zone-proxy
+proxies:
+  zone-proxy: {url: "http://PROXY"}
+log: {level: debug, format: json}
+profiles:
+  p: {keystore: "file:FIX/client-openssl.p12", password: "value:fixture-pass-123", truststore: "file:FIX/ca.pem"}
+`, "ZONES", zones, "PROXY", proxyAddr)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mtlsrelayBinary(t), "serve", "--config", cfgPath, "--nats", natsURL, "--name", name)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _, _ = cmd.Process.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	z := &zoneWorker{name: name, logs: logs}
+	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if s := logs.String(); !strings.Contains(s, "registry applied") || !strings.Contains(s, "worker ready") {
+			return fmt.Errorf("worker %s not ready:\n%s", name, tail(s, 20))
+		}
+		return nil
+	})
+	return z
+}
+
+// zonePartner is a partner only some zones reach.
+type zonePartner struct {
+	*partner.Server
+}
+
+// Two zones, a worker in each that reaches only its own zone's partner
+// (through a proxy that refuses the others): 1,000 calls per connection
+// all run in the right zone; a connection moved from zone default to dmz
+// in the registry under load finishes every call exactly once, and none
+// starts in the old zone once both workers applied the move (the cut-over
+// rule: a call runs in the zone its connection has when a worker takes
+// it). Direct calls go to their zone too, and one of a zone without
+// workers ends zone_unavailable at once.
+func TestZones(t *testing.T) {
+	srv := startNATS(t)
+	natsURL := srv.ClientURL()
+	nc, js := connect(t, natsURL)
+
+	internal := zonePartner{Server: startPartner(t)}
+	dmz := zonePartner{Server: startPartner(t)}
+	moving := zonePartner{Server: startPartner(t)}
+	// Each zone's proxy reaches its own zone's partner and the moving one.
+	only := func(ps ...zonePartner) func(string) bool {
+		return func(target string) bool {
+			for _, p := range ps {
+				if target == p.Addr() {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	internalProxy := testproxy.Start(t, "", "", nil)
+	internalProxy.SetAllow(only(internal, moving))
+	dmzProxy := testproxy.Start(t, "", "", nil)
+	dmzProxy.SetAllow(only(dmz, moving))
+
+	ctx := context.Background()
+	reg, err := registry.Open(ctx, js, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(name, zone string, p zonePartner) uint64 {
+		t.Helper()
+		if err := reg.PutConnection(ctx, name, catalog.Connection{BaseURL: p.URL() + "/", Profile: "p", Zone: zone, MaxAttempts: 1}); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := js.KeyValue(ctx, jobs.RegistryBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.Get(ctx, "connections."+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+	put("z-internal", "", internal)
+	put("z-dmz", "dmz", dmz)
+	put("z-moving", "default", moving)
+	put("z-nowhere", "nowhere", internal)
+
+	wInternal := startZoneWorker(t, natsURL, "zone-internal", "[default]", internalProxy.Addr())
+	wDMZ := startZoneWorker(t, natsURL, "zone-dmz", "[dmz]", dmzProxy.Addr())
+
+	results := map[string][]jobs.Result{}
+	var mu sync.Mutex
+	sub, err := nc.Subscribe("mtlsrelay.results.zones.>", func(m *nats.Msg) {
+		var r jobs.Result
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Errorf("result is not JSON: %s", m.Data)
+			return
+		}
+		mu.Lock()
+		results[r.ID] = append(results[r.ID], r)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	const perConnection = 1000
+	publish := func(conn string, from, to int) []string {
+		t.Helper()
+		var ids []string
+		var futures []jetstream.PubAckFuture
+		for i := from; i < to; i++ {
+			id := fmt.Sprintf("%s-%d", conn, i)
+			ids = append(ids, id)
+			data, _ := json.Marshal(map[string]any{"id": id, "path": "echo", "reply_to": "mtlsrelay.results.zones." + id,
+				"headers": map[string][]string{partner.KeyHeader: {id}}})
+			msg := nats.NewMsg("mtlsrelay.calls." + conn)
+			msg.Data = data
+			msg.Header.Set(jobs.HeaderMsgID, id)
+			f, err := js.PublishMsgAsync(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				t.Fatalf("publish: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("publish not acknowledged in 30s")
+			}
+		}
+		return ids
+	}
+
+	var internalIDs, dmzIDs, movingBefore, movingAfter []string
+	var wg sync.WaitGroup
+	wg.Go(func() { internalIDs = publish("z-internal", 0, perConnection) })
+	wg.Go(func() { dmzIDs = publish("z-dmz", 0, perConnection) })
+	movingBefore = publish("z-moving", 0, perConnection/2)
+	wg.Wait()
+
+	// The move, under load: calls of all three connections are queued or
+	// running now.
+	rev := put("z-moving", "dmz", moving)
+	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		for _, w := range []*zoneWorker{wInternal, wDMZ} {
+			if got := w.applied(); got < rev {
+				return fmt.Errorf("worker %s applied registry revision %d, want %d", w.name, got, rev)
+			}
+		}
+		return nil
+	})
+	cutOver := time.Now()
+	movingAfter = publish("z-moving", perConnection/2, perConnection)
+
+	all := append(append(append(append([]string{}, internalIDs...), dmzIDs...), movingBefore...), movingAfter...)
+	checkFor(t, 3*time.Minute, 100*time.Millisecond, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		missing := 0
+		for _, id := range all {
+			if len(results[id]) == 0 {
+				missing++
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d of %d calls have no result yet\ninternal worker:\n%s\ndmz worker:\n%s", missing, len(all),
+				tail(wInternal.logs.String(), 8), tail(wDMZ.logs.String(), 8))
+		}
+		return nil
+	})
+	// Results published twice would show here (the results stream drops a
+	// duplicate, but a core subscriber sees every publish).
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	check := func(ids []string, p zonePartner, want func(r jobs.Result) string) {
+		t.Helper()
+		keys := p.KeyCounts()
+		bad := 0
+		for _, id := range ids {
+			rs := results[id]
+			if len(rs) != 1 {
+				t.Errorf("call %s: %d results, want exactly 1", id, len(rs))
+				continue
+			}
+			r := rs[0]
+			if !r.OK {
+				t.Errorf("call %s failed: %+v", id, r.Error)
+			}
+			if w := want(r); r.Worker != w && bad < 5 {
+				bad++
+				t.Errorf("call %s ran on %s, want %s (completed %s)", id, r.Worker, w, r.CompletedAt.Format(time.RFC3339Nano))
+			}
+			if keys[id] != 1 {
+				t.Errorf("the partner received call %s %d times, want once", id, keys[id])
+			}
+		}
+	}
+	check(internalIDs, internal, func(jobs.Result) string { return "zone-internal" })
+	check(dmzIDs, dmz, func(jobs.Result) string { return "zone-dmz" })
+	// Calls queued before the move ran in either zone, each once; a call
+	// started after both workers applied it ran in zone dmz.
+	check(movingBefore, moving, func(r jobs.Result) string {
+		started := r.CompletedAt.Add(-time.Duration(r.Timing.TotalMS * float64(time.Millisecond)))
+		if started.After(cutOver) {
+			return "zone-dmz"
+		}
+		return r.Worker
+	})
+	check(movingAfter, moving, func(jobs.Result) string { return "zone-dmz" })
+	ranBefore := 0
+	for _, id := range movingBefore {
+		if rs := results[id]; len(rs) == 1 && rs[0].Worker == "zone-internal" {
+			ranBefore++
+		}
+	}
+	t.Logf("of %d calls of z-moving queued before the move, %d ran in zone default and %d in zone dmz",
+		len(movingBefore), ranBefore, len(movingBefore)-ranBefore)
+	if n := internalProxy.Seen(); countStatus(n, 403) > 0 {
+		t.Errorf("the internal worker tried to reach a partner of another zone %d times", countStatus(n, 403))
+	}
+	if n := dmzProxy.Seen(); countStatus(n, 403) > 0 {
+		t.Errorf("the dmz worker tried to reach a partner of another zone %d times", countStatus(n, 403))
+	}
+
+	t.Run("ok/direct-call-runs-in-its-zone", func(t *testing.T) {
+		data, _ := json.Marshal(map[string]any{"id": "direct-dmz", "path": "echo"})
+		m, err := nc.Request("mtlsrelay.rpc.z-dmz", data, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r jobs.Result
+		if err := json.Unmarshal(m.Data, &r); err != nil || !r.OK || r.Worker != "zone-dmz" {
+			t.Fatalf("direct call to a dmz connection: ok=%v worker=%s error=%+v (%v)", r.OK, r.Worker, r.Error, err)
+		}
+	})
+	t.Run("fail/zone-without-workers", func(t *testing.T) {
+		data, _ := json.Marshal(map[string]any{"id": "direct-nowhere", "path": "echo"})
+		start := time.Now()
+		m, err := nc.Request("mtlsrelay.rpc.z-nowhere", data, 10*time.Second)
+		if err != nil {
+			t.Fatalf("direct call to a zone without workers: %v after %s, want zone_unavailable at once", err, time.Since(start))
+		}
+		var r jobs.Result
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.OK || r.Error == nil || r.Error.Code != jobs.CodeZoneUnavailable || !r.Error.Retryable {
+			t.Fatalf("direct call to a zone without workers: %s", m.Data)
+		}
+		// A durable one waits in MTLSRELAY_ZONES for a worker of its zone.
+		msg := nats.NewMsg("mtlsrelay.calls.z-nowhere")
+		msg.Data, _ = json.Marshal(map[string]any{"id": "durable-nowhere", "path": "echo", "reply_to": "mtlsrelay.results.zones.durable-nowhere"})
+		msg.Header.Set(jobs.HeaderMsgID, "durable-nowhere")
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			s, err := js.Stream(ctx, jobs.StreamZones)
+			if err != nil {
+				return err
+			}
+			m, err := s.GetLastMsgForSubject(ctx, "mtlsrelay.zone.nowhere.calls.z-nowhere")
+			if err != nil {
+				return err
+			}
+			if m.Header.Get(jobs.HeaderForwarded) != "1" {
+				return fmt.Errorf("forwarded call has %s %q", jobs.HeaderForwarded, m.Header.Get(jobs.HeaderForwarded))
+			}
+			return nil
+		})
+		if rs := results["durable-nowhere"]; len(rs) != 0 {
+			t.Errorf("a call of a zone without workers ran: %+v", rs)
+		}
+	})
+	t.Run("ok/status-shows-zones", func(t *testing.T) {
+		out, stderr, code := runCLI(t, nil, "status", "--nats", natsURL, "--json")
+		if code != 0 {
+			t.Fatalf("status: exit %d\n%s", code, stderr)
+		}
+		var fleet struct {
+			Workers []struct {
+				Worker string
+				Zones  []string
+			}
+			Zones []struct {
+				Zone    string
+				Pending uint64
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &fleet); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out)
+		}
+		zonesOf := map[string]string{}
+		for _, w := range fleet.Workers {
+			zonesOf[w.Worker] = strings.Join(w.Zones, ",")
+		}
+		if zonesOf["zone-internal"] != "default" || zonesOf["zone-dmz"] != "dmz" {
+			t.Errorf("status: worker zones %v", zonesOf)
+		}
+		seen := map[string]bool{}
+		for _, z := range fleet.Zones {
+			seen[z.Zone] = true
+		}
+		if !seen["default"] || !seen["dmz"] {
+			t.Errorf("status: zones %+v, want default and dmz", fleet.Zones)
+		}
+	})
+}
+
+func countStatus(cs []testproxy.Connect, status int) int {
+	n := 0
+	for _, c := range cs {
+		if c.Status == status {
+			n++
+		}
+	}
+	return n
+}
