@@ -42,6 +42,13 @@ type procCluster struct {
 
 func startProcCluster(t *testing.T, n int) *procCluster {
 	t.Helper()
+	return startProcClusterWith(t, n, "")
+}
+
+// startProcClusterWith is startProcCluster with extra lines in every
+// node's configuration file (subject mappings, say).
+func startProcClusterWith(t *testing.T, n int, extra string) *procCluster {
+	t.Helper()
 	bin := natsServerBinary(t)
 	clientPorts, routePorts := make([]int, n), make([]int, n)
 	var routes []string
@@ -61,7 +68,8 @@ cluster {
   listen: 127.0.0.1:%d
   routes: [%s]
 }
-`, name, clientPorts[i], filepath.Join(dir, "js"), routePorts[i], strings.Join(routes, ", "))
+%s
+`, name, clientPorts[i], filepath.Join(dir, "js"), routePorts[i], strings.Join(routes, ", "), extra)
 		confPath := filepath.Join(dir, "nats.conf")
 		if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)

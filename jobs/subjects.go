@@ -3,6 +3,7 @@ package jobs
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -149,6 +150,25 @@ func (s Subjects) Route(subject string) (tenant, connection string) {
 	return "", ""
 }
 
+// PartitionStream is the stream of partition i of the durable calls
+// (nats.partitions): MTLSRELAY_CALLS_PART<i>.
+func PartitionStream(i int) string { return StreamCalls + "_PART" + strconv.Itoa(i) }
+
+// PartitionCallsAll matches the calls of partition i: the NATS server's
+// subject mapping (PartitionMapping) moves <prefix>.calls.<connection> to
+// <prefix>.part.<i>.calls.<connection>.
+func (s Subjects) PartitionCallsAll(i int) string {
+	return s.p() + ".part." + strconv.Itoa(i) + ".calls.*"
+}
+
+// PartitionMapping is the NATS server subject mapping that spreads v1
+// durable calls over n partitions by their connection, deterministically:
+// every call of a connection, and every publish of one call, reaches the
+// same stream, whose duplicate window so keeps deduplicating it.
+func (s Subjects) PartitionMapping(n int) (source, destination string) {
+	return s.p() + ".calls.*", s.p() + ".part.{{partition(" + strconv.Itoa(n) + ",1)}}.calls.{{wildcard(1)}}"
+}
+
 // Zoned is subject (a calls or rpc subject a flow published on) forwarded
 // to zone: <prefix>.zone.<zone>.calls.… or <prefix>.zone.<zone>.rpc.….
 // A subject forwarded already is forwarded from its original.
@@ -160,16 +180,24 @@ func (s Subjects) Zoned(zone, subject string) string {
 // Unzone returns the zone a forwarded subject names and the subject the
 // flow published on; a subject not forwarded comes back as it is, with
 // zone "".
+// A partitioned call's subject (<prefix>.part.<i>.calls.…) comes back as
+// the one the flow published on, too.
 func (s Subjects) Unzone(subject string) (zone, original string) {
-	rest, ok := strings.CutPrefix(subject, s.p()+".zone.")
-	if !ok {
-		return "", subject
+	for _, kind := range []string{".zone.", ".part."} {
+		rest, ok := strings.CutPrefix(subject, s.p()+kind)
+		if !ok {
+			continue
+		}
+		tok, rest, ok := strings.Cut(rest, ".")
+		if !ok {
+			return "", subject
+		}
+		if kind == ".part." {
+			return "", s.p() + "." + rest
+		}
+		return tok, s.p() + "." + rest
 	}
-	zone, rest, ok = strings.Cut(rest, ".")
-	if !ok {
-		return "", subject
-	}
-	return zone, s.p() + "." + rest
+	return "", subject
 }
 
 // ZoneCallsAll matches the durable calls forwarded to zone.
@@ -249,7 +277,7 @@ func (s Subjects) Reserved(subject string) bool {
 	if strings.HasPrefix(subject, "$") {
 		return true
 	}
-	for _, kind := range []string{".calls.", ".rpc.", ".dead.", ".zone."} {
+	for _, kind := range []string{".calls.", ".rpc.", ".dead.", ".zone.", ".part."} {
 		if strings.HasPrefix(subject, s.p()+kind) {
 			return true
 		}

@@ -64,6 +64,13 @@ type NATSConfig struct {
 	Prefix string `yaml:"prefix"`
 	// Replicas of the streams the worker creates; default 1 (3 on a cluster).
 	Replicas int `yaml:"replicas"`
+	// Partitions spreads durable calls over this many streams by their
+	// connection, so that no one stream's leader carries them all
+	// (docs/SCALING.md). The NATS server must map the subjects
+	// (mtlsrelay.calls.* to mtlsrelay.part.{{partition(N,1)}}.calls.{{wildcard(1)}});
+	// the embedded server does. Every worker must have the same. Default 0:
+	// one stream. Not with tenants, each of which has its own stream.
+	Partitions int `yaml:"partitions"`
 	// ResultsMaxAge is how long MTLSRELAY_RESULTS keeps results; default 24h.
 	ResultsMaxAge catalog.Duration `yaml:"results_max_age"`
 	// CredsFile is a NATS credentials file (JWT + NKey seed), for servers
@@ -382,6 +389,12 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("tenants.%s.connections: %q is not a connection name or \"*\"", name, conn))
 			}
 		}
+	}
+	if c.NATS.Partitions < 0 || c.NATS.Partitions > 64 {
+		errs = append(errs, fmt.Errorf("nats.partitions %d must be from 0 to 64", c.NATS.Partitions))
+	}
+	if c.NATS.Partitions > 1 && len(c.Tenants) > 0 {
+		errs = append(errs, fmt.Errorf("nats.partitions applies to a relay without tenants: each tenant's calls have a stream of their own already"))
 	}
 	for _, z := range c.Worker.Zones {
 		if !jobs.ValidName(z) {

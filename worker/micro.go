@@ -207,6 +207,9 @@ type Fleet struct {
 	// workers now or before (workers-<zone>): the calls forwarded to
 	// each zone and waiting there.
 	Zones []ConsumerStatus `json:"zones,omitempty"`
+	// Partitions are consumer "workers" of each partition stream
+	// (nats.partitions), in order.
+	Partitions []ConsumerStatus `json:"partitions,omitempty"`
 }
 
 // ConsumerStatus is the state of the shared consumer: the calls waiting.
@@ -263,6 +266,7 @@ func FleetStatus(ctx context.Context, nc *nats.Conn, opts FleetOptions) (*Fleet,
 		fleet.ConsumerError = err.Error()
 	} else {
 		fleet.Zones = zoneStatuses(ctx, js)
+		fleet.Partitions = partitionStatuses(ctx, js)
 	}
 	wg.Wait()
 	sort.Slice(fleet.Workers, func(i, j int) bool {
@@ -322,6 +326,20 @@ func statusOf(stream string, info *jetstream.ConsumerInfo) *ConsumerStatus {
 		Pending: info.NumPending, AckPending: info.NumAckPending,
 		Redelivered: info.NumRedelivered, Waiting: info.NumWaiting,
 	}
+}
+
+// partitionStatuses reads consumer "workers" of each partition stream,
+// MTLSRELAY_CALLS_PART0 on, until one is missing.
+func partitionStatuses(ctx context.Context, js jetstream.JetStream) []ConsumerStatus {
+	var out []ConsumerStatus
+	for i := 0; i < 64; i++ {
+		cs, err := consumerStatus(ctx, js, jobs.PartitionStream(i), jobs.ConsumerWorkers)
+		if err != nil {
+			break
+		}
+		out = append(out, *cs)
+	}
+	return out
 }
 
 // zoneStatuses lists the consumers of MTLSRELAY_ZONES, by zone; none when

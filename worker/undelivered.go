@@ -70,6 +70,11 @@ func (w *Worker) isCallsConsumer(stream, consumer string) bool {
 	if stream == jobs.StreamCalls {
 		return true
 	}
+	for i := range w.streams.Partitions {
+		if stream == jobs.PartitionStream(i) {
+			return true
+		}
+	}
 	return slices.ContainsFunc(w.tenantNames, func(t string) bool { return jobs.TenantStream(t) == stream })
 }
 

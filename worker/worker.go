@@ -132,6 +132,7 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		Tenants:       cfg.TenantNames(),
 		MaxDeliver:    cfg.Worker.MaxDeliver,
 		Zones:         cfg.Worker.zones(),
+		Partitions:    cfg.NATS.Partitions,
 	}
 	for _, z := range cfg.Worker.zones() {
 		w.zones[z] = true

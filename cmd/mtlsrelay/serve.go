@@ -21,6 +21,7 @@ import (
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
 	"github.com/mtlsrelay/mtlsrelay/internal/logging"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/registry"
 	"github.com/mtlsrelay/mtlsrelay/secrets"
 	"github.com/mtlsrelay/mtlsrelay/secrets/cyberark"
@@ -275,6 +276,10 @@ func startEmbedded(ctx context.Context, cfg *worker.Config) (*embedded.Server, e
 		return nil, err
 	}
 	opts := embedded.Options{Listen: e.Listen, StoreDir: e.DataDir, AccountsFile: e.AccountsFile}
+	if n := cfg.NATS.Partitions; n > 1 {
+		src, dst := jobs.Subjects{Prefix: cfg.NATS.Prefix}.PartitionMapping(n)
+		opts.Mappings = map[string]string{src: dst}
+	}
 	if opts.AccountsFile != "" && !filepath.IsAbs(opts.AccountsFile) && cfg.Dir != "" {
 		opts.AccountsFile = filepath.Join(cfg.Dir, opts.AccountsFile)
 	}

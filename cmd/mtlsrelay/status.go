@@ -103,6 +103,9 @@ func printFleet(out io.Writer, fleet *worker.Fleet, now time.Time) error {
 	} else {
 		fmt.Fprintf(tw, "CALLS: unknown (%s)\n", fleet.ConsumerError)
 	}
+	for _, c := range fleet.Partitions {
+		fmt.Fprintf(tw, "partition %s\tpending %d, ack pending %d, waiting pulls %d\n", c.Stream, c.Pending, c.AckPending, c.Waiting)
+	}
 	if len(fleet.Zones) > 0 {
 		fmt.Fprintln(tw)
 		fmt.Fprintf(tw, "ZONES (calls forwarded to a zone, on %s)\n", jobs.StreamZones)

@@ -47,6 +47,10 @@ type Options struct {
 	// accounts, users and nkeys are used; everything else in it (listen,
 	// store_dir, cluster, monitoring...) is ignored. Not with Users.
 	AccountsFile string
+	// Mappings are subject mappings of the global account, source to
+	// destination (nats.partitions). With AccountsFile, the file's
+	// accounts must carry their own.
+	Mappings map[string]string
 }
 
 // User is one user of the embedded server.
@@ -140,6 +144,14 @@ func StartServer(o Options) (*Server, error) {
 	if !srv.ReadyForConnections(15 * time.Second) {
 		srv.Shutdown()
 		return nil, fmt.Errorf("embedded NATS did not start listening on %s within 15s (is the port in use?)", listen)
+	}
+	if o.AccountsFile == "" {
+		for src, dst := range o.Mappings {
+			if err := srv.GlobalAccount().AddMapping(src, dst); err != nil {
+				srv.Shutdown()
+				return nil, fmt.Errorf("embedded NATS: subject mapping %s -> %s: %w", src, dst, err)
+			}
+		}
 	}
 	s.Server = srv
 	return s, nil

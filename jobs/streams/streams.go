@@ -58,6 +58,19 @@ type Options struct {
 	// Zones are the zones of the worker: Ensure creates the consumer of
 	// each on MTLSRELAY_ZONES (jobs.ZoneConsumer). Default: none.
 	Zones []string
+	// Partitions spreads v1 durable calls over this many streams
+	// (jobs.PartitionStream), each with consumer "workers", fed by the
+	// NATS server's subject mapping (Subjects.PartitionMapping). 0 or 1:
+	// none. Not with Tenants: each tenant has a stream of its own already.
+	Partitions int
+}
+
+// partitions is how many partition streams there are: none below 2.
+func (o Options) partitions() int {
+	if o.Partitions < 2 {
+		return 0
+	}
+	return o.Partitions
 }
 
 // DefaultMaxDeliver is the default bound on a call's deliveries: far above
@@ -111,6 +124,9 @@ func (o Options) Configs() []jetstream.StreamConfig {
 		v1 = calls(jobs.StreamCalls, "mtlsrelay v1 calls (no tenant), answered unknown_connection while tenants are configured", s.UntenantedCalls())
 	}
 	out := []jetstream.StreamConfig{v1}
+	for i := range o.partitions() {
+		out = append(out, calls(jobs.PartitionStream(i), fmt.Sprintf("mtlsrelay durable calls, partition %d of %d", i, o.Partitions), s.PartitionCallsAll(i)))
+	}
 	for _, t := range o.Tenants {
 		out = append(out, calls(jobs.TenantStream(t), "mtlsrelay durable calls of tenant "+t, s.TenantCallsAll(t)))
 	}
@@ -173,8 +189,8 @@ func (o Options) ZoneConsumerConfig(zone string) jetstream.ConsumerConfig {
 }
 
 // Queue is one calls stream and the workers' consumer on it: the v1
-// stream (Tenant "", Zone ""), with tenants one per tenant, and one per
-// zone of the worker on MTLSRELAY_ZONES.
+// stream (Tenant "", Zone ""), its partitions, with tenants one per
+// tenant, and one per zone of the worker on MTLSRELAY_ZONES.
 type Queue struct {
 	Tenant   string
 	Zone     string
@@ -197,6 +213,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) ([]Queue, er
 		}
 	}
 	queues := []Queue{{Stream: jobs.StreamCalls}}
+	for i := range o.partitions() {
+		queues = append(queues, Queue{Stream: jobs.PartitionStream(i)})
+	}
 	for _, t := range o.Tenants {
 		queues = append(queues, Queue{Tenant: t, Stream: jobs.TenantStream(t)})
 	}
