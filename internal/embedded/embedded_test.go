@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/embedded"
+	"github.com/mtlsrelay/mtlsrelay/jobs"
 )
 
 // start starts an embedded server with o (a fresh store), stopped when the
@@ -270,5 +271,39 @@ func TestAccountsFile(t *testing.T) {
 	})
 	if port := s.Addr().(*net.TCPAddr).Port; port == 4999 {
 		t.Error("the accounts file's listen was used")
+	}
+}
+
+// The partitions' subject mapping (nats.partitions) is in place on the
+// embedded server: a call published for a connection reaches its
+// partition's subject, the same one every time.
+func TestMappings(t *testing.T) {
+	subj := jobs.Subjects{}
+	src, dst := subj.PartitionMapping(4)
+	_, url := start(t, embedded.Options{Listen: "127.0.0.1:0", Mappings: map[string]string{src: dst}})
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	sub, err := nc.SubscribeSync("mtlsrelay.part.*.calls.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first string
+	for range 3 {
+		if err := nc.Publish("mtlsrelay.calls.orders", []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("no message on a partition subject: %v", err)
+		}
+		if first == "" {
+			first = m.Subject
+		}
+		if m.Subject != first || !strings.HasSuffix(m.Subject, ".calls.orders") {
+			t.Fatalf("mapped to %s, then %s; want one partition subject ending in .calls.orders", first, m.Subject)
+		}
 	}
 }
