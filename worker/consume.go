@@ -536,7 +536,21 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 		return
 	}
 	w.inflight.Add(1)
+	// Until the stream acks it the window holds the result's encoding; the
+	// body need not stay alive beside it, which halves what a call holds
+	// meanwhile. A path that needs the body again (keeping the result,
+	// moving the body, a dead letter that may fail) decodes the encoding.
+	full := res
+	res = withoutBody(res)
+	if res != full && (res.Error != nil || !call.IsIdempotent()) {
+		res = full
+	}
 	w.results.Publish(out, func(err error) {
+		if err != nil && res.BodyRef == nil && res.Body == "" && res.BodyBase64 == nil {
+			if decoded, derr := jobs.DecodeResult(out.Data); derr == nil {
+				res = decoded
+			}
+		}
 		if err == nil && call.IsIdempotent() && res.Error == nil {
 			// Nothing left that waits on NATS: finish on the ack's goroutine.
 			w.finish(ctx, msg, call, res, nil)
@@ -557,6 +571,17 @@ func (w *Worker) complete(ctx context.Context, msg jetstream.Msg, call *jobs.Cal
 			w.finish(ctx, msg, call, res, err)
 		}()
 	})
+}
+
+// withoutBody returns res without its inline body (the same res when it
+// has none).
+func withoutBody(res *jobs.Result) *jobs.Result {
+	if res.Body == "" && res.BodyBase64 == nil {
+		return res
+	}
+	slim := *res
+	slim.Body, slim.BodyBase64 = "", nil
+	return &slim
 }
 
 // finish ends a call whose result was published (err nil): see settle. A
