@@ -280,7 +280,7 @@ func (x *Executor) AttemptOn(ctx context.Context, lane Lane, call *jobs.Call, co
 	res.OK = resp.StatusCode >= 200 && resp.StatusCode < 300 && res.SOAPFault == nil
 	var verr *jobs.Error
 	if verify && res.OK {
-		verr = verifyResponse(call, target.Host, body, mat)
+		verr = verifyResponseWSS(call, target.Host, body, conn.SOAP.WSS, mat)
 	}
 	if b := x.opts.Bodies; verify && b != nil && int64(len(body)) > b.InlineMax() {
 		ref, err := b.Store(ctx, call, bytes.NewReader(body), resp.Header.Get("Content-Type"))

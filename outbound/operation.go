@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,11 +18,14 @@ import (
 
 // WSDL caching: a connection's WSDL is fetched once and kept this long; a
 // failure is kept for a short while, so that calls naming operations of a
-// partner whose WSDL is down do not each fetch it again.
+// partner whose WSDL is broken do not each fetch it again. A retryable
+// failure (the partner unreachable, a 5xx, a timeout) is kept for a second
+// only, so that the call's retry fetches the WSDL again.
 const (
-	wsdlTTL      = 10 * time.Minute
-	wsdlFailTTL  = 15 * time.Second
-	wsdlMaxBytes = 4 << 20
+	wsdlTTL          = 10 * time.Minute
+	wsdlFailTTL      = 15 * time.Second
+	wsdlRetryFailTTL = time.Second
+	wsdlMaxBytes     = 4 << 20
 )
 
 // wsdlCache holds the WSDLs of connections, parsed, keyed by connection
@@ -61,23 +65,32 @@ func (c *wsdlCache) get(ctx context.Context, key wsdlKey, load func(context.Cont
 	if e == nil {
 		e = &wsdlEntry{ready: make(chan struct{})}
 		c.entries[key] = e
-		c.mu.Unlock()
-		// The fetch serves every call waiting for it: it runs on the
-		// first call's deadline, not its cancellation.
-		e.desc, e.err = load(context.WithoutCancel(ctx))
-		e.until = time.Now().Add(wsdlTTL)
-		if e.err != nil {
-			e.until = time.Now().Add(wsdlFailTTL)
-		}
-		close(e.ready)
-		return e.desc, e.err
+		// The fetch serves every call waiting for it, this one included:
+		// it runs detached from this call's cancellation and deadline,
+		// bounded by the connection's timeout (load applies it), and
+		// each caller, the first too, waits for it only as long as its
+		// own ctx allows.
+		go func(e *wsdlEntry) {
+			desc, err := load(context.WithoutCancel(ctx))
+			c.mu.Lock()
+			e.desc, e.err = desc, err
+			e.until = time.Now().Add(wsdlTTL)
+			if err != nil {
+				e.until = time.Now().Add(wsdlFailTTL)
+				if err.Retryable {
+					e.until = time.Now().Add(wsdlRetryFailTTL)
+				}
+			}
+			c.mu.Unlock()
+			close(e.ready)
+		}(e)
 	}
 	c.mu.Unlock()
 	select {
 	case <-e.ready:
 		return e.desc, e.err
 	case <-ctx.Done():
-		return nil, jobs.Errorf(jobs.CodeTimeout, "the attempt's deadline passed while another call fetched the WSDL")
+		return nil, jobs.Errorf(jobs.CodeTimeout, "the attempt's deadline passed while the WSDL was being fetched")
 	}
 }
 
@@ -94,6 +107,9 @@ func (x *Executor) resolveOperation(ctx context.Context, lane Lane, call *jobs.C
 	port, op, err := desc.Find(call.SOAP.Operation, call.SOAP.Version)
 	if err != nil {
 		return nil, jobs.Errorf(jobs.CodeInvalidCall, "soap.operation: %v", err)
+	}
+	if strings.ContainsAny(op.SOAPAction, "\"\\\r\n\x00") {
+		return nil, jobs.Errorf(jobs.CodeInvalidCall, "soap.operation %s: the WSDL's SOAPAction for it is invalid (it holds quotes, backslashes or line breaks); give soap.action instead", op.Name)
 	}
 	if op.Use == "encoded" {
 		return nil, jobs.Errorf(jobs.CodeInvalidCall, "operation %s uses SOAP encoding (use=\"encoded\"), which mtlsrelay does not build; give soap.action and an encoded body instead", op.Name)
@@ -126,6 +142,10 @@ func (x *Executor) ConnectionWSDL(ctx context.Context, lane Lane, name string, c
 	if loc == "" {
 		return nil, jobs.Errorf(jobs.CodeInvalidCall, "connection %s has no wsdl, so a call cannot name soap.operation; set the connection's wsdl or give soap.action", name)
 	}
+	where := wsdl.RedactURL(loc)
+	if file {
+		where = "file " + loc
+	}
 	load := func(ctx context.Context) (*wsdl.Description, *jobs.Error) {
 		ctx, cancel := context.WithTimeout(ctx, conn.AttemptTimeout(nil))
 		defer cancel()
@@ -135,9 +155,8 @@ func (x *Executor) ConnectionWSDL(ctx context.Context, lane Lane, name string, c
 			if errors.As(err, &je) {
 				return nil, je
 			}
-			where := loc
-			if file {
-				where = "file " + loc
+			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				return nil, jobs.Errorf(jobs.CodeTimeout, "reading the WSDL of connection %s (%s) took longer than the connection's timeout", name, where)
 			}
 			return nil, jobs.Errorf(jobs.CodeInvalidCall, "the WSDL of connection %s (%s) cannot be used: %v", name, where, err)
 		}
@@ -161,14 +180,22 @@ func (x *Executor) wsdlFetcher(lane Lane, name string, conn *catalog.Connection,
 		}
 		u, err := url.Parse(raw)
 		if err != nil || u.Scheme != "https" {
-			return nil, jobs.Errorf(jobs.CodeInvalidCall, "the WSDL of connection %s names %q; mtlsrelay fetches WSDL documents over https only", name, raw)
+			return nil, jobs.Errorf(jobs.CodeInvalidCall, "the WSDL of connection %s names %s; mtlsrelay fetches WSDL documents over https only", name, wsdl.RedactURL(raw))
 		}
 		if !conn.HostAllowed(u, base) {
 			return nil, jobs.Errorf(jobs.CodeHostNotAllowed, "the WSDL of connection %s imports from %s, which the connection does not allow; add it to allow_hosts", name, u.Host)
 		}
+		// On base_url's host, a WSDL document obeys the rules a call's url
+		// does (under base_url's path, base_url's query parameters not
+		// overridden) before it is fetched with the connection's
+		// credentials.
+		if _, err := conn.RequestURL(&jobs.Call{URL: raw, Connection: name}, base); err != nil {
+			// Not the catalog's message: it shows the URL's query.
+			return nil, jobs.Errorf(jobs.AsError(err).Code, "the WSDL of connection %s names %s, which a call could not reach: it leaves base_url's path %s or sets a query parameter base_url fixes", name, wsdl.RedactURL(raw), base.EscapedPath())
+		}
 		req, err := http.NewRequestWithContext(withEgress(ctx, x.derived.connection(name, conn).egress), http.MethodGet, u.String(), nil)
 		if err != nil {
-			return nil, jobs.Errorf(jobs.CodeInvalidCall, "the WSDL URL %s: %v", u.Redacted(), err)
+			return nil, jobs.Errorf(jobs.CodeInvalidCall, "the WSDL URL %s: %v", wsdl.RedactURL(raw), err)
 		}
 		req.Header.Set("User-Agent", x.opts.UserAgent)
 		req.Header.Set("Accept", "text/xml, application/xml, application/wsdl+xml, */*")
@@ -194,14 +221,14 @@ func (x *Executor) wsdlFetcher(lane Lane, name string, conn *catalog.Connection,
 			if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 				code = jobs.CodeHTTPStatus
 			}
-			return nil, jobs.Errorf(code, "fetching the WSDL of connection %s from %s: the partner answered %d", name, u.Redacted(), resp.StatusCode)
+			return nil, jobs.Errorf(code, "fetching the WSDL of connection %s from %s: the partner answered %d", name, wsdl.RedactURL(raw), resp.StatusCode)
 		}
 		b, err := io.ReadAll(io.LimitReader(resp.Body, wsdlMaxBytes+1))
 		if err != nil {
 			return nil, ClassifyError(err, target)
 		}
 		if len(b) > wsdlMaxBytes {
-			return nil, jobs.Errorf(jobs.CodeResponseTooLarge, "the WSDL document %s of connection %s is over %d bytes", u.Redacted(), name, wsdlMaxBytes)
+			return nil, jobs.Errorf(jobs.CodeResponseTooLarge, "the WSDL document %s of connection %s is over %d bytes", wsdl.RedactURL(raw), name, wsdlMaxBytes)
 		}
 		return b, nil
 	}

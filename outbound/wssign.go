@@ -1,9 +1,12 @@
 package outbound
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/sha256"
 	"encoding/xml"
 	"errors"
+	"fmt"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
 	"github.com/mtlsrelay/mtlsrelay/outbound/wss"
@@ -45,15 +48,35 @@ func signEnvelope(call *jobs.Call, envelope []byte, w *secrets.WSS, mat *secrets
 	}
 }
 
-// verifyResponse checks the WS-Security signature of a response, against
-// the profile's truststore (the system roots when it has none).
-func verifyResponse(call *jobs.Call, host string, body []byte, mat *secrets.Material) *jobs.Error {
+// verifyResponseWSS checks the WS-Security signature of a response, against
+// the profile's truststore (the system roots when it has none, which
+// needs w.VerifySigner: any publicly trusted certificate would do
+// otherwise), and that the signer is one w.VerifySigner names and not the
+// profile's own certificate (a reflected request). A 2xx with an empty
+// body (a one-way operation's 202) has nothing to verify and passes.
+func verifyResponseWSS(call *jobs.Call, host string, body []byte, w *secrets.WSS, mat *secrets.Material) *jobs.Error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	fail := func(format string, args ...any) *jobs.Error {
+		return jobs.Errorf(jobs.CodeSOAPSignatureInvalid, "the response of %s to call %s failed WS-Security verification (soap.wss.verify_response of connection %s): %s", host, call.ID, call.Connection, fmt.Sprintf(format, args...))
+	}
 	opts := wss.VerifyOptions{}
 	if mat != nil && mat.Config != nil {
 		opts.Roots = mat.Config.RootCAs
 	}
-	if _, err := wss.Verify(body, opts); err != nil {
-		return jobs.Errorf(jobs.CodeSOAPSignatureInvalid, "the response of %s to call %s failed WS-Security verification (soap.wss.verify_response of connection %s): %v", host, call.ID, call.Connection, err)
+	if opts.Roots == nil && (w == nil || len(w.VerifySigner) == 0) {
+		return fail("profile %s has no truststore and soap.wss.verify_signer is empty; the system roots alone are not accepted for message signatures", profileName(mat))
+	}
+	signer, err := wss.Verify(body, opts)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if mat != nil && mat.Leaf != nil && signer.Equal(mat.Leaf) {
+		return fail("the response is signed with the profile's own certificate (a reflected request?)")
+	}
+	if !w.SignerAccepted(signer) {
+		return fail("the signing certificate %q (SHA-256 %x) is not one soap.wss.verify_signer names", signer.Subject.String(), sha256.Sum256(signer.Raw))
 	}
 	return nil
 }

@@ -141,6 +141,9 @@ func (p Profile) parse() (profileRefs, error) {
 	if err := p.SOAP.Validate("profile"); err != nil {
 		return r, jobs.Errorf(jobs.CodeKeystoreInvalid, "%v", err)
 	}
+	if err := p.SOAP.ValidateTrust("profile", p.Truststore != ""); err != nil {
+		return r, jobs.Errorf(jobs.CodeKeystoreInvalid, "%v", err)
+	}
 	switch p.Revocation {
 	case "", RevocationOff, RevocationPrefer, RevocationRequire:
 	default:

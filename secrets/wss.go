@@ -1,6 +1,10 @@
 package secrets
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -34,6 +38,55 @@ type WSS struct {
 	// certificate the profile's truststore (else the system roots)
 	// trusts. A response that fails ends soap_signature_invalid.
 	VerifyResponse bool `yaml:"verify_response,omitempty" json:"verify_response,omitempty"`
+	// VerifySigner, with verify_response, names the certificates whose
+	// signatures are accepted: "sha256:<hex>" (the certificate's SHA-256
+	// fingerprint, colons allowed), "cn:<name>" (the subject's common
+	// name) or "dns:<name>" (a DNS subject alternative name); any one
+	// matching is enough. The signer must still chain to the truststore.
+	// Required when the profile has no truststore: the system roots alone
+	// would accept a signature by any publicly trusted certificate.
+	VerifySigner []string `yaml:"verify_signer,omitempty" json:"verify_signer,omitempty"`
+}
+
+// SignerAccepted reports whether cert is one VerifySigner names; true
+// when VerifySigner is empty.
+func (w *WSS) SignerAccepted(cert *x509.Certificate) bool {
+	if w == nil || len(w.VerifySigner) == 0 {
+		return true
+	}
+	fp := sha256.Sum256(cert.Raw)
+	for _, s := range w.VerifySigner {
+		kind, v, _ := strings.Cut(s, ":")
+		switch strings.ToLower(kind) {
+		case "sha256":
+			want, err := hex.DecodeString(strings.ReplaceAll(v, ":", ""))
+			if err == nil && subtle.ConstantTimeCompare(want, fp[:]) == 1 {
+				return true
+			}
+		case "cn":
+			if cert.Subject.CommonName == v {
+				return true
+			}
+		case "dns":
+			for _, n := range cert.DNSNames {
+				if strings.EqualFold(n, v) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// ValidateTrust checks what Validate cannot see alone: verify_response on
+// a profile without a truststore needs verify_signer. hasTruststore says
+// whether the profile (the connection's profile, for a connection's
+// soap.wss) has one.
+func (s *SOAPSettings) ValidateTrust(where string, hasTruststore bool) error {
+	if s == nil || s.WSS == nil || !s.WSS.VerifyResponse || hasTruststore || len(s.WSS.VerifySigner) > 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: soap.wss.verify_response on a profile without a truststore needs soap.wss.verify_signer (the system roots alone would accept a message signature by any publicly trusted certificate)", where)
 }
 
 // DefaultTimestampTTL is the lifetime of a WS-Security Timestamp when
@@ -67,6 +120,25 @@ func (s *SOAPSettings) Validate(where string) error {
 	for _, h := range w.SignHeaders {
 		if _, _, err := ParseClarkName(h); err != nil {
 			return fmt.Errorf("%s: soap.wss.sign_headers: %v", where, err)
+		}
+	}
+	if len(w.VerifySigner) > 0 && !w.VerifyResponse {
+		return fmt.Errorf("%s: soap.wss.verify_signer is set but verify_response is not; set verify_response: true", where)
+	}
+	for _, v := range w.VerifySigner {
+		kind, val, _ := strings.Cut(v, ":")
+		switch strings.ToLower(kind) {
+		case "sha256":
+			b, err := hex.DecodeString(strings.ReplaceAll(val, ":", ""))
+			if err != nil || len(b) != sha256.Size {
+				return fmt.Errorf("%s: soap.wss.verify_signer %q: a fingerprint is sha256: and 64 hex digits", where, v)
+			}
+		case "cn", "dns":
+			if strings.TrimSpace(val) == "" {
+				return fmt.Errorf("%s: soap.wss.verify_signer %q names no %s", where, v, kind)
+			}
+		default:
+			return fmt.Errorf("%s: soap.wss.verify_signer %q: use sha256:<fingerprint>, cn:<common name> or dns:<DNS name>", where, v)
 		}
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
@@ -73,18 +75,42 @@ A call may then name soap.operation instead of soap.action.`,
 }
 
 // printDescription writes desc for a person: one block per operation,
-// with the call's soap fields that name it and its input skeleton.
+// with the call's soap fields that name it and its input skeleton. Names,
+// addresses and skeletons come from the partner's WSDL: control and
+// bidirectional-override characters in them are escaped so they cannot
+// rewrite the terminal.
 func printDescription(w io.Writer, desc *wsdl.Description) {
 	for _, s := range desc.Services {
 		for _, p := range s.Ports {
-			fmt.Fprintf(w, "service %s, port %s: SOAP %s, binding %s\n  address %s\n", s.Name, p.Name, p.SOAPVersion, p.Binding, p.Address)
+			fmt.Fprintf(w, "service %s, port %s: SOAP %s, binding %s\n  address %s\n", safeText(s.Name), safeText(p.Name), safeText(p.SOAPVersion), safeText(p.Binding), safeText(p.Address))
 			for _, op := range p.Operations {
-				fmt.Fprintf(w, "\n  operation %s (%s/%s)\n    soap.operation: %s/%s/%s\n    SOAPAction: %q\n    input:\n", op.Name, op.Style, op.Use, s.Name, p.Name, op.Name, op.SOAPAction)
+				fmt.Fprintf(w, "\n  operation %s (%s/%s)\n    soap.operation: %s/%s/%s\n    SOAPAction: %q\n    input:\n", safeText(op.Name), safeText(op.Style), safeText(op.Use), safeText(s.Name), safeText(p.Name), safeText(op.Name), op.SOAPAction)
 				for _, line := range strings.Split(op.Input, "\n") {
-					fmt.Fprintf(w, "      %s\n", line)
+					fmt.Fprintf(w, "      %s\n", safeText(line))
 				}
 			}
 			fmt.Fprintln(w)
 		}
 	}
+}
+
+// safeText escapes control characters (and the Unicode bidirectional
+// overrides) in partner-controlled text as \uXXXX.
+func safeText(s string) string {
+	if !strings.ContainsFunc(s, unsafeRune) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unsafeRune(r) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func unsafeRune(r rune) bool {
+	return unicode.IsControl(r) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) || r == utf8.RuneError
 }

@@ -1,6 +1,7 @@
 package wsdl
 
 import (
+	"context"
 	"encoding/xml"
 	"fmt"
 	"strings"
@@ -15,6 +16,9 @@ type definitions struct {
 	bindings  map[xml.Name]wsdlDecl
 	services  []wsdlDecl // in reading order: the root document's first
 	schemas   *schemas
+	// ops are the operations of each SOAP binding, read once however many
+	// ports use the binding (they share the slice).
+	ops map[xml.Name][]Operation
 }
 
 // wsdlDecl is a WSDL component with the document and targetNamespace it
@@ -31,6 +35,7 @@ func newDefinitions() *definitions {
 		portTypes: map[xml.Name]*node{},
 		bindings:  map[xml.Name]wsdlDecl{},
 		schemas:   newSchemas(),
+		ops:       map[xml.Name][]Operation{},
 	}
 }
 
@@ -57,20 +62,40 @@ func (d *definitions) add(loc location, tns string, n *node) {
 }
 
 // description builds the Description: every service with its SOAP ports.
-func (d *definitions) description(tns string) (*Description, error) {
+// Skeletons share one budget (see budget); ctx ending stops the work and
+// fails the whole description with ctx's error. More than MaxPorts SOAP
+// ports or MaxOperations operations over all ports is an error.
+func (d *definitions) description(ctx context.Context, tns string) (*Description, error) {
+	b := newBudget(ctx)
 	desc := &Description{TargetNamespace: tns, Services: []Service{}}
+	ports, ops := 0, 0
 	for _, s := range d.services {
 		svc := Service{Name: s.n.attr("name"), Ports: []Port{}}
 		for _, p := range s.n.each(nsWSDL, "port") {
-			port, ok, err := d.port(s, p)
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("reading the WSDL's operations: %w", err)
+			}
+			port, ok, err := d.port(s, p, b)
 			if err != nil {
 				return nil, err
 			}
-			if ok {
-				svc.Ports = append(svc.Ports, port)
+			if !ok {
+				continue
 			}
+			ports++
+			ops += len(port.Operations)
+			if ports > MaxPorts {
+				return nil, fmt.Errorf("the WSDL has more than %d SOAP ports, which is refused", MaxPorts)
+			}
+			if ops > MaxOperations {
+				return nil, fmt.Errorf("the WSDL has more than %d operations over all its ports, which is refused", MaxOperations)
+			}
+			svc.Ports = append(svc.Ports, port)
 		}
 		desc.Services = append(desc.Services, svc)
+	}
+	if b.err != nil {
+		return nil, fmt.Errorf("building the WSDL's skeletons: %w", b.err)
 	}
 	return desc, nil
 }
@@ -88,7 +113,7 @@ func soapVersion(space string) string {
 }
 
 // port reads one wsdl:port; ok is false when its binding is not SOAP.
-func (d *definitions) port(s wsdlDecl, p *node) (Port, bool, error) {
+func (d *definitions) port(s wsdlDecl, p *node, bud *budget) (Port, bool, error) {
 	bname := p.qname(p.attr("binding"))
 	b, found := d.bindings[bname]
 	if !found {
@@ -117,21 +142,29 @@ func (d *definitions) port(s wsdlDecl, p *node) (Port, bool, error) {
 			break
 		}
 	}
+	if ops, done := d.ops[bname]; done {
+		port.Operations = ops
+		return port, true, nil
+	}
 	pt := d.portTypes[b.n.qname(b.n.attr("type"))]
 	bindingStyle := soapBinding.attr("style")
 	for _, bo := range b.n.each(nsWSDL, "operation") {
-		op, err := d.operation(b, pt, bo, ns, bindingStyle)
+		if len(port.Operations) >= MaxOperations {
+			return Port{}, false, fmt.Errorf("binding %q has more than %d operations, which is refused", clip(bname.Local, 100), MaxOperations)
+		}
+		op, err := d.operation(b, pt, bo, ns, bindingStyle, bud)
 		if err != nil {
 			return Port{}, false, err
 		}
 		port.Operations = append(port.Operations, op)
 	}
+	d.ops[bname] = port.Operations
 	return port, true, nil
 }
 
 // operation reads one binding operation: its SOAP attributes from the
 // binding, its input message from the port type.
-func (d *definitions) operation(b wsdlDecl, pt *node, bo *node, ns, bindingStyle string) (Operation, error) {
+func (d *definitions) operation(b wsdlDecl, pt *node, bo *node, ns, bindingStyle string, bud *budget) (Operation, error) {
 	op := Operation{Name: bo.attr("name"), Use: "literal"}
 	style := bindingStyle
 	if so := bo.first(ns, "operation"); so != nil {
@@ -175,7 +208,7 @@ func (d *definitions) operation(b wsdlDecl, pt *node, bo *node, ns, bindingStyle
 		return op, nil
 	}
 	parts := selectParts(msg, body, headerParts)
-	sk := newSkeleton(d.schemas)
+	sk := newSkeleton(d.schemas, bud)
 	if op.Style == "rpc" {
 		op.Input = sk.rpc(op.Name, op.Namespace, parts)
 	} else {

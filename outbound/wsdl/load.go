@@ -28,12 +28,12 @@ type location struct {
 	path string   // set for a file
 }
 
-// String names the location for error messages (a URL without its
-// password).
+// String names the location for error messages: a URL without its
+// password or query values (see RedactURL).
 func (l location) String() string {
 	switch {
 	case l.url != nil:
-		return l.url.Redacted()
+		return redactURL(l.url)
 	case l.path != "":
 		return l.path
 	}
@@ -236,7 +236,9 @@ func (l *loader) document(ctx context.Context, loc location, root *node, chamele
 	case root.name.Space == nsWSDL20:
 		return fmt.Errorf("%s is a WSDL 2.0 description, which is not supported (only WSDL 1.1)", loc)
 	}
-	return fmt.Errorf("%s: the root element is <%s> in namespace %q, neither a WSDL 1.1 definitions nor an XSD schema", loc, clip(root.name.Local, 60), clip(root.name.Space, 100))
+	// The document's own names are not quoted: errors must not echo
+	// what a partner's server returned.
+	return fmt.Errorf("%s: the root element is neither a WSDL 1.1 definitions nor an XSD schema", loc)
 }
 
 func isWSDL(n *node) bool {
@@ -299,4 +301,37 @@ func (l *loader) schema(ctx context.Context, loc location, s *node, chameleonNS 
 		}
 	}
 	return nil
+}
+
+// RedactURL writes a URL for an error message: without its password or
+// fragment, and with the values of its query parameters (which may carry a
+// token) replaced by "...": "https://h/svc?wsdl", "https://h/x?token=...".
+// A string that is not an absolute URL (a file path) is returned as is.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	if u.Scheme == "" || u.Host == "" {
+		return raw
+	}
+	return redactURL(u)
+}
+
+func redactURL(u *url.URL) string {
+	c := *u
+	c.RawQuery, c.ForceQuery, c.Fragment, c.RawFragment = "", false, "", ""
+	out := c.Redacted()
+	if u.RawQuery == "" {
+		return out
+	}
+	var names []string
+	for _, kv := range strings.Split(u.RawQuery, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		if v != "" {
+			k += "=..."
+		}
+		names = append(names, clip(k, 60))
+	}
+	return out + "?" + strings.Join(names, "&")
 }

@@ -17,8 +17,27 @@ import (
 type node struct {
 	name     xml.Name // Space is the namespace URI
 	attrs    []xml.Attr
-	ns       map[string]string // prefix -> URI in scope ("" is the default)
+	ns       *nsFrame // the namespaces in scope
 	children []*node
+}
+
+// nsFrame is the namespace declarations of one element, linked to those of
+// the nearest ancestor that has any. Elements without declarations share
+// their parent's frame, so parsing is linear in the declarations however
+// many are in scope, and a lookup walks at most MaxDepth frames.
+type nsFrame struct {
+	decls  map[string]string // prefix -> URI ("" is the default namespace)
+	parent *nsFrame
+}
+
+// lookup returns the URI prefix is bound to in scope.
+func (f *nsFrame) lookup(prefix string) (string, bool) {
+	for ; f != nil; f = f.parent {
+		if uri, ok := f.decls[prefix]; ok {
+			return uri, true
+		}
+	}
+	return "", false
 }
 
 // attr returns the value of the unqualified attribute local, or "".
@@ -51,9 +70,10 @@ func (n *node) qname(value string) xml.Name {
 	}
 	prefix, local, ok := strings.Cut(value, ":")
 	if !ok {
-		return xml.Name{Space: n.ns[""], Local: value}
+		def, _ := n.ns.lookup("")
+		return xml.Name{Space: def, Local: value}
 	}
-	uri, known := n.ns[prefix]
+	uri, known := n.ns.lookup(prefix)
 	if !known && prefix == "xml" {
 		uri, known = "http://www.w3.org/XML/1998/namespace", true
 	}
@@ -115,12 +135,11 @@ func parseXML(data []byte) (*node, error) {
 				return nil, fmt.Errorf("elements nest deeper than %d levels", MaxDepth)
 			}
 			n := &node{name: t.Name}
-			var parentNS map[string]string
+			var parentNS *nsFrame
 			if len(stack) > 0 {
 				parentNS = stack[len(stack)-1].ns
 			}
-			n.ns = parentNS
-			own := false // the element shares its parent's scope until it declares
+			n.ns = parentNS // shared until the element declares a namespace
 			for _, a := range t.Attr {
 				prefix, isDecl := "", false
 				switch {
@@ -133,17 +152,10 @@ func parseXML(data []byte) (*node, error) {
 					n.attrs = append(n.attrs, a)
 					continue
 				}
-				if !own {
-					n.ns = make(map[string]string, len(parentNS)+1)
-					for k, v := range parentNS {
-						n.ns[k] = v
-					}
-					own = true
+				if n.ns == parentNS {
+					n.ns = &nsFrame{decls: map[string]string{}, parent: parentNS}
 				}
-				n.ns[prefix] = a.Value
-			}
-			if n.ns == nil {
-				n.ns = map[string]string{}
+				n.ns.decls[prefix] = a.Value
 			}
 			if len(stack) == 0 {
 				if root != nil {
@@ -170,7 +182,13 @@ func parseXML(data []byte) (*node, error) {
 func xmlError(err error) error {
 	var se *xml.SyntaxError
 	if errors.As(err, &se) {
-		return fmt.Errorf("not well-formed XML on line %d: %s", se.Line, clip(se.Msg, 120))
+		// encoding/xml's messages quote element names and other bits of
+		// the document; those are left out.
+		msg := se.Msg
+		if strings.ContainsAny(msg, "<>\"'`") {
+			msg = "syntax error"
+		}
+		return fmt.Errorf("not well-formed XML on line %d: %s", se.Line, clip(msg, 120))
 	}
 	return fmt.Errorf("not readable as XML: %s", clip(err.Error(), 160))
 }

@@ -2,6 +2,7 @@ package wsdl
 
 import (
 	"bytes"
+	"context"
 	"encoding/xml"
 	"fmt"
 	"slices"
@@ -15,11 +16,43 @@ import (
 // on each top element so every top element stands on its own.
 type skeleton struct {
 	schemas   *schemas
+	budget    *budget
+	work      int // schema nodes visited for this skeleton
 	buf       bytes.Buffer
 	prefixes  map[string]string // namespace -> prefix, for the current top element
 	order     []string          // namespaces in the order they got a prefix
 	expanding []xml.Name        // named types and groups being expanded (recursion guard)
-	truncated bool
+	// cut says why the skeleton stopped early ("" while it has not).
+	cut string
+}
+
+// budget bounds the skeletons of one Load: the work (schema nodes visited)
+// and bytes of each operation's skeleton, their totals over the Load, and
+// the Load's context. Nested group references, types that use each other
+// many times over, or thousands of operations make a small WSDL expand
+// exponentially otherwise.
+type budget struct {
+	ctx        context.Context
+	work       int   // total schema nodes visited
+	bytes      int   // total skeleton bytes written
+	err        error // the context's error, once it ended
+	sinceCheck int
+}
+
+func newBudget(ctx context.Context) *budget { return &budget{ctx: ctx} }
+
+// exhausted says why no more skeleton may be built in this Load, "" when
+// it may.
+func (b *budget) exhausted() string {
+	switch {
+	case b.err != nil:
+		return "the WSDL took too long to read"
+	case b.work >= maxTotalSkeletonWork:
+		return fmt.Sprintf("the WSDL's skeletons took more than %d steps in all", maxTotalSkeletonWork)
+	case b.bytes >= maxTotalSkeletonSize:
+		return fmt.Sprintf("the WSDL's skeletons exceed %d bytes in all", maxTotalSkeletonSize)
+	}
+	return ""
 }
 
 // declMark stands, in the buffer, where the top element's namespace
@@ -27,8 +60,55 @@ type skeleton struct {
 // cannot collide with anything the schemas contribute.
 const declMark = "\x00"
 
-func newSkeleton(s *schemas) *skeleton {
-	return &skeleton{schemas: s}
+func newSkeleton(s *schemas, b *budget) *skeleton {
+	return &skeleton{schemas: s, budget: b}
+}
+
+// step counts one schema node visited and reports whether the skeleton may
+// go on: false once this skeleton's or the Load's budget is spent or the
+// context has ended. Every expanding function calls it first, so once it
+// returns false no function recurses any further.
+func (s *skeleton) step() bool {
+	if s.cut != "" {
+		return false
+	}
+	s.work++
+	b := s.budget
+	b.work++
+	if b.sinceCheck++; b.sinceCheck >= 1024 {
+		b.sinceCheck = 0
+		if b.err == nil {
+			b.err = b.ctx.Err()
+		}
+	}
+	switch {
+	case s.work > maxSkeletonWork:
+		s.cut = fmt.Sprintf("skeleton cut: expanding it took more than %d steps", maxSkeletonWork)
+	case s.buf.Len() > maxSkeletonSize:
+		s.cut = fmt.Sprintf("skeleton cut at %d bytes", maxSkeletonSize)
+	default:
+		if why := b.exhausted(); why != "" {
+			s.cut = "skeleton cut: " + why
+		}
+	}
+	return s.cut == ""
+}
+
+// room reports whether n more bytes fit in this skeleton's budget; when
+// not, the skeleton is cut.
+func (s *skeleton) room(n int) bool {
+	if s.cut != "" {
+		return false
+	}
+	if s.buf.Len()+n > maxSkeletonSize {
+		s.cut = fmt.Sprintf("skeleton cut at %d bytes", maxSkeletonSize)
+		return false
+	}
+	if s.budget.bytes+s.buf.Len()+n > maxTotalSkeletonSize {
+		s.cut = "skeleton cut: " + fmt.Sprintf("the WSDL's skeletons exceed %d bytes in all", maxTotalSkeletonSize)
+		return false
+	}
+	return true
 }
 
 // document writes one element per part: the part's element, or for a part
@@ -57,6 +137,9 @@ func (s *skeleton) rpc(operation, namespace string, parts []*node) string {
 
 // part writes the element for one message part.
 func (s *skeleton) part(p *node, depth int) {
+	if !s.step() {
+		return
+	}
 	if el := p.attr("element"); el != "" {
 		q := p.qname(el)
 		d, ok := s.schemas.elements[q]
@@ -91,10 +174,15 @@ func (s *skeleton) top(write func()) {
 	}
 }
 
+// finish returns the skeleton, ending with a comment saying why when it
+// was cut, and counts its bytes against the Load's budget.
 func (s *skeleton) finish() string {
-	if s.truncated {
-		s.comment(fmt.Sprintf("skeleton cut at %d bytes", maxSkeletonSize))
+	if s.cut != "" {
+		// Written past the budget: the comment is short, and says why
+		// the skeleton is incomplete.
+		s.buf.WriteString("<!-- " + commentSafe(s.cut) + " -->")
 	}
+	s.budget.bytes += s.buf.Len()
 	return s.buf.String()
 }
 
@@ -115,13 +203,17 @@ func (s *skeleton) prefix(ns string) string {
 // write writes element name with content; an element with no content is
 // written empty-tagged. isTop marks where the declarations go.
 func (s *skeleton) write(name xml.Name, isTop bool, content func()) {
-	if s.buf.Len() > maxSkeletonSize {
-		s.truncated = true
+	if !s.step() {
 		return
 	}
 	tag := name.Local
 	if name.Space != "" {
 		tag = s.prefix(name.Space) + ":" + name.Local
+	}
+	// The start tag and, later, the end tag; the end tag is written even
+	// when the content cuts the skeleton, to keep it well-formed.
+	if !s.room(2*len(tag) + 5 + len(declMark)) {
+		return
 	}
 	s.buf.WriteString("<" + tag)
 	if isTop {
@@ -139,11 +231,18 @@ func (s *skeleton) write(name xml.Name, isTop bool, content func()) {
 }
 
 func (s *skeleton) text(t string) {
+	if !s.room(6 * len(t)) { // escaping at most sextuples a byte (&quot;)
+		return
+	}
 	xml.EscapeText(&s.buf, []byte(t))
 }
 
 func (s *skeleton) comment(c string) {
-	s.buf.WriteString("<!-- " + commentSafe(c) + " -->")
+	c = "<!-- " + commentSafe(c) + " -->"
+	if !s.step() || !s.room(len(c)) {
+		return
+	}
+	s.buf.WriteString(c)
 }
 
 // commentSafe makes c fit in an XML comment (no "--", no trailing "-") and
@@ -159,6 +258,9 @@ func commentSafe(c string) string {
 // element writes an xsd:element: a global one (always in its schema's
 // namespace) or a local one (qualified by form or elementFormDefault).
 func (s *skeleton) element(d decl, global bool, depth int) {
+	if !s.step() {
+		return
+	}
 	n := d.n
 	if ref := n.attr("ref"); ref != "" {
 		q := n.qname(ref)
@@ -201,6 +303,9 @@ func (s *skeleton) element(d decl, global bool, depth int) {
 
 // typeContent writes the content of an element of the named type q.
 func (s *skeleton) typeContent(q xml.Name, depth int) {
+	if !s.step() {
+		return
+	}
 	if q.Space == nsXSD {
 		s.text(q.Local)
 		return
@@ -232,6 +337,9 @@ func (s *skeleton) named(q xml.Name, expand func()) {
 // base type's content first for an extension, the base's text for simple
 // content. Attributes are left out: the skeleton shows elements.
 func (s *skeleton) complexType(d decl, depth int) {
+	if !s.step() {
+		return
+	}
 	for _, c := range d.n.children {
 		if c.name.Space != nsXSD {
 			continue
@@ -273,6 +381,9 @@ func (s *skeleton) complexType(d decl, depth int) {
 // simpleContent writes the text of a complexType with simple content: the
 // base type's name (or, for a complex base, its own simple content).
 func (s *skeleton) simpleContent(d decl) {
+	if !s.step() {
+		return
+	}
 	base := d.n.qname(d.n.attr("base"))
 	if base.Space == nsXSD {
 		s.text(base.Local)
@@ -292,6 +403,9 @@ func (s *skeleton) simpleContent(d decl) {
 // particle writes a model group (sequence, all, choice) or a group
 // reference at the given element depth.
 func (s *skeleton) particle(d decl, depth int) {
+	if !s.step() {
+		return
+	}
 	n := d.n
 	if n.attr("maxOccurs") == "0" {
 		return
@@ -340,6 +454,9 @@ func (s *skeleton) particle(d decl, depth int) {
 
 // member writes one member of a model group.
 func (s *skeleton) member(d decl, depth int) {
+	if !s.step() {
+		return
+	}
 	if d.n.name.Space != nsXSD {
 		return
 	}
@@ -372,7 +489,7 @@ func branchLabel(n *node) string {
 // simpleText returns the text a simple type shows: its first enumeration
 // value, else the name of the XSD built-in type it derives from.
 func (s *skeleton) simpleText(d decl, hops int) string {
-	if hops > maxSkeletonDepth {
+	if hops > maxSkeletonDepth || !s.step() {
 		return "string"
 	}
 	for _, c := range d.n.children {

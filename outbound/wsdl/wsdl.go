@@ -26,8 +26,22 @@ const (
 	MaxDepth = 128
 	// maxSkeletonDepth bounds how deep a skeleton expands nested types.
 	maxSkeletonDepth = 10
-	// maxSkeletonSize bounds one operation's skeleton, in bytes.
+	// maxSkeletonSize bounds one operation's skeleton, in bytes, comments
+	// included.
 	maxSkeletonSize = 256 << 10
+	// maxSkeletonWork bounds the schema nodes one operation's skeleton
+	// visits: nested group references and types used many times over grow
+	// exponentially with the nesting, whatever the byte size.
+	maxSkeletonWork = 200_000
+	// maxTotalSkeletonSize and maxTotalSkeletonWork bound the skeletons of
+	// all operations of one Load together.
+	maxTotalSkeletonSize = 16 << 20
+	maxTotalSkeletonWork = 4_000_000
+	// MaxOperations is the most operations Load accepts over all ports
+	// (an operation of a binding that two ports use counts twice), and
+	// MaxPorts the most SOAP ports.
+	MaxOperations = 10_000
+	MaxPorts      = 1_000
 )
 
 // Fetch returns the bytes of the document at an absolute https (or http)
@@ -123,7 +137,7 @@ func (l *loader) describe(ctx context.Context, loc location, root *node) (*Descr
 		return nil, err
 	}
 	if !isWSDL(root) {
-		return nil, fmt.Errorf("%s: the root element is <%s>, not a WSDL 1.1 <definitions> (%s)", loc, root.name.Local, nsWSDL)
+		return nil, fmt.Errorf("%s: the root element is not a WSDL 1.1 <definitions> (%s)", loc, nsWSDL)
 	}
-	return l.defs.description(root.attr("targetNamespace"))
+	return l.defs.description(ctx, root.attr("targetNamespace"))
 }

@@ -111,6 +111,14 @@ func TestSignCanonicalizationEdgeCases(t *testing.T) {
 		{"CDATA, char refs, CR, attribute whitespace", soap11NS, string(envelopeXML(soap11NS, "", `<q xmlns="urn:q" a="tab&#9;nl&#10;cr&#13;quote&quot;lt&lt;" b='single "x"'><![CDATA[ACME <raw> & more]]>&#13;&#x1F600;&gt;</q>`))},
 		{"whitespace and comments between elements", soap11NS, "<soap:Envelope xmlns:soap=\"" + soap11NS + "\">\n  <soap:Header>\n    <h:x xmlns:h=\"urn:h\">1</h:x>\n  </soap:Header>\n  <soap:Body>\n    <!-- c -->\n    <q xmlns=\"urn:q\">\n      ACME\n    </q>\n  </soap:Body>\n</soap:Envelope>"},
 		{"5000-element Body", soap12NS, string(envelopeXML(soap12NS, "", `<q xmlns="urn:q">ACME`+big+`</q>`))},
+		// Exclusive c14n sorts attributes by (namespace URI, local name):
+		// xml:lang (XML namespace) after xsi:nil (XMLSchema-instance).
+		{"xml:lang and xsi:nil on one element", soap11NS, string(envelopeXML(soap11NS, "", `<m:GetQuote xmlns:m="urn:example:quotes" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><m:Symbol xml:lang="en" xsi:nil="false">ACME</m:Symbol></m:GetQuote>`))},
+		{"prefixed attributes whose prefix and URI orders differ", soap11NS, string(envelopeXML(soap11NS, "", `<q xmlns="urn:q" xmlns:a="urn:z" xmlns:b="urn:a" a:k1="1" b:k2="2">ACME</q>`))},
+		// No xmlns="" in the canonical form: no default namespace was
+		// rendered above the Body's content.
+		{"xmlns=\"\" at the Body top of a default-namespace envelope", soap11NS, `<Envelope xmlns="` + soap11NS + `"><Body><q xmlns="">ACME</q></Body></Envelope>`},
+		{"literal tab and newline in an attribute value", soap11NS, string(envelopeXML(soap11NS, "", "<q xmlns=\"urn:q\" a=\"x\ty\nz\">ACME</q>"))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -126,6 +134,34 @@ func TestSignCanonicalizationEdgeCases(t *testing.T) {
 			}
 			if _, err := Verify(signed, VerifyOptions{Roots: p.roots()}); err != nil {
 				t.Fatalf("Verify: %v", err)
+			}
+			if _, err := Verify(tamperBody(t, signed), VerifyOptions{Roots: p.roots()}); err == nil {
+				t.Fatal("Verify accepted a tampered body")
+			}
+		})
+	}
+}
+
+// TestVerifyZeepSignedEdgeCases has zeep sign responses whose
+// canonicalization has pitfalls (attribute order by namespace URI,
+// xmlns="" at the Body top, literal whitespace in attribute values, which
+// libxml2 normalizes) and checks that Verify accepts them.
+func TestVerifyZeepSignedEdgeCases(t *testing.T) {
+	ca := newCA(t)
+	p := rsaProfile(t, ca)
+	now := time.Now().UTC()
+	ts := fmt.Sprintf(`<wsse:Security xmlns:wsse="%s" xmlns:wsu="%s"><wsu:Timestamp><wsu:Created>%s</wsu:Created><wsu:Expires>%s</wsu:Expires></wsu:Timestamp></wsse:Security>`,
+		wsseNS, wsuNS, now.Format(time.RFC3339), now.Add(5*time.Minute).Format(time.RFC3339))
+	tests := []struct{ name, env string }{
+		{"xml:lang and xsi:nil on one element", string(envelopeXML(soap11NS, ts, `<m:GetQuote xmlns:m="urn:example:quotes" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><m:Symbol xml:lang="en" xsi:nil="false">ACME</m:Symbol></m:GetQuote>`))},
+		{"xmlns=\"\" at the Body top of a default-namespace envelope", `<Envelope xmlns="` + soap11NS + `"><Header>` + ts + `</Header><Body><q xmlns="">ACME</q></Body></Envelope>`},
+		{"literal tab and newline in an attribute value", string(envelopeXML(soap11NS, ts, "<q xmlns=\"urn:q\" a=\"x\ty\nz\">ACME</q>"))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			signed := zeepSign(t, []byte(tt.env), p, "RSA_SHA256", "SHA256")
+			if _, err := Verify(signed, VerifyOptions{Roots: p.roots()}); err != nil {
+				t.Fatalf("Verify: %v\n%s", err, signed)
 			}
 			if _, err := Verify(tamperBody(t, signed), VerifyOptions{Roots: p.roots()}); err == nil {
 				t.Fatal("Verify accepted a tampered body")

@@ -87,12 +87,19 @@ func Sign(envelope []byte, cert *x509.Certificate, key crypto.Signer, opts Optio
 
 	// Ids are random so that two messages never share one and a replayed
 	// part cannot be mistaken for another message's.
-	taken := indexIDs(env.root).byID
+	ix := indexIDs(env.root)
+	taken := ix.byID
 	// idOf gives el a wsu:Id unless it has one; declare says whether el
-	// needs its own xmlns declaration (it does outside wsse:Security).
-	idOf := func(el *etree.Element, kind string, declare bool) string {
+	// needs its own xmlns declaration (it does outside wsse:Security). A
+	// wsu:Id the call gave that another element of the envelope also
+	// carries (as wsu:Id, Id, ID or id) is refused: the partner's verifier
+	// could resolve the reference to either element.
+	idOf := func(el *etree.Element, kind string, declare bool) (string, error) {
 		if id := wsuID(el); id != "" {
-			return id
+			if ix.dups[id] {
+				return "", fmt.Errorf("wss: <%s> has wsu:Id %q, which another element of the envelope also carries as an id; a signature reference to it would be ambiguous", truncate(el.FullTag(), 80), truncate(id, 60))
+			}
+			return id, nil
 		}
 		id := newID(kind)
 		for taken[id] != nil {
@@ -103,7 +110,7 @@ func Sign(envelope []byte, cert *x509.Certificate, key crypto.Signer, opts Optio
 			el.CreateAttr("xmlns:"+p.wsu, wsuNS)
 		}
 		el.CreateAttr(p.wsu+":Id", id)
-		return id
+		return id, nil
 	}
 
 	sec := etree.NewElement(p.wsse + ":" + tagSecurity)
@@ -121,12 +128,12 @@ func Sign(envelope []byte, cert *x509.Certificate, key crypto.Signer, opts Optio
 	bst := sec.CreateElement(p.wsse + ":" + tagBST)
 	bst.CreateAttr("EncodingType", encodingBase64)
 	bst.CreateAttr("ValueType", valueTypeX509v3)
-	bstID := idOf(bst, "X509", false)
+	bstID, _ := idOf(bst, "X509", false) // new elements: fresh ids
 	bst.SetText(base64.StdEncoding.EncodeToString(cert.Raw))
 
 	t := now()
 	ts := sec.CreateElement(p.wsu + ":" + tagTimestamp)
-	tsID := idOf(ts, "TS", false)
+	tsID, _ := idOf(ts, "TS", false)
 	ts.CreateElement(p.wsu + ":Created").SetText(t.UTC().Format(timeLayout))
 	ts.CreateElement(p.wsu + ":Expires").SetText(t.Add(ttl).UTC().Format(timeLayout))
 
@@ -134,9 +141,17 @@ func Sign(envelope []byte, cert *x509.Certificate, key crypto.Signer, opts Optio
 		id string
 		el *etree.Element
 	}
-	refs := []ref{{idOf(env.body, "id", true), env.body}, {tsID, ts}}
+	bodyID, err := idOf(env.body, "id", true)
+	if err != nil {
+		return nil, err
+	}
+	refs := []ref{{bodyID, env.body}, {tsID, ts}}
 	for _, h := range headers {
-		refs = append(refs, ref{idOf(h, "id", true), h})
+		id, err := idOf(h, "id", true)
+		if err != nil {
+			return nil, err
+		}
+		refs = append(refs, ref{id, h})
 	}
 
 	ds := func(tag string) string { return p.ds + ":" + tag }

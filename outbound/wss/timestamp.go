@@ -1,6 +1,7 @@
 package wss
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -26,34 +27,45 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%q is not an xsd:dateTime", truncate(s, 40))
 }
 
-// checkTimestamp checks a wsu:Timestamp's Created and Expires against now
-// with skew tolerated either way.
+// MaxTimestampLifetime is the longest a verified response's wsu:Timestamp
+// may be valid for (Expires - Created): a long-lived signed response could
+// be replayed for that long.
+const MaxTimestampLifetime = time.Hour
+
+// checkTimestamp checks a wsu:Timestamp: Created and Expires both present,
+// at most MaxTimestampLifetime apart, Created not in the future and
+// Expires not past, with skew tolerated either way.
 func checkTimestamp(ts *etree.Element, now time.Time, skew time.Duration) error {
-	created, err := oneChild(ts, wsuNS, "Created", "wsu:Created")
+	createdEl, err := oneChild(ts, wsuNS, "Created", "wsu:Created")
 	if err != nil {
 		return err
 	}
-	expires, err := oneChild(ts, wsuNS, "Expires", "wsu:Expires")
+	expiresEl, err := oneChild(ts, wsuNS, "Expires", "wsu:Expires")
 	if err != nil {
 		return err
 	}
-	if created != nil {
-		t, err := parseTime(created.Text())
-		if err != nil {
-			return fmt.Errorf("wss: wsu:Created: %v", err)
-		}
-		if t.After(now.Add(skew)) {
-			return fmt.Errorf("wss: the wsu:Timestamp was created in the future (%s, now %s, skew %s): check the clocks", t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), skew)
-		}
+	if createdEl == nil || expiresEl == nil {
+		return errors.New("wss: the wsu:Timestamp lacks Created or Expires; both are required")
 	}
-	if expires != nil {
-		t, err := parseTime(expires.Text())
-		if err != nil {
-			return fmt.Errorf("wss: wsu:Expires: %v", err)
-		}
-		if t.Add(skew).Before(now) {
-			return fmt.Errorf("wss: the wsu:Timestamp expired at %s (now %s, skew %s)", t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), skew)
-		}
+	created, err := parseTime(createdEl.Text())
+	if err != nil {
+		return fmt.Errorf("wss: wsu:Created: %v", err)
+	}
+	expires, err := parseTime(expiresEl.Text())
+	if err != nil {
+		return fmt.Errorf("wss: wsu:Expires: %v", err)
+	}
+	if expires.Before(created) {
+		return errors.New("wss: the wsu:Timestamp expires before it was created")
+	}
+	if life := expires.Sub(created); life > MaxTimestampLifetime {
+		return fmt.Errorf("wss: the wsu:Timestamp is valid for %s, more than the %s accepted", life, MaxTimestampLifetime)
+	}
+	if created.After(now.Add(skew)) {
+		return fmt.Errorf("wss: the wsu:Timestamp was created in the future (%s, now %s, skew %s): check the clocks", created.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), skew)
+	}
+	if expires.Add(skew).Before(now) {
+		return fmt.Errorf("wss: the wsu:Timestamp expired at %s (now %s, skew %s)", expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), skew)
 	}
 	return nil
 }

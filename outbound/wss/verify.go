@@ -39,8 +39,11 @@ const defaultSkew = 60 * time.Second
 // returns the signer's certificate. It requires exactly one wsse:Security
 // header holding a ds:Signature whose references cover the envelope's own
 // soap:Body (ids must be unique in the document, so a Body copied
-// elsewhere cannot stand in for it) and the wsu:Timestamp, if the header
-// has one, which must not be expired or created in the future. The
+// elsewhere cannot stand in for it) and the wsu:Timestamp, which the
+// header must have, with Created and Expires at most
+// MaxTimestampLifetime apart, not expired and not created in the future.
+// The envelope must be within MaxElements, MaxNamespaceDecls and
+// MaxDepth, checked before any canonicalization. The
 // certificate comes from the wsse:BinarySecurityToken that KeyInfo's
 // SecurityTokenReference points to, or from an X509Data/X509Certificate in
 // KeyInfo; it must be valid now and chain to opts.Roots. Only exclusive
@@ -118,13 +121,16 @@ func Verify(envelope []byte, opts VerifyOptions) (*x509.Certificate, error) {
 	if !covered[env.body] {
 		return nil, errors.New("wss: the signature does not cover the envelope's soap:Body")
 	}
-	if ts != nil {
-		if !covered[ts] {
-			return nil, errors.New("wss: the wsu:Timestamp is not covered by the signature")
-		}
-		if err := checkTimestamp(ts, now(), skew); err != nil {
-			return nil, err
-		}
+	// A signed Timestamp is what keeps an old signed response from being
+	// replayed: without one a signature verifies forever.
+	if ts == nil {
+		return nil, errors.New("wss: the wsse:Security header has no wsu:Timestamp; a signed Timestamp with Created and Expires is required (against replays)")
+	}
+	if !covered[ts] {
+		return nil, errors.New("wss: the wsu:Timestamp is not covered by the signature")
+	}
+	if err := checkTimestamp(ts, now(), skew); err != nil {
+		return nil, err
 	}
 
 	if err := checkCertificate(signer, certs, opts, now()); err != nil {
