@@ -152,8 +152,8 @@ func (c *Connection) Validate(name string) error {
 			return err
 		}
 	}
-	if c.Zone != "" && !jobs.ValidName(c.Zone) {
-		return fmt.Errorf("connection %s: zone %q must be 1-128 chars of [A-Za-z0-9_-]", name, c.Zone)
+	if c.Zone != "" && !jobs.ValidZone(c.Zone) {
+		return fmt.Errorf("connection %s: zone %q must be 1-64 chars of [A-Za-z0-9-]", name, c.Zone)
 	}
 	if _, _, err := c.WSDLLocation(); err != nil {
 		return fmt.Errorf("connection %s: %v", name, err)

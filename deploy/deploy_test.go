@@ -455,8 +455,8 @@ func TestKubernetesWorker(t *testing.T) {
 	}
 	// Zone default's workers also take the calls forwarded to their zone.
 	md1 := dig(so, "spec", "triggers", 1, "metadata")
-	if str(dig(md1, "stream")) != jobs.StreamZones || str(dig(md1, "consumer")) != jobs.ZoneConsumer(jobs.DefaultZone) {
-		t.Errorf("second trigger %v, want consumer %s of %s", md1, jobs.ZoneConsumer(jobs.DefaultZone), jobs.StreamZones)
+	if str(dig(md1, "stream")) != jobs.StreamZones || str(dig(md1, "consumer")) != jobs.ZoneConsumer(jobs.DefaultZone, "") {
+		t.Errorf("second trigger %v, want consumer %s of %s", md1, jobs.ZoneConsumer(jobs.DefaultZone, ""), jobs.StreamZones)
 	}
 	minReplicas, _ := dig(so, "spec", "minReplicaCount").(int)
 	minAvailable, _ := dig(kubeObject(t, "PodDisruptionBudget", "mtlsrelay-worker"), "spec", "minAvailable").(int)
@@ -797,7 +797,7 @@ func TestZoneOverlay(t *testing.T) {
 	if str(k["nameSuffix"]) != "-dmz" {
 		t.Errorf("nameSuffix %v, want -dmz", k["nameSuffix"])
 	}
-	for _, want := range []string{"value: --zones=dmz", "value: " + jobs.StreamZones, "value: " + jobs.ZoneConsumer("dmz"), "path: /spec/triggers/1", "value: mtlsrelay-worker-dmz"} {
+	for _, want := range []string{"value: --zones=dmz", "value: " + jobs.StreamZones, "value: " + jobs.ZoneConsumer("dmz", ""), "path: /spec/triggers/1", "value: mtlsrelay-worker-dmz"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("k8s-zone-dmz/kustomization.yaml lacks %q", want)
 		}

@@ -57,6 +57,7 @@ worker:
   retry_max: 200ms
   zones: ZONES
   proxy: zone-proxy
+  reply_prefixes: [_INBOX_zones]
 proxies:
   zone-proxy: {url: "http://PROXY"}
 log: {level: debug, format: json}
@@ -247,7 +248,6 @@ func TestZones(t *testing.T) {
 	// duplicate, but a core subscriber sees every publish).
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()
-	defer mu.Unlock()
 	check := func(ids []string, p zonePartner, want func(r jobs.Result) string) {
 		t.Helper()
 		keys := p.KeyCounts()
@@ -297,6 +297,115 @@ func TestZones(t *testing.T) {
 	if n := dmzProxy.Seen(); countStatus(n, 403) > 0 {
 		t.Errorf("the dmz worker tried to reach a partner of another zone %d times", countStatus(n, 403))
 	}
+	mu.Unlock()
+
+	// Direct calls reply under worker.reply_prefixes, which here lack the
+	// default _INBOX: relaying to a zone must not depend on it.
+	inbox, err := nats.Connect(natsURL, nats.CustomInboxPrefix("_INBOX_zones"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inbox.Close()
+	nc = inbox
+	durable := func(t *testing.T, conn, id, method string, hdr nats.Header) {
+		t.Helper()
+		msg := nats.NewMsg("mtlsrelay.calls." + conn)
+		msg.Data, _ = json.Marshal(map[string]any{"id": id, "method": method, "path": "echo", "reply_to": "mtlsrelay.results.zones." + id,
+			"headers": map[string][]string{partner.KeyHeader: {id}}})
+		for k, v := range hdr {
+			msg.Header[k] = v
+		}
+		msg.Header.Set(jobs.HeaderMsgID, id)
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitResult := func(t *testing.T, id string) jobs.Result {
+		t.Helper()
+		var r jobs.Result
+		checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(results[id]) == 0 {
+				return fmt.Errorf("no result for %s", id)
+			}
+			r = results[id][0]
+			return nil
+		})
+		return r
+	}
+	t.Run("ok/nats-expected-headers-do-not-stop-a-forward", func(t *testing.T) {
+		// Valid on the flow's publish, refused by MTLSRELAY_ZONES if copied.
+		durable(t, "z-dmz", "expect-stream", "GET", nats.Header{"Nats-Expected-Stream": {jobs.StreamCalls}})
+		if r := waitResult(t, "expect-stream"); !r.OK || r.Worker != "zone-dmz" {
+			t.Fatalf("call published with Nats-Expected-Stream: ok=%v worker=%s error=%+v", r.OK, r.Worker, r.Error)
+		}
+	})
+	t.Run("ok/forged-forwarding-headers-are-ignored", func(t *testing.T) {
+		durable(t, "z-internal", "forged", "GET", nats.Header{jobs.HeaderForwarded: {"8"}, jobs.HeaderEnqueued: {"2001-01-01T00:00:00Z"}})
+		if r := waitResult(t, "forged"); !r.OK || r.Worker != "zone-internal" || r.Timing.QueuedMS > 60_000 {
+			t.Fatalf("call with forged forwarding headers: ok=%v worker=%s queued=%v error=%+v", r.OK, r.Worker, r.Timing.QueuedMS, r.Error)
+		}
+	})
+	t.Run("ok/second-copy-of-a-forwarded-call-does-not-run", func(t *testing.T) {
+		durable(t, "z-dmz", "get-once", "GET", nil)
+		if r := waitResult(t, "get-once"); !r.OK || r.Worker != "zone-dmz" {
+			t.Fatalf("forwarded GET: %+v", r)
+		}
+		// A forward stored again past the duplicate window is a second
+		// copy with the same origin: find the origin the forward recorded.
+		kv, err := js.KeyValue(ctx, "mtlsrelay_call_state")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := kv.ListKeysFiltered(ctx, "f.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var origins []string
+		for k := range keys.Keys() {
+			origins = append(origins, strings.TrimPrefix(k, "f."))
+		}
+		before := len(origins)
+		if before == 0 {
+			t.Fatal("no forward recorded in mtlsrelay_call_state")
+		}
+		for _, o := range origins {
+			msg := nats.NewMsg("mtlsrelay.zone.dmz.calls.z-dmz")
+			// A GET (no call state) and another reply_to, so that neither a
+			// completed call's state nor a stored result stops it: only the
+			// claim on its origin does.
+			msg.Data, _ = json.Marshal(map[string]any{"id": "get-once", "path": "echo", "reply_to": "mtlsrelay.results.zones.get-once-copy",
+				"headers": map[string][]string{partner.KeyHeader: {"get-once"}}})
+			msg.Header.Set(jobs.HeaderMsgID, "second-copy-"+o)
+			msg.Header.Set(jobs.HeaderOrigin, o)
+			msg.Header.Set(jobs.HeaderForwarded, "1")
+			if _, err := js.PublishMsg(ctx, msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+			s, err := js.Stream(ctx, jobs.StreamZones)
+			if err != nil {
+				return err
+			}
+			info, err := s.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.State.Msgs > 0 {
+				return fmt.Errorf("%d messages in %s: the second copy was not taken", info.State.Msgs, jobs.StreamZones)
+			}
+			return nil
+		})
+		time.Sleep(200 * time.Millisecond)
+		mu.Lock()
+		n := len(results["get-once"])
+		mu.Unlock()
+		if k := dmz.KeyCounts()["get-once"]; k != 1 || n != 1 {
+			t.Errorf("the partner received the forwarded GET %d times, with %d results; want once", k, n)
+		}
+	})
 
 	t.Run("ok/direct-call-runs-in-its-zone", func(t *testing.T) {
 		data, _ := json.Marshal(map[string]any{"id": "direct-dmz", "path": "echo"})
@@ -341,7 +450,10 @@ func TestZones(t *testing.T) {
 			}
 			return nil
 		})
-		if rs := results["durable-nowhere"]; len(rs) != 0 {
+		mu.Lock()
+		rs := results["durable-nowhere"]
+		mu.Unlock()
+		if len(rs) != 0 {
 			t.Errorf("a call of a zone without workers ran: %+v", rs)
 		}
 	})

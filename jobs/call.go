@@ -149,6 +149,7 @@ var (
 	// operationChars: WSDL names (XML NCNames, ASCII only), "/" between
 	// service, port and operation.
 	operationChars = newCharset("._-/")
+	zoneChars      = newCharset("-")
 )
 
 // ValidName reports whether name can name a connection or a profile: 1-128

@@ -50,11 +50,39 @@ const (
 	// HeaderEnqueued is when a forwarded call was first stored
 	// (RFC 3339), so its queueing time counts from there.
 	HeaderEnqueued = "Mtlsrelay-Enqueued"
+	// HeaderOrigin names the message a forwarded call was first taken
+	// from: <stream>.<sequence>.<stored unix nanoseconds>. Workers read
+	// these three headers only on messages of MTLSRELAY_ZONES and on
+	// forwarded direct calls.
+	HeaderOrigin = "Mtlsrelay-Origin"
 )
 
 // ZoneConsumer is the durable pull consumer of zone's workers on
-// StreamZones.
-func ZoneConsumer(zone string) string { return ConsumerWorkers + "-" + zone }
+// StreamZones for the calls forwarded there of tenant ("" for v1 calls):
+// workers-<zone> or workers-<zone>_<tenant>. Zone names have no '_', so
+// the name splits back one way.
+func ZoneConsumer(zone, tenant string) string {
+	if tenant == "" {
+		return ConsumerWorkers + "-" + zone
+	}
+	return ConsumerWorkers + "-" + zone + "_" + tenant
+}
+
+// ParseZoneConsumer returns the zone and tenant of a ZoneConsumer name.
+func ParseZoneConsumer(name string) (zone, tenant string, ok bool) {
+	rest, ok := strings.CutPrefix(name, ConsumerWorkers+"-")
+	if !ok {
+		return "", "", false
+	}
+	zone, tenant, _ = strings.Cut(rest, "_")
+	return zone, tenant, ValidZone(zone) && (tenant == "" || ValidName(tenant))
+}
+
+// ValidZone reports whether zone can name a zone: 1-64 chars of
+// [A-Za-z0-9-] (no '_': it separates zone and tenant in consumer names).
+func ValidZone(zone string) bool {
+	return zoneChars.matches(zone, 64)
+}
 
 // ReplayHeaders are the headers of a stored message a JetStream server
 // sends back (a direct get's answer), never on what a flow or a worker
@@ -200,8 +228,14 @@ func (s Subjects) Unzone(subject string) (zone, original string) {
 	return "", subject
 }
 
-// ZoneCallsAll matches the durable calls forwarded to zone.
-func (s Subjects) ZoneCallsAll(zone string) string { return s.p() + ".zone." + zone + ".calls.>" }
+// ZoneCalls matches the durable calls of tenant ("" for v1 calls)
+// forwarded to zone.
+func (s Subjects) ZoneCalls(zone, tenant string) string {
+	if tenant == "" {
+		return s.p() + ".zone." + zone + ".calls.*"
+	}
+	return s.p() + ".zone." + zone + ".calls." + tenant + ".*"
+}
 
 // ZoneRPCAll matches the direct calls forwarded to zone.
 func (s Subjects) ZoneRPCAll(zone string) string { return s.p() + ".zone." + zone + ".rpc.>" }

@@ -397,8 +397,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("nats.partitions applies to a relay without tenants: each tenant's calls have a stream of their own already"))
 	}
 	for _, z := range c.Worker.Zones {
-		if !jobs.ValidName(z) {
-			errs = append(errs, fmt.Errorf("worker.zones: zone %q must be 1-128 chars of [A-Za-z0-9_-]", z))
+		if !jobs.ValidZone(z) {
+			errs = append(errs, fmt.Errorf("worker.zones: zone %q must be 1-64 chars of [A-Za-z0-9-]", z))
 		}
 	}
 	for _, p := range c.Worker.ReplyPrefixes {

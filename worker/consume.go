@@ -341,7 +341,10 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		return
 	}
 	w.held.add(msg)
-	queued := time.Since(enqueuedAt(msg.Headers(), meta))
+	queued := time.Since(meta.Timestamp)
+	if fromZones(meta) {
+		queued = time.Since(enqueuedAt(msg.Headers(), meta))
+	}
 	tenant, conn := w.subj.Route(msg.Subject())
 	call, derr := jobs.DecodeCall(msg.Data(), conn)
 	if call != nil {
@@ -375,6 +378,9 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	if err := w.checkReply(call.ReplyTo, call.Tenant); err != nil {
 		w.reject(ctx, msg, call, err, meta)
+		return
+	}
+	if !w.claimed(ctx, msg, meta) {
 		return
 	}
 	if zone, foreign := w.foreignZone(call.Tenant, call.Connection); foreign {
@@ -462,7 +468,7 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 	deliveries := int(meta.NumDelivered)
 	// A forwarded call may have had attempts in the zone it came from, or
 	// even completed there with an ack that NATS lost.
-	forwarded := forwardCount(msg.Headers()) > 0
+	forwarded := fromZones(meta)
 	if deliveries <= 1 && call.IsIdempotent() && !forwarded {
 		return 1, false
 	}
@@ -471,7 +477,11 @@ func (w *Worker) recall(ctx context.Context, msg jetstream.Msg, call *jobs.Call,
 		// A redelivery may follow an ack that NATS lost (a leader
 		// election, a worker that died between storing the result and
 		// acking): then the result is stored already.
-		stored, err := w.storedResult(ctx, call, enqueuedAt(msg.Headers(), meta))
+		enqueued := meta.Timestamp
+		if forwarded {
+			enqueued = enqueuedAt(msg.Headers(), meta)
+		}
+		stored, err := w.storedResult(ctx, call, enqueued)
 		if err != nil {
 			log.Warn().Err(err).Msg("could not look for the call's stored result; handing it back")
 			w.handBack(msg, jitter(time.Second))

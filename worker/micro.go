@@ -354,7 +354,7 @@ func zoneStatuses(ctx context.Context, js jetstream.JetStream) []ConsumerStatus 
 	var out []ConsumerStatus
 	lister := s.ListConsumers(ctx)
 	for info := range lister.Info() {
-		zone, ok := strings.CutPrefix(info.Name, jobs.ConsumerWorkers+"-")
+		zone, _, ok := jobs.ParseZoneConsumer(info.Name)
 		if !ok {
 			continue
 		}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,8 +60,8 @@ func (w *Worker) watchUndelivered() (*nats.Subscription, error) {
 // forwarded to a zone whose workers are gone is ended by whoever hears).
 func (w *Worker) isCallsConsumer(stream, consumer string) bool {
 	if stream == jobs.StreamZones {
-		zone, ok := strings.CutPrefix(consumer, jobs.ConsumerWorkers+"-")
-		return ok && jobs.ValidName(zone)
+		_, _, ok := jobs.ParseZoneConsumer(consumer)
+		return ok
 	}
 	if consumer != jobs.ConsumerWorkers {
 		return false

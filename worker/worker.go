@@ -40,13 +40,19 @@ type Worker struct {
 	tenants     map[string]TenantConfig
 	tenantNames []string
 	// zones are the zones whose calls this worker runs (worker.zones).
-	zones    map[string]bool
-	log      zerolog.Logger
-	exec     executor
-	resolver *secrets.Resolver
-	catalog  catalogHolder
-	retry    retryPolicy
-	slots    *semaphore.Weighted
+	zones map[string]bool
+	// zoneConsumers are the zone consumers this worker made sure exist
+	// when it forwarded (zone and tenant, NUL-separated).
+	zoneConsumers sync.Map
+	// forwardWaiting bounds the direct calls this worker relays to other
+	// zones, apart from its own direct calls.
+	forwardWaiting *semaphore.Weighted
+	log            zerolog.Logger
+	exec           executor
+	resolver       *secrets.Resolver
+	catalog        catalogHolder
+	retry          retryPolicy
+	slots          *semaphore.Weighted
 	// direct admits direct calls apart from durable ones (slots);
 	// directWaiting bounds those running or waiting for it.
 	direct        *semaphore.Weighted
@@ -121,8 +127,9 @@ func New(cfg *Config, nc *nats.Conn, opts ...Option) (*Worker, error) {
 		retry:         retryPolicy{base: cfg.Worker.RetryBase.D(), max: cfg.Worker.RetryMax.D()},
 		slots:         semaphore.NewWeighted(int64(cfg.Worker.Concurrency)),
 		// Direct calls: their own slots, and as many again may wait.
-		direct:        semaphore.NewWeighted(int64(cfg.Worker.directConcurrency())),
-		directWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.directConcurrency())),
+		direct:         semaphore.NewWeighted(int64(cfg.Worker.directConcurrency())),
+		directWaiting:  semaphore.NewWeighted(int64(2 * cfg.Worker.directConcurrency())),
+		forwardWaiting: semaphore.NewWeighted(int64(2 * cfg.Worker.directConcurrency())),
 	}
 	w.streams = streams.Options{
 		Subjects:      w.subj,

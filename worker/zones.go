@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
 	"github.com/mtlsrelay/mtlsrelay/jobs"
@@ -66,81 +67,206 @@ func (w *Worker) serves(zone string) bool {
 	return w.zones[zone]
 }
 
-// forwardCount is how often the message with header h was forwarded.
+// fromZones reports whether msg was taken from MTLSRELAY_ZONES: only
+// there do the forwarding headers come from a worker (a flow publishing to
+// a calls subject may set any header).
+func fromZones(meta *jetstream.MsgMetadata) bool { return meta.Stream == jobs.StreamZones }
+
+// forwardCount is how often a message whose forwarding headers are
+// trusted (fromZones, or a direct call on a zone subject) was forwarded.
 func forwardCount(h nats.Header) int {
 	n, _ := strconv.Atoi(h.Get(jobs.HeaderForwarded))
 	return n
 }
 
+// origin names the message a call was first taken from, for the claim
+// that lets exactly one copy of a forwarded call run: the stream, its
+// sequence and the stored time (a stream recreated with the same name
+// starts its sequences again).
+func origin(meta *jetstream.MsgMetadata) string {
+	return meta.Stream + "." + strconv.FormatUint(meta.Sequence.Stream, 10) + "." + strconv.FormatInt(meta.Timestamp.UnixNano(), 10)
+}
+
+// forwardHeaders are the headers of a call a forward keeps: trace context.
+// Nats-* headers (an expected stream or sequence, valid on the flow's
+// publish) would make MTLSRELAY_ZONES refuse the copy.
+var forwardHeaders = []string{jobs.HeaderTraceparent, "tracestate"}
+
 // forward stores the durable call msg on its zone's subject and then
-// acknowledges it here. The forwarded copy's Nats-Msg-Id is the stream
-// and sequence msg was taken from, so a forward repeated after a lost ack
-// is stored once; the flow's own Nats-Msg-Id stays the call's in the
-// stream the flow published to.
+// acknowledges it here. The copy's Nats-Msg-Id names the message it was
+// taken from, so a forward repeated after a lost ack within the duplicate
+// window is stored once; past it a second copy may be stored, and the
+// claim on the call's origin (claimForwarded) lets only one run. A call
+// that can never be stored there (too large with the forwarding headers)
+// ends invalid_call.
 func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call, zone string, meta *jetstream.MsgMetadata) {
 	log := zerolog.Ctx(ctx)
-	n := forwardCount(msg.Headers())
+	n, orig, enqueued := 0, origin(meta), meta.Timestamp
+	if fromZones(meta) {
+		n = forwardCount(msg.Headers())
+		if o := msg.Headers().Get(jobs.HeaderOrigin); o != "" {
+			orig = o
+		}
+		enqueued = enqueuedAt(msg.Headers(), meta)
+	}
 	if n >= maxForwards {
 		log.Warn().Str("zone", zone).Int("forwards", n).Msg("call forwarded too often between zones; workers disagree on its connection's zone for now; taking it again later")
 		w.handBack(msg, forwardWait)
 		return
 	}
+	w.ensureZoneConsumer(ctx, zone, call.Tenant)
 	out := nats.NewMsg(w.subj.Zoned(zone, msg.Subject()))
 	out.Data = msg.Data()
-	for k, v := range msg.Headers() {
-		out.Header[k] = v
+	for _, k := range forwardHeaders {
+		if v := msg.Headers().Values(k); len(v) > 0 {
+			out.Header[k] = v
+		}
 	}
-	out.Header.Set(jobs.HeaderMsgID, meta.Stream+"/"+strconv.FormatUint(meta.Sequence.Stream, 10))
+	out.Header.Set(jobs.HeaderMsgID, origin(meta))
+	out.Header.Set(jobs.HeaderOrigin, orig)
 	out.Header.Set(jobs.HeaderForwarded, strconv.Itoa(n+1))
-	if out.Header.Get(jobs.HeaderEnqueued) == "" {
-		out.Header.Set(jobs.HeaderEnqueued, meta.Timestamp.UTC().Format(time.RFC3339Nano))
+	out.Header.Set(jobs.HeaderEnqueued, enqueued.UTC().Format(time.RFC3339Nano))
+	ack, err := w.publishJetStream(ctx, out, w.ackWait/2)
+	if neverPublishable(err) {
+		w.reject(ctx, msg, call, jobs.Errorf(jobs.CodeInvalidCall,
+			"the call is too large to forward to zone %s, where its connection %s runs (%d bytes, near the NATS server's max_payload); send a smaller call, or its body by body_ref", zone, call.Connection, len(out.Data)), meta)
+		return
 	}
-	if _, err := w.publishJetStream(ctx, out, w.ackWait/2); err != nil {
+	if err != nil {
 		// It stays where it is and comes back: forwarding is tried again.
 		log.Warn().Err(err).Str("zone", zone).Msg("could not forward the call to its connection's zone; handed back")
 		w.handBack(msg, handBackBackoff(meta.NumDelivered))
 		return
 	}
+	// The copy just stored owns the call; a claim this delivery held
+	// moves to it.
+	if err := w.state.setOwner(ctx, orig, ack.Sequence, fromZones(meta), meta.Sequence.Stream); err != nil {
+		log.Warn().Err(err).Msg("could not record the forward; the zone's workers claim the call themselves")
+	}
 	w.metrics.forwarded.WithLabelValues(zone).Inc()
-	log.Debug().Str("zone", zone).Msg("call forwarded to its connection's zone")
+	log.Debug().Str("zone", zone).Uint64("zone_seq", ack.Sequence).Msg("call forwarded to its connection's zone")
 	w.acknowledge(ctx, msg)
+}
+
+// claimed decides whether this delivery of a durable call may go on, when
+// the call may have been forwarded: a copy taken from MTLSRELAY_ZONES runs
+// only if it owns the call's origin (claiming it when nobody does); a
+// redelivery of a call a worker forwarded already is acknowledged here,
+// its forwarded copy running in the zone. It hands the call back when the
+// state cannot be read, and reports false when the delivery ends here.
+func (w *Worker) claimed(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+	log := zerolog.Ctx(ctx)
+	switch {
+	case fromZones(meta):
+		orig := msg.Headers().Get(jobs.HeaderOrigin)
+		if orig == "" {
+			orig = origin(meta)
+		}
+		owner, err := w.state.claim(ctx, orig, meta.Sequence.Stream)
+		if err != nil {
+			log.Warn().Err(err).Msg("could not claim a forwarded call; handing it back")
+			w.handBack(msg, jitter(time.Second))
+			return false
+		}
+		if owner != meta.Sequence.Stream {
+			log.Info().Uint64("owner_seq", owner).Msg("a second copy of a forwarded call; acknowledged without running it")
+			w.acknowledge(ctx, msg)
+			return false
+		}
+	case meta.NumDelivered > 1:
+		forwarded, err := w.state.forwarded(ctx, origin(meta))
+		if err != nil {
+			log.Warn().Err(err).Msg("could not read whether the call was forwarded; handing it back")
+			w.handBack(msg, jitter(time.Second))
+			return false
+		}
+		if forwarded {
+			log.Info().Msg("the call was forwarded to its zone already; acknowledged here")
+			w.acknowledge(ctx, msg)
+			return false
+		}
+	}
+	return true
+}
+
+// ensureZoneConsumer creates, once per process, the consumer of the calls
+// of tenant forwarded to zone, so that they are visible (status, KEDA)
+// and taken as soon as a worker of the zone starts, even from zero.
+func (w *Worker) ensureZoneConsumer(ctx context.Context, zone, tenant string) {
+	key := zone + "\x00" + tenant
+	if _, done := w.zoneConsumers.Load(key); done {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := w.js.CreateOrUpdateConsumer(cctx, jobs.StreamZones, w.streams.ZoneConsumerConfig(zone, tenant)); err != nil {
+		zerolog.Ctx(ctx).Debug().Err(err).Str("zone", zone).Msg("could not create the zone's consumer; its workers create it when they start")
+		return
+	}
+	w.zoneConsumers.Store(key, true)
 }
 
 // forwardDirect passes the direct call msg on to its zone's workers and
 // relays their answer to the caller. When no worker of that zone listens,
 // the caller gets zone_unavailable at once: a forward with the caller's
 // own reply subject would leave it waiting for its timeout, as the NATS
-// server tells only the publisher that no one responded.
+// server tells only the publisher that no one responded. The relay's reply
+// subject is under the first of worker.reply_prefixes, which the zone's
+// workers accept. Relays have their own bound, so a zone that does not
+// answer cannot take this worker's own direct calls' places; shutdown
+// does not wait for them (a direct call has no persistence anyway).
 func (w *Worker) forwardDirect(nc *nats.Conn, msg *nats.Msg, zone string) {
-	n := forwardCount(msg.Header)
+	n := 0
+	if z, _ := w.subj.Unzone(msg.Subject); z != "" {
+		n = forwardCount(msg.Header)
+	}
 	if n >= maxForwards {
 		w.log.Warn().Str("zone", zone).Str("subject", msg.Subject).Msg("direct call forwarded too often between zones; not answered")
 		return
 	}
-	if w.stopping.Load() || !w.directWaiting.TryAcquire(1) {
-		w.log.Debug().Str("subject", msg.Subject).Msg("too many direct calls waiting; this one is not forwarded")
+	if w.stopping.Load() || nc == nil || !w.forwardWaiting.TryAcquire(1) {
+		w.log.Debug().Str("subject", msg.Subject).Msg("too many direct calls being relayed to other zones; this one is not forwarded")
 		return
 	}
 	out := &nats.Msg{Subject: w.subj.Zoned(zone, msg.Subject), Data: msg.Data, Header: nats.Header{}}
-	for k, v := range msg.Header {
-		out.Header[k] = v
+	for _, k := range forwardHeaders {
+		if v := msg.Header.Values(k); len(v) > 0 {
+			out.Header[k] = v
+		}
 	}
 	out.Header.Set(jobs.HeaderForwarded, strconv.Itoa(n+1))
+	prefix := jobs.DefaultReplyPrefix
+	if len(w.replyPrefixes) > 0 {
+		prefix = w.replyPrefixes[0]
+	}
+	out.Reply = prefix + ".mtlsrelay-zone." + nuid.Next()
+	sub, err := nc.SubscribeSync(out.Reply)
+	if err != nil {
+		w.forwardWaiting.Release(1)
+		w.log.Warn().Err(err).Msg("could not subscribe to relay a direct call to its zone")
+		return
+	}
+	if err := nc.PublishMsg(out); err != nil {
+		_ = sub.Unsubscribe()
+		w.forwardWaiting.Release(1)
+		w.log.Warn().Err(err).Str("zone", zone).Msg("could not forward a direct call to its connection's zone")
+		return
+	}
 	w.metrics.forwarded.WithLabelValues(zone).Inc()
-	w.inflight.Add(1)
 	go func() {
-		defer w.inflight.Done()
-		defer w.directWaiting.Release(1)
+		defer w.forwardWaiting.Release(1)
+		defer func() { _ = sub.Unsubscribe() }()
+		// The zone's worker answers within its admission wait and a direct
+		// call's bound, or not at all.
 		ctx, cancel := context.WithTimeout(w.callCtx, directAdmissionWait+directMaxTotal+5*time.Second)
 		defer cancel()
-		resp, err := nc.RequestMsgWithContext(ctx, out)
-		switch {
-		case err == nil:
-			reply := &nats.Msg{Subject: msg.Reply, Data: resp.Data, Header: resp.Header}
-			if err := nc.PublishMsg(reply); err != nil {
-				w.log.Warn().Err(err).Msg("could not relay a direct result from its zone")
-			}
-		case errors.Is(err, nats.ErrNoResponders):
+		resp, err := sub.NextMsgWithContext(ctx)
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			w.log.Debug().Err(err).Str("zone", zone).Msg("no answer from the zone of a forwarded direct call")
+			return
+		}
+		if err != nil {
+			// The server's "no responders": no worker of the zone listens.
 			tenant, conn := w.subj.Route(msg.Subject)
 			call, _ := jobs.DecodeCall(msg.Data, conn)
 			if call != nil {
@@ -157,8 +283,11 @@ func (w *Worker) forwardDirect(nc *nats.Conn, msg *nats.Msg, zone string) {
 			reply.Data = data
 			reply.Header.Set(jobs.HeaderCallID, res.ID)
 			_ = nc.PublishMsg(reply)
-		default:
-			w.log.Debug().Err(err).Str("zone", zone).Msg("no answer from the zone of a forwarded direct call")
+			return
+		}
+		reply := &nats.Msg{Subject: msg.Reply, Data: resp.Data, Header: resp.Header}
+		if err := nc.PublishMsg(reply); err != nil {
+			w.log.Warn().Err(err).Msg("could not relay a direct result from its zone")
 		}
 	}()
 }

@@ -179,12 +179,18 @@ func (o Options) ConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // ZoneConsumerConfig returns the configuration of the consumer of zone's
-// workers on MTLSRELAY_ZONES: ConsumerConfig's, filtered to the zone.
-func (o Options) ZoneConsumerConfig(zone string) jetstream.ConsumerConfig {
+// workers on MTLSRELAY_ZONES for the calls of tenant ("" for v1 calls):
+// ConsumerConfig's, filtered to them. Each tenant has its own, so the
+// workers serve the tenants' forwarded calls in turn, as their own
+// streams' (the filters do not overlap: calls.* and calls.<tenant>.*).
+func (o Options) ZoneConsumerConfig(zone, tenant string) jetstream.ConsumerConfig {
 	c := o.ConsumerConfig()
-	c.Durable = jobs.ZoneConsumer(zone)
+	c.Durable = jobs.ZoneConsumer(zone, tenant)
 	c.Description = "mtlsrelay workers of zone " + zone + " share this consumer"
-	c.FilterSubject = o.Subjects.ZoneCallsAll(zone)
+	if tenant != "" {
+		c.Description += " for the calls of tenant " + tenant
+	}
+	c.FilterSubject = o.Subjects.ZoneCalls(zone, tenant)
 	return c
 }
 
@@ -221,11 +227,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, o Options) ([]Queue, er
 	}
 	for _, z := range o.Zones {
 		queues = append(queues, Queue{Zone: z, Stream: jobs.StreamZones})
+		for _, t := range o.Tenants {
+			queues = append(queues, Queue{Zone: z, Tenant: t, Stream: jobs.StreamZones})
+		}
 	}
 	for i := range queues {
 		cfg := o.ConsumerConfig()
 		if queues[i].Zone != "" {
-			cfg = o.ZoneConsumerConfig(queues[i].Zone)
+			cfg = o.ZoneConsumerConfig(queues[i].Zone, queues[i].Tenant)
 		}
 		cons, err := js.CreateOrUpdateConsumer(ctx, queues[i].Stream, cfg)
 		if err != nil {
