@@ -201,9 +201,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	consumers := make([]jetstream.Consumer, len(queues))
-	for i, q := range queues {
-		consumers[i] = q.Consumer
+	// The gauges of the backlog are of the consumers this worker takes
+	// calls from: a worker of another zone does not report the intake's.
+	var consumers []jetstream.Consumer
+	for _, q := range queues {
+		if q.Zone != "" || w.serves(jobs.DefaultZone) {
+			consumers = append(consumers, q.Consumer)
+		}
 	}
 	directNC, closeDirect := w.directConn()
 	subs, err := w.subscribeDirect(directNC)
