@@ -465,7 +465,7 @@ func (r *rig) natsName() string {
 
 // benchStreams are the streams a run creates on the NATS server: the three
 // of SPEC.md, the workers' call-state bucket and their bodies bucket.
-var benchStreams = []string{jobs.StreamCalls, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies, peerCallsStream, peerResultsStream}
+var benchStreams = []string{jobs.StreamCalls, jobs.StreamZones, jobs.StreamResults, jobs.StreamDead, "KV_" + worker.StateBucket, "OBJ_" + jobs.BucketBodies, peerCallsStream, peerResultsStream}
 
 // checkExternalNATS makes sure the server at url is one the run may use: it
 // answers, has JetStream, and holds none of the streams a run creates and

@@ -259,20 +259,23 @@ func produce(ctx context.Context, js jetstream.JetStream, f, flows int, s Spec, 
 			msg := nats.NewMsg(s.callSubject(part, conn))
 			msg.Data = payload
 			msg.Header.Set(jetstream.MsgIDHeader, s.callID(i))
-			times := 1
 			if s.DupEvery > 0 && i%s.DupEvery == 0 {
-				times = 2
-			}
-			for range times {
-				fut, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait))
-				if err != nil {
+				// A flow that publishes again after its PubAck was lost:
+				// the second publish follows the first's PubAck. Back to
+				// back, a cluster may answer the second "duplicate message
+				// id is in process" (409) instead.
+				if err := republish(ctx, js, msg, dups); err != nil {
 					return fmt.Errorf("enqueue call %d: %w", i, err)
 				}
-				select {
-				case acks <- pending{msg: msg, fut: fut}:
-				case <-ctx.Done():
-					return nil
-				}
+			}
+			fut, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait))
+			if err != nil {
+				return fmt.Errorf("enqueue call %d: %w", i, err)
+			}
+			select {
+			case acks <- pending{msg: msg, fut: fut}:
+			case <-ctx.Done():
+				return nil
 			}
 		}
 		return nil
