@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -67,27 +65,11 @@ profiles:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(mtlsrelayBinary(t), "serve", "--config", cfgPath, "--nats", natsURL, "--name", name)
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _, _ = cmd.Process.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	z := &zoneWorker{name: name, logs: logs}
+	p := startWorkerProcess(t, natsURL, cfgPath, name)
+	z := &zoneWorker{name: name, logs: p.logs}
 	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if s := logs.String(); !strings.Contains(s, "registry applied") || !strings.Contains(s, "worker ready") {
-			return fmt.Errorf("worker %s not ready:\n%s", name, tail(s, 20))
+		if !strings.Contains(p.logs.String(), "registry applied") {
+			return fmt.Errorf("worker %s has not applied the registry:\n%s", name, tail(p.logs.String(), 20))
 		}
 		return nil
 	})

@@ -21,7 +21,7 @@ import (
 type childProc struct {
 	name    string
 	cmd     *exec.Cmd
-	output  *tailBuffer // its standard output and error, the last 8 KiB
+	output  *TailBuffer // its standard output and error, the last 8 KiB
 	exited  chan struct{}
 	waitErr error
 	once    sync.Once
@@ -29,7 +29,7 @@ type childProc struct {
 
 // startChild starts cmd; its output is kept for error messages.
 func startChild(name string, cmd *exec.Cmd) (*childProc, error) {
-	c := &childProc{name: name, cmd: cmd, output: &tailBuffer{max: 8 << 10}, exited: make(chan struct{})}
+	c := &childProc{name: name, cmd: cmd, output: NewTailBuffer(8 << 10), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.output, c.output
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -67,14 +67,15 @@ func (c *childProc) stop() {
 	})
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
+// TailBuffer keeps the last bytes written to it: a child process's
+// output, for errors. Make one with NewTailBuffer.
+type TailBuffer struct {
 	mu  sync.Mutex
 	max int
 	b   []byte
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
+func (t *TailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.b = append(t.b, p...)
@@ -84,14 +85,17 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string {
+func (t *TailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.b)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
+// NewTailBuffer returns a TailBuffer that keeps the last max bytes.
+func NewTailBuffer(max int) *TailBuffer { return &TailBuffer{max: max} }
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -109,7 +113,7 @@ func startNATSProcess(ctx context.Context, bin, storeDir string) (*childProc, st
 	}
 	var lastErr error
 	for range 3 { // the free port may be taken before the server binds it
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return nil, "", err
 		}

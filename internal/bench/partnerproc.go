@@ -124,7 +124,7 @@ func (r *rig) startPartnerProcess(certFile, caFile string) (*partnerProc, error)
 	if err != nil {
 		return nil, err
 	}
-	p := &partnerProc{childProc: &childProc{name: "partner", cmd: cmd, output: &tailBuffer{max: 8 << 10}, exited: make(chan struct{})}, stdin: stdin}
+	p := &partnerProc{childProc: &childProc{name: "partner", cmd: cmd, output: NewTailBuffer(8 << 10), exited: make(chan struct{})}, stdin: stdin}
 	cmd.Stderr = p.output
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the partner process: %w", err)

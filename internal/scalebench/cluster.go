@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/bench"
 )
 
 // server is one nats-server process the bench started.
@@ -24,7 +25,7 @@ type server struct {
 	name string
 	url  string
 	cmd  *exec.Cmd
-	out  *tail
+	out  *bench.TailBuffer
 	done chan struct{}
 	err  error // cmd.Wait's, once done is closed
 }
@@ -45,7 +46,7 @@ func startCluster(ctx context.Context, bin, dir string, n int, syncInterval stri
 	// All ports first, so every config can name every route.
 	ports := make([]int, 2*n)
 	for i := range ports {
-		p, err := freePort()
+		p, err := bench.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -92,7 +93,7 @@ func startCluster(ctx context.Context, bin, dir string, n int, syncInterval stri
 // startServer runs nats-server -c conf. The child dies with the bench
 // (Pdeathsig on Linux), so an interrupted run leaves no server behind.
 func startServer(name, url, bin, conf string) (*server, error) {
-	s := &server{name: name, url: url, out: &tail{max: 8 << 10}, done: make(chan struct{})}
+	s := &server{name: name, url: url, out: bench.NewTailBuffer(8 << 10), done: make(chan struct{})}
 	s.cmd = exec.Command(bin, "-c", conf)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = childAttr()
@@ -278,39 +279,6 @@ func moveLeader(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, stre
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail keeps the last max bytes written to it: a server's log, for errors.
-type tail struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // rssBytes is the resident set size of process pid (Linux /proc).
