@@ -199,7 +199,8 @@ func (w *Worker) ensureZoneConsumer(ctx context.Context, zone, tenant string) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := w.js.CreateOrUpdateConsumer(cctx, jobs.StreamZones, w.streams.ZoneConsumerConfig(zone, tenant)); err != nil {
+	// Create only: the zone's own workers set its configuration.
+	if _, err := w.js.CreateConsumer(cctx, jobs.StreamZones, w.streams.ZoneConsumerConfig(zone, tenant)); err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
 		zerolog.Ctx(ctx).Debug().Err(err).Str("zone", zone).Msg("could not create the zone's consumer; its workers create it when they start")
 		return
 	}
