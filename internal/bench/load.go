@@ -59,7 +59,7 @@ func openWindow(m meter) *window {
 func readProcsCPU(procs []procRef) ([]time.Duration, []bool) {
 	cpu, ok := make([]time.Duration, len(procs)), make([]bool, len(procs))
 	for i, p := range procs {
-		cpu[i], ok[i] = procCPU(p.pid)
+		cpu[i], ok[i] = PIDCPU(p.pid)
 	}
 	return cpu, ok
 }

@@ -11,12 +11,12 @@ import (
 // 100 on every Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond
 
-// procCPU returns the CPU time (user + system, all its threads) the
+// PIDCPU returns the CPU time (user + system, all its threads) the
 // running process pid has used so far, from /proc/<pid>/stat; ok is false
 // where there is no such file (not Linux, or the process is gone). Its
 // resolution is a clock tick (10 ms): over a phase of seconds, with
 // thousands of calls, that is well under a microsecond per call.
-func procCPU(pid int) (time.Duration, bool) {
+func PIDCPU(pid int) (time.Duration, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, false

@@ -22,7 +22,7 @@ func TestParseProcStatCPU(t *testing.T) {
 	}
 }
 
-// procCPU of this process follows getrusage's figure, to a few ticks.
+// PIDCPU of this process follows getrusage's figure, to a few ticks.
 func TestProcCPUOfSelf(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("/proc/<pid>/stat is Linux's")
@@ -31,15 +31,15 @@ func TestProcCPUOfSelf(t *testing.T) {
 	for n := 0; time.Now().Before(deadline); n++ {
 		_ = make([]byte, n%4096)
 	}
-	proc, ok := procCPU(os.Getpid())
+	proc, ok := PIDCPU(os.Getpid())
 	self := cpuTime()
 	if !ok || proc <= 0 {
-		t.Fatalf("procCPU = %v, %v", proc, ok)
+		t.Fatalf("PIDCPU = %v, %v", proc, ok)
 	}
 	if d := self - proc; d < -5*clockTick || d > 5*clockTick {
 		t.Errorf("procCPU %v, getrusage %v: more than 5 ticks apart", proc, self)
 	}
-	if _, ok := procCPU(1 << 30); ok {
+	if _, ok := PIDCPU(1 << 30); ok {
 		t.Error("procCPU of a pid that cannot exist succeeded")
 	}
 }

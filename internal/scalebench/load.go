@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,13 @@ type Spec struct {
 	// Spread places the Raft leaders by hand over the servers (see
 	// moveLeader); else they stay where the server put them.
 	Spread bool
+	// Variant changes the per-call pattern (see variants.go); the zero
+	// value is the relay's own pattern.
+	Variant Variant
+	// PIDs are server processes whose CPU time the run reads from
+	// /proc/<pid>/stat when it starts and when the last call is acked
+	// (Outcome.ServerCPU); none, nothing is read.
+	PIDs []int
 }
 
 // Outcome is what one run measured and checked.
@@ -64,6 +72,10 @@ type Outcome struct {
 	Stored uint64
 	// Leaders is where each Raft leader was during the run.
 	Leaders []Leader
+	// ServerCPU is the CPU time (user + system) Spec.PIDs used together
+	// over Elapsed; ServerCPUOK is false when it could not be read.
+	ServerCPU   time.Duration
+	ServerCPUOK bool
 }
 
 // Leader is the Raft leader of one stream or consumer.
@@ -158,6 +170,7 @@ func run(ctx context.Context, urls, names []string, replicas int, s Spec) (Outco
 		}
 		cancel()
 	}
+	cpu0, cpuOK := serversCPU(s.PIDs)
 	start := time.Now()
 	for p := range s.Partitions {
 		cons, err := ajs.Consumer(ctx, s.callsStream(p), "workers")
@@ -185,6 +198,10 @@ func run(ctx context.Context, urls, names []string, replicas int, s Spec) (Outco
 	select {
 	case <-t.all:
 		out.Elapsed = time.Since(start)
+		if len(s.PIDs) > 0 {
+			cpu1, ok := serversCPU(s.PIDs)
+			out.ServerCPU, out.ServerCPUOK = cpu1-cpu0, ok && cpuOK
+		}
 	case <-rctx.Done():
 	}
 	cancel()
@@ -258,7 +275,11 @@ func produce(ctx context.Context, js jetstream.JetStream, f, flows int, s Spec, 
 			part := partitionOf(conn, s.Partitions)
 			msg := nats.NewMsg(s.callSubject(part, conn))
 			msg.Data = payload
-			msg.Header.Set(jetstream.MsgIDHeader, s.callID(i))
+			if s.Variant.CallNoMsgID {
+				msg.Header.Set(callIDHeader, s.callID(i))
+			} else {
+				msg.Header.Set(jetstream.MsgIDHeader, s.callID(i))
+			}
 			if s.DupEvery > 0 && i%s.DupEvery == 0 {
 				// A flow that publishes again after its PubAck was lost:
 				// the second publish follows the first's PubAck. Back to
@@ -309,7 +330,15 @@ func republish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, dups 
 // its result, as worker.complete does. No partner is called: the bench
 // measures the JetStream path alone.
 func work(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, p int, s Spec, t *tally) error {
+	if s.Variant.PerCall {
+		return workPerCall(ctx, js, cons, p, s, t)
+	}
 	payload := []byte(strings.Repeat("r", s.Payload))
+	v := s.Variant
+	// Acks sent without waiting for their reply in the ack loop's own
+	// goroutine, or AckSync's on goroutines of their own (v.AckSync).
+	var syncAcks sync.WaitGroup
+	syncAckSlots := make(chan struct{}, max(1, s.Window))
 	type pending struct {
 		call   jetstream.Msg
 		result *nats.Msg
@@ -318,9 +347,15 @@ func work(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, 
 	}
 	acks := make(chan pending, s.Window)
 	settled := make(chan error, 1)
+	var syncAckErr atomic.Value
 	go func() {
 		var err error
 		for pd := range acks {
+			if pd.fut == nil {
+				// Already acked (v.CoreResult): nothing awaits a PubAck.
+				t.ack(pd.index)
+				continue
+			}
 			var perr error
 			select {
 			case pa := <-pd.fut.Ok():
@@ -343,12 +378,45 @@ func work(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, 
 				}
 				t.resultDups.Add(dups.Load())
 			}
-			// The real worker acks without waiting for the server's reply
-			// (msg.Ack); so does the bench.
-			if aerr := pd.call.Ack(); aerr != nil && err == nil && ctx.Err() == nil {
-				err = fmt.Errorf("ack: %w", aerr)
+			switch {
+			case v.AckBeforeResult:
+				// Acked when its result was published, before its PubAck.
+			case v.AckSync:
+				// AckSync: the server confirms the ack. On a goroutine of
+				// its own, at most s.Window at once, so that the
+				// round-trip does not serialise the loop.
+				select {
+				case syncAckSlots <- struct{}{}:
+				case <-ctx.Done():
+					continue
+				}
+				syncAcks.Add(1)
+				go func(pd pending) {
+					defer func() { <-syncAckSlots; syncAcks.Done() }()
+					actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					aerr := pd.call.DoubleAck(actx)
+					cancel()
+					if aerr != nil {
+						if ctx.Err() == nil {
+							syncAckErr.CompareAndSwap(nil, fmt.Errorf("ack sync: %w", aerr))
+						}
+						return
+					}
+					t.ack(pd.index)
+				}(pd)
+				continue
+			default:
+				// The real worker acks without waiting for the server's
+				// reply (msg.Ack); so does the bench.
+				if aerr := pd.call.Ack(); aerr != nil && err == nil && ctx.Err() == nil {
+					err = fmt.Errorf("ack: %w", aerr)
+				}
 			}
 			t.ack(pd.index)
+		}
+		syncAcks.Wait()
+		if e, _ := syncAckErr.Load().(error); e != nil && err == nil {
+			err = e
 		}
 		settled <- err
 	}()
@@ -362,17 +430,41 @@ func work(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, 
 				return fmt.Errorf("fetch: %w", err)
 			}
 			for msg := range batch.Messages() {
-				id := msg.Headers().Get(jetstream.MsgIDHeader)
-				i, err := strconv.Atoi(id[strings.LastIndexByte(id, '-')+1:])
-				if err != nil || i < 0 || i >= s.Calls {
-					return fmt.Errorf("call with id %q", id)
+				id, i, err := callOf(msg, s)
+				if err != nil {
+					return err
 				}
-				res := nats.NewMsg(s.resultSubject(p, id))
-				res.Data = payload
-				res.Header.Set(jetstream.MsgIDHeader, id)
+				if v.InProgress {
+					// What a call held longer than AckWait/3 sends, once.
+					if err := msg.InProgress(); err != nil {
+						return fmt.Errorf("in progress: %w", err)
+					}
+				}
+				res := resultMsg(s, p, id, payload)
+				if v.CoreResult {
+					// A reply_to outside the results stream: a core
+					// publish, then the ack at once (worker.complete).
+					if err := js.Conn().PublishMsg(res); err != nil {
+						return fmt.Errorf("publish result: %w", err)
+					}
+					if err := msg.Ack(); err != nil {
+						return fmt.Errorf("ack: %w", err)
+					}
+					select {
+					case acks <- pending{call: msg, result: res, index: i}:
+					case <-ctx.Done():
+						return nil
+					}
+					continue
+				}
 				fut, err := js.PublishMsgAsync(res, jetstream.WithStallWait(stallWait))
 				if err != nil {
 					return fmt.Errorf("publish result: %w", err)
+				}
+				if v.AckBeforeResult {
+					if err := msg.Ack(); err != nil {
+						return fmt.Errorf("ack: %w", err)
+					}
 				}
 				select {
 				case acks <- pending{call: msg, result: res, index: i, fut: fut}:
@@ -406,7 +498,7 @@ func createStreams(ctx context.Context, js jetstream.JetStream, replicas int, s 
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
 			Name: s.resultsStream(p), Subjects: []string{fmt.Sprintf("sb.%s.results.%d.*", s.Tag, p)},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, Replicas: replicas,
-			Duplicates: 2 * time.Minute, MaxAge: time.Hour,
+			Duplicates: cmp.Or(s.Variant.ResultWindow, 2*time.Minute), MaxAge: time.Hour,
 		}); err != nil {
 			return fmt.Errorf("create %s: %w", s.resultsStream(p), err)
 		}
@@ -415,6 +507,11 @@ func createStreams(ctx context.Context, js jetstream.JetStream, replicas int, s 
 			MaxAckPending: 10000, DeliverPolicy: jetstream.DeliverAllPolicy, Replicas: replicas,
 		}); err != nil {
 			return fmt.Errorf("create consumer on %s: %w", s.callsStream(p), err)
+		}
+	}
+	if s.Variant.KV {
+		if _, err := js.CreateKeyValue(ctx, stateBucketConfig(s, replicas)); err != nil {
+			return fmt.Errorf("create KV bucket %s: %w", s.stateBucket(), err)
 		}
 	}
 	return nil
@@ -428,6 +525,9 @@ func deleteStreams(js jetstream.JetStream, s Spec) {
 	for p := range s.Partitions {
 		_ = js.DeleteStream(ctx, s.callsStream(p))
 		_ = js.DeleteStream(ctx, s.resultsStream(p))
+	}
+	if s.Variant.KV {
+		_ = js.DeleteKeyValue(ctx, s.stateBucket())
 	}
 }
 
@@ -519,16 +619,19 @@ func check(ctx context.Context, js jetstream.JetStream, s Spec) (uint64, error) 
 				return 0, fmt.Errorf("read %s seq %d: %w", s.resultsStream(p), seq, err)
 			}
 			id := m.Header.Get(jetstream.MsgIDHeader)
+			if id == "" {
+				id = m.Header.Get(callIDHeader)
+			}
 			if want := s.resultSubject(p, id); m.Subject != want {
 				return 0, fmt.Errorf("result %q stored on %s, want %s", id, m.Subject, want)
 			}
 			seen[id]++
 		}
 	}
-	if stored != uint64(s.Calls) {
-		return stored, fmt.Errorf("the results streams hold %d results for %d calls", stored, s.Calls)
+	if want := s.Variant.storedWant(s.Calls); stored != want {
+		return stored, fmt.Errorf("the results streams hold %d results for %d calls, want %d", stored, s.Calls, want)
 	}
-	if s.CheckEach {
+	if s.CheckEach && !s.Variant.CoreResult {
 		for i := range s.Calls {
 			id := s.callID(i)
 			conn := "conn-" + strconv.Itoa(i%s.Connections)

@@ -14,6 +14,13 @@
 //	go run ./internal/scalebench                    # all scenarios, 3 rounds
 //	go run ./internal/scalebench -rounds 5 -calls 20000
 //	go run ./internal/scalebench -only R3,R3-always -dedupe-ids 0
+//	go run ./internal/scalebench -variants all -rounds 5 -calls 20000
+//
+// -variants runs, instead of the scenarios, variants of the per-call
+// pattern (variants.go: without a dedupe, a core result, AckSync, a pull
+// per call, KV state, ...) against the pattern itself, on one server (and
+// with -variant-servers r1,r3 on three), reporting calls/s and the
+// servers' CPU per call (docs/BENCHMARKS.md, issue 16 item 3).
 //
 // docs/SCALING.md reports its figures. The nats-server binary is the one
 // go.mod requires, built once into the user's cache by internal/bench
@@ -62,6 +69,10 @@ type options struct {
 	spec        Spec
 	noSpread    bool
 	showLeaders bool
+	// variants, when set, runs the pattern's variants instead of the
+	// scenarios, on the clusters variantServers names.
+	variants       string
+	variantServers string
 }
 
 func main() {
@@ -79,6 +90,8 @@ func main() {
 	flag.IntVar(&o.spec.Batch, "batch", 64, "calls per Fetch")
 	flag.BoolVar(&o.noSpread, "no-spread", false, "leave the Raft leaders where the servers put them")
 	flag.BoolVar(&o.showLeaders, "leaders", true, "print where the Raft leaders were")
+	flag.StringVar(&o.variants, "variants", "", "run variants of the per-call pattern instead of the scenarios: all, or comma-separated names (full is always run, as the reference)")
+	flag.StringVar(&o.variantServers, "variant-servers", "r1", "clusters the variants run on: r1, r3 or r1,r3")
 	flag.Parse()
 	o.spec.Spread = !o.noSpread
 
@@ -94,6 +107,12 @@ func main() {
 // runAll starts the servers the chosen scenarios need, runs the rounds,
 // prints the report, measures dedupe memory and stops every server.
 func runAll(ctx context.Context, w io.Writer, o options) (err error) {
+	var variants []Variant
+	if o.variants != "" {
+		if variants, err = variantsByName(o.variants); err != nil {
+			return err
+		}
+	}
 	chosen := scenarioList
 	if o.only != "" {
 		chosen = nil
@@ -125,6 +144,9 @@ func runAll(ctx context.Context, w io.Writer, o options) (err error) {
 	fmt.Fprintf(w, "# command: scalebench %s\n", strings.Join(os.Args[1:], " "))
 	fmt.Fprintf(w, "# per run: %d calls, %d connections, %d B bodies, window %d, %d pull loops in all, batch %d, leaders spread %v\n",
 		o.spec.Calls, o.spec.Connections, o.spec.Payload, o.spec.Window, o.spec.Workers, o.spec.Batch, o.spec.Spread)
+	if variants != nil {
+		return runVariants(ctx, w, bin, dir, o, variants)
+	}
 
 	clusters := map[string]*cluster{}
 	defer func() {

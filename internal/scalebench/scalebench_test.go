@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,6 +90,56 @@ func TestRunCountsEveryCallOnce(t *testing.T) {
 				}
 			}
 			t.Logf("%d calls in %s, leaders %s", spec.Calls, out.Elapsed.Round(time.Millisecond), leaderSummary(out.Leaders))
+		})
+	}
+}
+
+// TestVariantsCountEveryCall runs each variant of the per-call pattern,
+// small, on one server: every call must be acknowledged and leave the work
+// queue, and the results stream must hold one result per call (none for
+// core-result, whose results no stream keeps). The servers' CPU must be
+// readable on Linux. Nothing here is timed.
+func TestVariantsCountEveryCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: starts a nats-server process")
+	}
+	bin := bench.NATSServerTool().Binary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := startCluster(ctx, bin, t.TempDir(), 1, "2m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.stop)
+	all, err := variantsByName("all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := variantsByName("full,nope"); err == nil {
+		t.Error("variantsByName accepted an unknown variant")
+	}
+	for _, v := range all {
+		t.Run(v.Name, func(t *testing.T) {
+			spec := Spec{
+				Tag: strings.ReplaceAll(v.Name, "-", ""), Partitions: 1, Calls: 300, Connections: 16,
+				Payload: 64, Window: 32, Workers: 4, Batch: 16, CheckEach: true, Variant: v, PIDs: []int{c.servers[0].pid()},
+			}
+			if v.Batch > 0 {
+				spec.Batch = v.Batch
+			}
+			out, err := run(ctx, c.urls(), c.names(), 1, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := v.storedWant(spec.Calls); out.Stored != want {
+				t.Errorf("%d results stored, want %d", out.Stored, want)
+			}
+			if out.CallDuplicates != 0 || out.ResultDuplicates != 0 {
+				t.Errorf("duplicates: %d calls, %d results, want none", out.CallDuplicates, out.ResultDuplicates)
+			}
+			if runtime.GOOS == "linux" && !out.ServerCPUOK {
+				t.Error("the server's CPU was not read")
+			}
 		})
 	}
 }
