@@ -55,6 +55,9 @@ const (
 	// these three headers only on messages of MTLSRELAY_ZONES and on
 	// forwarded direct calls.
 	HeaderOrigin = "Mtlsrelay-Origin"
+	// HeaderHandoff carries the nonce of the hand-off that made a
+	// forwarded copy: the copy takes the call over with it.
+	HeaderHandoff = "Mtlsrelay-Handoff"
 )
 
 // ZoneConsumer is the durable pull consumer of zone's workers on

@@ -4,17 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
-// Claims of forwarded calls: the state bucket keeps, for each call a
-// worker forwarded to a zone, the MTLSRELAY_ZONES sequence of the copy
-// that owns it, under f.<origin> (origin names the message the call was
-// first taken from). A forward past the duplicate window may store a
-// second copy; the claim lets one run. A redelivery of a forwarded call
-// in the stream it came from finds the key and does not run it either.
+// Who may act on a forwarded call. The state bucket keeps, under
+// f.<origin> (origin names the message the call was first taken from),
+// which delivery holds the call:
+//
+//	0                    the message a flow published (a first delivery
+//	                     that runs the call records nothing)
+//	s:<seq>              the copy at <seq> of MTLSRELAY_ZONES
+//	h:<nonce>:<holder>   <holder> is handing the call to the copy that
+//	                     carries <nonce> (header Mtlsrelay-Handoff)
+//
+// A holder hands off before it publishes the copy; the copy takes over by
+// compare-and-set when it is taken. Until then the holder's redeliveries
+// publish the copy again with the same nonce (never run the call), so a
+// copy lost or never stored is made again, and one stored twice (past the
+// duplicate window) runs once: the second finds the call taken. Every
+// write is a create or a compare-and-set.
 
 // claimKV is the part of jetstream.KeyValue claims use beyond stateKV.
 type claimKV interface {
@@ -24,81 +35,123 @@ type claimKV interface {
 
 func claimKey(origin string) string { return "f." + origin }
 
-// ownerOf reads the owner of origin: its sequence and the entry's
-// revision, or 0 and found false.
-func (s *stateStore) ownerOf(ctx context.Context, origin string) (owner, revision uint64, found bool, err error) {
-	e, err := s.kv.Get(ctx, claimKey(origin))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, 0, false, nil
-	}
-	if err != nil {
-		return 0, 0, false, err
-	}
-	owner, err = strconv.ParseUint(string(e.Value()), 10, 64)
-	if err != nil {
-		return 0, 0, false, fmt.Errorf("claim %s is not a sequence", claimKey(origin))
-	}
-	return owner, e.Revision(), true, nil
-}
+// originalHolder is the holder id of the message a flow published.
+const originalHolder = "0"
 
-// claim makes seq the owner of origin unless another copy owns it, and
-// returns the owner.
-func (s *stateStore) claim(ctx context.Context, origin string, seq uint64) (uint64, error) {
+// holding is what a delivery may do with its call.
+type holding int
+
+const (
+	// holdRun: the delivery holds the call: it may run or forward it.
+	holdRun holding = iota
+	// holdReforward: the delivery handed the call off; it publishes the
+	// copy again, with the nonce, and runs nothing.
+	holdReforward
+	// holdDrop: another delivery holds the call; this one is acknowledged.
+	holdDrop
+)
+
+// errNotHolder is handOff's error when the delivery does not hold the call.
+var errNotHolder = errors.New("another delivery holds the call")
+
+// hold decides what delivery me (carrying nonce, "" for none) may do with
+// the call of origin. With record false a delivery finding no entry holds
+// the call without writing one (the original message on the fast path).
+func (s *stateStore) hold(ctx context.Context, origin, me, nonce string, record bool) (holding, string, error) {
 	ckv, ok := s.kv.(claimKV)
 	if !ok {
-		return seq, nil
+		return holdRun, "", nil
 	}
-	for range 3 {
-		owner, _, found, err := s.ownerOf(ctx, origin)
+	key := claimKey(origin)
+	for range 4 {
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if !record {
+				return holdRun, "", nil
+			}
+			if _, err := ckv.Create(ctx, key, []byte(me)); errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			} else if err != nil {
+				return 0, "", err
+			}
+			return holdRun, "", nil
+		}
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
-		if found {
-			return owner, nil
+		v := string(e.Value())
+		if v == me {
+			return holdRun, "", nil
 		}
-		if _, err := ckv.Create(ctx, claimKey(origin), []byte(strconv.FormatUint(seq, 10))); err == nil {
-			return seq, nil
-		} else if !errors.Is(err, jetstream.ErrKeyExists) {
-			return 0, err
+		n, from, handing := parseHandoff(v)
+		switch {
+		case handing && nonce != "" && nonce == n:
+			if _, err := ckv.Update(ctx, key, []byte(me), e.Revision()); err != nil {
+				if isWrongRevision(err) {
+					continue
+				}
+				return 0, "", err
+			}
+			return holdRun, "", nil
+		case handing && from == me:
+			return holdReforward, n, nil
 		}
+		return holdDrop, "", nil
 	}
-	return 0, fmt.Errorf("claim %s keeps changing", claimKey(origin))
+	return 0, "", fmt.Errorf("the claim %s keeps changing", key)
 }
 
-// setOwner records the copy stored at seq as the owner of origin, after a
-// forward. A delivery that was itself a forwarded copy (fromZone) passes
-// its ownership (held at mine) on; a forward from the stream the flow
-// published to leaves an owner recorded already in place: that copy
-// exists, and this one is a second.
-func (s *stateStore) setOwner(ctx context.Context, origin string, seq uint64, fromZone bool, mine uint64) error {
+// handOff records that holder me hands the call of origin to a new copy,
+// and returns the nonce the copy carries. A holder handing off again (its
+// redelivery) gets its earlier nonce back.
+func (s *stateStore) handOff(ctx context.Context, origin, me string) (string, error) {
 	ckv, ok := s.kv.(claimKV)
 	if !ok {
-		return nil
+		return nuid.Next(), nil
 	}
-	value := []byte(strconv.FormatUint(seq, 10))
-	owner, rev, found, err := s.ownerOf(ctx, origin)
-	switch {
-	case err != nil:
-		return err
-	case !found:
-		_, err = ckv.Create(ctx, claimKey(origin), value)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil // a zone's worker claimed the copy first
+	key := claimKey(origin)
+	for range 4 {
+		nonce := nuid.Next()
+		value := []byte("h:" + nonce + ":" + me)
+		e, err := s.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if _, err := ckv.Create(ctx, key, value); errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			} else if err != nil {
+				return "", err
+			}
+			return nonce, nil
 		}
-		return err
-	case fromZone && owner == mine:
-		_, err = ckv.Update(ctx, claimKey(origin), value, rev)
-		return err
+		if err != nil {
+			return "", err
+		}
+		v := string(e.Value())
+		if n, from, handing := parseHandoff(v); handing && from == me {
+			return n, nil
+		}
+		if v != me {
+			return "", errNotHolder
+		}
+		if _, err := ckv.Update(ctx, key, value, e.Revision()); err != nil {
+			if isWrongRevision(err) {
+				continue
+			}
+			return "", err
+		}
+		return nonce, nil
 	}
-	return nil
+	return "", fmt.Errorf("the claim %s keeps changing", key)
 }
 
-// forwarded reports whether the call first taken from origin was
-// forwarded to a zone.
-func (s *stateStore) forwarded(ctx context.Context, origin string) (bool, error) {
-	if _, ok := s.kv.(claimKV); !ok {
-		return false, nil
+// parseHandoff splits h:<nonce>:<holder>.
+func parseHandoff(v string) (nonce, from string, ok bool) {
+	rest, ok := strings.CutPrefix(v, "h:")
+	if !ok {
+		return "", "", false
 	}
-	_, _, found, err := s.ownerOf(ctx, origin)
-	return found, err
+	nonce, from, ok = strings.Cut(rest, ":")
+	return nonce, from, ok
 }
+
+// isWrongRevision reports whether err is a compare-and-set that lost.
+func isWrongRevision(err error) bool { return errors.Is(err, jetstream.ErrKeyRevisionMismatch) }

@@ -35,45 +35,57 @@ func TestClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	const orig = "MTLSRELAY_CALLS.7.1764547200000000000"
-	if fw, err := s.forwarded(ctx, orig); err != nil || fw {
-		t.Fatalf("forwarded before any forward: %v %v", fw, err)
-	}
-	// The forward from the calls stream records its copy, seq 10.
-	if err := s.setOwner(ctx, orig, 10, false, 7); err != nil {
-		t.Fatal(err)
-	}
-	if fw, err := s.forwarded(ctx, orig); err != nil || !fw {
-		t.Fatalf("forwarded after a forward: %v %v", fw, err)
-	}
-	// A second forward past the duplicate window stored copy 11: the
-	// owner stays 10.
-	if err := s.setOwner(ctx, orig, 11, false, 7); err != nil {
-		t.Fatal(err)
-	}
-	for seq, want := range map[uint64]uint64{10: 10, 11: 10} {
-		if got, err := s.claim(ctx, orig, seq); err != nil || got != want {
-			t.Errorf("claim by copy %d: owner %d (%v), want %d", seq, got, err, want)
+	expect := func(what string, got holding, n string, err error, want holding, wantNonce string) {
+		t.Helper()
+		if err != nil || got != want || (wantNonce != "" && n != wantNonce) {
+			t.Errorf("%s: %v %q %v, want %v %q", what, got, n, err, want, wantNonce)
 		}
 	}
-	// Copy 11 does not own the call: its re-forward changes nothing.
-	if err := s.setOwner(ctx, orig, 12, true, 11); err != nil {
+	// The original's redelivery before any forward holds the call and
+	// writes nothing.
+	h, n, err := s.hold(ctx, orig, originalHolder, "", false)
+	expect("original, nothing recorded", h, n, err, holdRun, "")
+	// The original hands the call to zone dmz: copy s:10 carries n1.
+	n1, err := s.handOff(ctx, orig, originalHolder)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.claim(ctx, orig, 12); got != 10 {
-		t.Errorf("a re-forward by a copy that does not own the call moved it to %d", got)
+	// Its redelivery (the connection moved back, say) must not run it:
+	// it stores the copy again, with n1.
+	h, n, err = s.hold(ctx, orig, originalHolder, "", false)
+	expect("original after its hand-off", h, n, err, holdReforward, n1)
+	if again, err := s.handOff(ctx, orig, originalHolder); err != nil || again != n1 {
+		t.Errorf("a second hand-off by the same holder: %q %v, want %q", again, err, n1)
 	}
-	// The owner, copy 10, is re-forwarded (its connection moved): copy 13
-	// owns the call now.
-	if err := s.setOwner(ctx, orig, 13, true, 10); err != nil {
+	// Copy s:10 takes the call over; a second copy of the same hand-off
+	// (stored past the duplicate window) and a copy without the nonce
+	// find it taken.
+	h, n, err = s.hold(ctx, orig, "s:10", n1, true)
+	expect("copy s:10 with the nonce", h, n, err, holdRun, "")
+	h, n, err = s.hold(ctx, orig, "s:11", n1, true)
+	expect("second copy s:11 with the same nonce", h, n, err, holdDrop, "")
+	h, n, err = s.hold(ctx, orig, "s:12", "", true)
+	expect("copy s:12 without a nonce", h, n, err, holdDrop, "")
+	h, n, err = s.hold(ctx, orig, originalHolder, "", false)
+	expect("the original once the copy runs", h, n, err, holdDrop, "")
+	// s:10 redelivered (a retry) still holds it.
+	h, n, err = s.hold(ctx, orig, "s:10", n1, true)
+	expect("copy s:10 redelivered", h, n, err, holdRun, "")
+	// The connection moves: s:10 hands off to a copy carrying n2. The new
+	// copy may be taken before s:10 is acknowledged (no race loses it).
+	n2, err := s.handOff(ctx, orig, "s:10")
+	if err != nil {
 		t.Fatal(err)
 	}
-	for seq, want := range map[uint64]uint64{13: 13, 10: 13} {
-		if got, err := s.claim(ctx, orig, seq); err != nil || got != want {
-			t.Errorf("after the re-forward, claim by copy %d: owner %d (%v), want %d", seq, got, err, want)
-		}
+	h, n, err = s.hold(ctx, orig, "s:20", n2, true)
+	expect("copy s:20 of the second hand-off", h, n, err, holdRun, "")
+	h, n, err = s.hold(ctx, orig, "s:10", n1, true)
+	expect("copy s:10 after its hand-off was taken", h, n, err, holdDrop, "")
+	if _, err := s.handOff(ctx, orig, "s:10"); err != errNotHolder {
+		t.Errorf("a hand-off by a copy that no longer holds the call: %v, want errNotHolder", err)
 	}
-	// A copy whose forwarder could not record it claims it itself.
-	if got, err := s.claim(ctx, "MTLSRELAY_CALLS.8.1", 20); err != nil || got != 20 {
-		t.Errorf("first claim of an unrecorded forward: %d %v", got, err)
-	}
+	// A copy of a call whose hand-off was never recorded (no entry)
+	// records itself as holder.
+	h, n, err = s.hold(ctx, "MTLSRELAY_CALLS.8.1", "s:30", "x", true)
+	expect("copy of an unrecorded hand-off", h, n, err, holdRun, "")
 }

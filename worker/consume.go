@@ -380,11 +380,11 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 		w.reject(ctx, msg, call, err, meta)
 		return
 	}
-	if !w.claimed(ctx, msg, meta) {
+	if !w.claimed(ctx, msg, call, meta) {
 		return
 	}
 	if zone, foreign := w.foreignZone(call.Tenant, call.Connection); foreign {
-		w.forward(ctx, msg, call, zone, meta)
+		w.forward(ctx, msg, call, zone, meta, "")
 		return
 	}
 

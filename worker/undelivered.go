@@ -113,7 +113,15 @@ func (w *Worker) endUndelivered(adv maxDeliveriesAdvisory) {
 		"the call was delivered %d times (worker.max_deliver) and never ended: its workers stopped or crashed on it, or NATS failed each time its result was stored; it was ended and dead-lettered. Send it again if it still matters; a non-idempotent call may have reached the partner",
 		adv.Deliveries)
 	if call != nil && call.ReplyTo != "" && w.checkReply(call.ReplyTo, call.Tenant) == nil {
-		stored, err := w.storedResult(ctx, call, raw.Time)
+		enqueued := raw.Time
+		if adv.Stream == jobs.StreamZones {
+			// A forwarded copy was stored when it was forwarded; the call
+			// was first enqueued before.
+			if t, err := time.Parse(time.RFC3339Nano, raw.Header.Get(jobs.HeaderEnqueued)); err == nil && t.Before(enqueued) {
+				enqueued = t
+			}
+		}
+		stored, err := w.storedResult(ctx, call, enqueued)
 		switch {
 		case err != nil:
 			log.Warn().Err(err).Msg("could not look for the call's stored result; publishing max_deliveries")

@@ -92,27 +92,53 @@ func origin(meta *jetstream.MsgMetadata) string {
 // publish) would make MTLSRELAY_ZONES refuse the copy.
 var forwardHeaders = []string{jobs.HeaderTraceparent, "tracestate"}
 
-// forward stores the durable call msg on its zone's subject and then
-// acknowledges it here. The copy's Nats-Msg-Id names the message it was
-// taken from, so a forward repeated after a lost ack within the duplicate
-// window is stored once; past it a second copy may be stored, and the
-// claim on the call's origin (claimForwarded) lets only one run. A call
-// that can never be stored there (too large with the forwarding headers)
-// ends invalid_call.
-func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call, zone string, meta *jetstream.MsgMetadata) {
+// holderOf returns who a delivery is in the claims (claims.go), the
+// origin of its call and the hand-off nonce it carries: a copy taken from
+// MTLSRELAY_ZONES is s:<seq>, with the headers its forwarder set; the
+// message a flow published is the original.
+func holderOf(msg jetstream.Msg, meta *jetstream.MsgMetadata) (me, orig, nonce string) {
+	if !fromZones(meta) {
+		return originalHolder, origin(meta), ""
+	}
+	orig = msg.Headers().Get(jobs.HeaderOrigin)
+	if orig == "" {
+		orig = origin(meta)
+	}
+	return "s:" + strconv.FormatUint(meta.Sequence.Stream, 10), orig, msg.Headers().Get(jobs.HeaderHandoff)
+}
+
+// forward hands the durable call msg to its zone: it records the hand-off
+// (claims.go), stores a copy carrying the hand-off's nonce on the zone's
+// subject, and then acknowledges msg. With nonce set (a redelivery of a
+// delivery that handed off already) it stores that copy again: within
+// the duplicate window it is the same message (Nats-Msg-Id is the nonce),
+// past it a second copy, which finds the call taken and does not run. A
+// call that can never be stored there (too large with the forwarding
+// headers) ends invalid_call.
+func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call, zone string, meta *jetstream.MsgMetadata, nonce string) {
 	log := zerolog.Ctx(ctx)
-	n, orig, enqueued := 0, origin(meta), meta.Timestamp
+	me, orig, _ := holderOf(msg, meta)
+	n, enqueued := 0, meta.Timestamp
 	if fromZones(meta) {
 		n = forwardCount(msg.Headers())
-		if o := msg.Headers().Get(jobs.HeaderOrigin); o != "" {
-			orig = o
-		}
 		enqueued = enqueuedAt(msg.Headers(), meta)
 	}
 	if n >= maxForwards {
 		log.Warn().Str("zone", zone).Int("forwards", n).Msg("call forwarded too often between zones; workers disagree on its connection's zone for now; taking it again later")
 		w.handBack(msg, forwardWait)
 		return
+	}
+	if nonce == "" {
+		var err error
+		if nonce, err = w.state.handOff(ctx, orig, me); errors.Is(err, errNotHolder) {
+			log.Info().Msg("another delivery holds this forwarded call; acknowledged without running it")
+			w.acknowledge(ctx, msg)
+			return
+		} else if err != nil {
+			log.Warn().Err(err).Msg("could not record the hand-off of the call to its zone; handed back")
+			w.handBack(msg, jitter(time.Second))
+			return
+		}
 	}
 	w.ensureZoneConsumer(ctx, zone, call.Tenant)
 	out := nats.NewMsg(w.subj.Zoned(zone, msg.Subject()))
@@ -122,8 +148,9 @@ func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call
 			out.Header[k] = v
 		}
 	}
-	out.Header.Set(jobs.HeaderMsgID, origin(meta))
+	out.Header.Set(jobs.HeaderMsgID, "fwd."+nonce)
 	out.Header.Set(jobs.HeaderOrigin, orig)
+	out.Header.Set(jobs.HeaderHandoff, nonce)
 	out.Header.Set(jobs.HeaderForwarded, strconv.Itoa(n+1))
 	out.Header.Set(jobs.HeaderEnqueued, enqueued.UTC().Format(time.RFC3339Nano))
 	ack, err := w.publishJetStream(ctx, out, w.ackWait/2)
@@ -133,58 +160,56 @@ func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call
 		return
 	}
 	if err != nil {
-		// It stays where it is and comes back: forwarding is tried again.
+		// It stays where it is and comes back: its redelivery stores the
+		// copy again, with the same nonce.
 		log.Warn().Err(err).Str("zone", zone).Msg("could not forward the call to its connection's zone; handed back")
 		w.handBack(msg, handBackBackoff(meta.NumDelivered))
 		return
-	}
-	// The copy just stored owns the call; a claim this delivery held
-	// moves to it.
-	if err := w.state.setOwner(ctx, orig, ack.Sequence, fromZones(meta), meta.Sequence.Stream); err != nil {
-		log.Warn().Err(err).Msg("could not record the forward; the zone's workers claim the call themselves")
 	}
 	w.metrics.forwarded.WithLabelValues(zone).Inc()
 	log.Debug().Str("zone", zone).Uint64("zone_seq", ack.Sequence).Msg("call forwarded to its connection's zone")
 	w.acknowledge(ctx, msg)
 }
 
-// claimed decides whether this delivery of a durable call may go on, when
-// the call may have been forwarded: a copy taken from MTLSRELAY_ZONES runs
-// only if it owns the call's origin (claiming it when nobody does); a
-// redelivery of a call a worker forwarded already is acknowledged here,
-// its forwarded copy running in the zone. It hands the call back when the
-// state cannot be read, and reports false when the delivery ends here.
-func (w *Worker) claimed(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata) bool {
+// claimed decides whether this delivery of a durable call may go on
+// (claims.go): a copy taken from MTLSRELAY_ZONES must hold the call or
+// take it over from the hand-off that made it; a redelivery of the
+// original must not find it handed off. A delivery that handed the call
+// off stores its copy again (forward) and runs nothing; one that another
+// delivery's claim excludes is acknowledged. The original's first
+// delivery reads nothing: nothing can have handed it off yet. It hands
+// the call back when the state cannot be read, and reports false when
+// the delivery ends here.
+func (w *Worker) claimed(ctx context.Context, msg jetstream.Msg, call *jobs.Call, meta *jetstream.MsgMetadata) bool {
+	if !fromZones(meta) && meta.NumDelivered <= 1 {
+		return true
+	}
 	log := zerolog.Ctx(ctx)
-	switch {
-	case fromZones(meta):
-		orig := msg.Headers().Get(jobs.HeaderOrigin)
-		if orig == "" {
-			orig = origin(meta)
+	me, orig, nonce := holderOf(msg, meta)
+	h, handedTo, err := w.state.hold(ctx, orig, me, nonce, fromZones(meta))
+	if err != nil {
+		log.Warn().Err(err).Msg("could not read who holds the call; handing it back")
+		w.handBack(msg, jitter(time.Second))
+		return false
+	}
+	switch h {
+	case holdDrop:
+		log.Info().Msg("another delivery holds this call (it was forwarded to a zone); acknowledged without running it")
+		w.acknowledge(ctx, msg)
+		return false
+	case holdReforward:
+		zone, foreign := w.foreignZone(call.Tenant, call.Connection)
+		if !foreign {
+			// Its copy goes on through the zone stream, even to this
+			// worker's own zone: the hand-off is recorded.
+			zone = w.cfg.Worker.zones()[0]
+			if c, ok := w.catalog.load().Connections[call.Connection]; ok {
+				zone = c.ZoneName()
+			}
 		}
-		owner, err := w.state.claim(ctx, orig, meta.Sequence.Stream)
-		if err != nil {
-			log.Warn().Err(err).Msg("could not claim a forwarded call; handing it back")
-			w.handBack(msg, jitter(time.Second))
-			return false
-		}
-		if owner != meta.Sequence.Stream {
-			log.Info().Uint64("owner_seq", owner).Msg("a second copy of a forwarded call; acknowledged without running it")
-			w.acknowledge(ctx, msg)
-			return false
-		}
-	case meta.NumDelivered > 1:
-		forwarded, err := w.state.forwarded(ctx, origin(meta))
-		if err != nil {
-			log.Warn().Err(err).Msg("could not read whether the call was forwarded; handing it back")
-			w.handBack(msg, jitter(time.Second))
-			return false
-		}
-		if forwarded {
-			log.Info().Msg("the call was forwarded to its zone already; acknowledged here")
-			w.acknowledge(ctx, msg)
-			return false
-		}
+		log.Info().Str("zone", zone).Msg("the call was handed to a zone; storing its copy again")
+		w.forward(ctx, msg, call, zone, meta, handedTo)
+		return false
 	}
 	return true
 }
