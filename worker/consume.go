@@ -367,6 +367,11 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	ctx, span := w.startCallSpan(ctx, msg.Headers(), call, msg.Subject(), meta.NumDelivered)
 	defer span.End()
 
+	// Only the delivery that holds a forwarded call may end it, even by
+	// rejecting it (a worker whose tenants or reply prefixes differ).
+	if call != nil && !w.claimed(ctx, msg, call, meta) {
+		return
+	}
 	if derr != nil {
 		w.reject(ctx, msg, call, derr, meta)
 		return
@@ -378,9 +383,6 @@ func (w *Worker) handleDurable(msg jetstream.Msg) {
 	}
 	if err := w.checkReply(call.ReplyTo, call.Tenant); err != nil {
 		w.reject(ctx, msg, call, err, meta)
-		return
-	}
-	if !w.claimed(ctx, msg, call, meta) {
 		return
 	}
 	if zone, foreign := w.foreignZone(call.Tenant, call.Connection); foreign {

@@ -136,7 +136,7 @@ func (w *Worker) forward(ctx context.Context, msg jetstream.Msg, call *jobs.Call
 			return
 		} else if err != nil {
 			log.Warn().Err(err).Msg("could not record the hand-off of the call to its zone; handed back")
-			w.handBack(msg, jitter(time.Second))
+			w.handBack(msg, handBackBackoff(meta.NumDelivered))
 			return
 		}
 	}
@@ -189,7 +189,8 @@ func (w *Worker) claimed(ctx context.Context, msg jetstream.Msg, call *jobs.Call
 	h, handedTo, err := w.state.hold(ctx, orig, me, nonce, fromZones(meta))
 	if err != nil {
 		log.Warn().Err(err).Msg("could not read who holds the call; handing it back")
-		w.handBack(msg, jitter(time.Second))
+		// Deliveries count toward max_deliver: wait longer after each.
+		w.handBack(msg, handBackBackoff(meta.NumDelivered))
 		return false
 	}
 	switch h {
