@@ -420,66 +420,82 @@ func work(ctx context.Context, js jetstream.JetStream, cons jetstream.Consumer, 
 		}
 		settled <- err
 	}()
-	loopErr := func() error {
-		for ctx.Err() == nil {
-			batch, err := cons.Fetch(s.Batch, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("fetch: %w", err)
-			}
-			for msg := range batch.Messages() {
-				id, i, err := callOf(msg, s)
-				if err != nil {
-					return err
-				}
-				if v.InProgress {
-					// What a call held longer than AckWait/3 sends, once.
-					if err := msg.InProgress(); err != nil {
-						return fmt.Errorf("in progress: %w", err)
-					}
-				}
-				res := resultMsg(s, p, id, payload)
-				if v.CoreResult {
-					// A reply_to outside the results stream: a core
-					// publish, then the ack at once (worker.complete).
-					if err := js.Conn().PublishMsg(res); err != nil {
-						return fmt.Errorf("publish result: %w", err)
-					}
-					if err := msg.Ack(); err != nil {
-						return fmt.Errorf("ack: %w", err)
-					}
-					select {
-					case acks <- pending{call: msg, result: res, index: i}:
-					case <-ctx.Done():
-						return nil
-					}
-					continue
-				}
-				fut, err := js.PublishMsgAsync(res, jetstream.WithStallWait(stallWait))
-				if err != nil {
-					return fmt.Errorf("publish result: %w", err)
-				}
-				if v.AckBeforeResult {
-					if err := msg.Ack(); err != nil {
-						return fmt.Errorf("ack: %w", err)
-					}
-				}
-				select {
-				case acks <- pending{call: msg, result: res, index: i, fut: fut}:
-				case <-ctx.Done():
-					return nil
-				}
-			}
-			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-				return fmt.Errorf("fetch: %w", err)
+	loopErr := pullCalls(ctx, cons, s, func() bool { return true }, func(msg jetstream.Msg, id string, i int) error {
+		if v.InProgress {
+			// What a call held longer than AckWait/3 sends, once.
+			if err := msg.InProgress(); err != nil {
+				return fmt.Errorf("in progress: %w", err)
 			}
 		}
+		res := resultMsg(s, p, id, payload)
+		if v.CoreResult {
+			// A reply_to outside the results stream: a core
+			// publish, then the ack at once (worker.complete).
+			if err := js.Conn().PublishMsg(res); err != nil {
+				return fmt.Errorf("publish result: %w", err)
+			}
+			if err := msg.Ack(); err != nil {
+				return fmt.Errorf("ack: %w", err)
+			}
+			select {
+			case acks <- pending{call: msg, result: res, index: i}:
+			case <-ctx.Done():
+				return errStopped
+			}
+			return nil
+		}
+		fut, err := js.PublishMsgAsync(res, jetstream.WithStallWait(stallWait))
+		if err != nil {
+			return fmt.Errorf("publish result: %w", err)
+		}
+		if v.AckBeforeResult {
+			if err := msg.Ack(); err != nil {
+				return fmt.Errorf("ack: %w", err)
+			}
+		}
+		select {
+		case acks <- pending{call: msg, result: res, index: i, fut: fut}:
+		case <-ctx.Done():
+			return errStopped
+		}
 		return nil
-	}()
+	})
 	close(acks)
 	return errors.Join(loopErr, <-settled)
+}
+
+// errStopped is what a pullCalls handler returns when ctx ended while it
+// waited: the loop ends without an error.
+var errStopped = errors.New("stopped")
+
+// pullCalls takes the calls of cons, s.Batch at a time, while ctx lasts
+// and more reports true, and hands each to handle with its call id and
+// index. A fetch's error or handle's ends it (errStopped without one).
+func pullCalls(ctx context.Context, cons jetstream.Consumer, s Spec, more func() bool, handle func(msg jetstream.Msg, id string, i int) error) error {
+	for ctx.Err() == nil && more() {
+		batch, err := cons.Fetch(s.Batch, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("fetch: %w", err)
+		}
+		for msg := range batch.Messages() {
+			id, i, err := callOf(msg, s)
+			if err != nil {
+				return err
+			}
+			if err := handle(msg, id, i); errors.Is(err, errStopped) {
+				return nil
+			} else if err != nil {
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			return fmt.Errorf("fetch: %w", err)
+		}
+	}
+	return nil
 }
 
 // createStreams makes the run's P calls streams (work queue, 2 min

@@ -186,40 +186,22 @@ func workPerCall(ctx context.Context, js jetstream.JetStream, cons jetstream.Con
 			firstErr.CompareAndSwap(nil, err)
 		}
 	}
-	loopErr := func() error {
-		for ctx.Err() == nil && firstErr.Load() == nil {
-			batch, err := cons.Fetch(s.Batch, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("fetch: %w", err)
-			}
-			for msg := range batch.Messages() {
-				id, i, err := callOf(msg, s)
-				if err != nil {
-					return err
-				}
-				select {
-				case slots <- struct{}{}:
-				case <-ctx.Done():
-					return nil
-				}
-				wg.Go(func() {
-					defer func() { <-slots }()
-					if err := oneCall(ctx, js, kv, msg, resultMsg(s, p, id, payload), "c."+id); err != nil {
-						failed(err)
-						return
-					}
-					t.ack(i)
-				})
-			}
-			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-				return fmt.Errorf("fetch: %w", err)
-			}
+	loopErr := pullCalls(ctx, cons, s, func() bool { return firstErr.Load() == nil }, func(msg jetstream.Msg, id string, i int) error {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return errStopped
 		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := oneCall(ctx, js, kv, msg, resultMsg(s, p, id, payload), "c."+id); err != nil {
+				failed(err)
+				return
+			}
+			t.ack(i)
+		})
 		return nil
-	}()
+	})
 	wg.Wait()
 	if e, _ := firstErr.Load().(error); e != nil {
 		return errors.Join(loopErr, e)
