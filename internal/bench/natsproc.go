@@ -91,6 +91,24 @@ func (t *TailBuffer) String() string {
 	return string(t.b)
 }
 
+// JetStreamAnswers connects to the NATS server at url and asks it for
+// JetStream account information, within 2 s.
+func JetStreamAnswers(ctx context.Context, url string) error {
+	nc, err := nats.Connect(url, nats.Name("mtlsrelay bench check"), nats.Timeout(time.Second))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = js.AccountInfo(actx)
+	return err
+}
+
 // NewTailBuffer returns a TailBuffer that keeps the last max bytes.
 func NewTailBuffer(max int) *TailBuffer { return &TailBuffer{max: max} }
 
@@ -142,19 +160,9 @@ func waitJetStream(ctx context.Context, url string, c *childProc) error {
 		if err := c.exitedErr(); err != nil {
 			return err
 		}
-		nc, err := nats.Connect(url, nats.Name("mtlsrelay bench check"), nats.Timeout(time.Second))
+		err := JetStreamAnswers(ctx, url)
 		if err == nil {
-			js, jerr := jetstream.New(nc)
-			if jerr == nil {
-				actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				_, jerr = js.AccountInfo(actx)
-				cancel()
-			}
-			nc.Close()
-			if jerr == nil {
-				return nil
-			}
-			err = jerr
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("nats-server at %s did not answer with JetStream within 30s: %v\n%s", url, err, c.output.String())

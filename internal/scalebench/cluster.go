@@ -182,18 +182,7 @@ func (c *cluster) waitReady(ctx context.Context) error {
 // probe creates and deletes a stream of len(c.servers) replicas.
 func (c *cluster) probe(ctx context.Context) error {
 	for _, s := range c.servers {
-		nc, err := nats.Connect(s.url, nats.Timeout(time.Second))
-		if err != nil {
-			return err
-		}
-		js, err := jetstream.New(nc)
-		if err == nil {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err = js.AccountInfo(actx)
-			cancel()
-		}
-		nc.Close()
-		if err != nil {
+		if err := bench.JetStreamAnswers(ctx, s.url); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
