@@ -189,6 +189,14 @@ type WorkerConfig struct {
 	// Proxy is the egress proxy of every connection that names none (a key
 	// of proxies); empty: direct.
 	Proxy string `yaml:"proxy"`
+	// GCPercent is Go's garbage collection target (GOGC) of the worker
+	// process. Default 400 when a memory limit bounds the heap (GOMEMLIMIT,
+	// or the container's limit, which the worker then applies itself), else
+	// Go's 100: the worker's live heap is small and its allocation rate
+	// high, so at 100 the collector runs many times a second; with a limit
+	// it collects at 400 and, near the limit, as often as the limit needs.
+	// The GOGC environment variable wins. See TuneRuntime.
+	GCPercent int `yaml:"gc_percent"`
 	// CertExpiryWarnDays is how many days before a profile's client
 	// certificate expires the worker logs a warning (at load and daily) and
 	// reports it in mtlsrelay_client_cert_expiring; default 30, negative
@@ -306,6 +314,9 @@ func (c *Config) applyDefaults() {
 	}
 	if w.ShutdownGrace <= 0 {
 		w.ShutdownGrace = catalog.Duration(DefaultShutdownGrace)
+	}
+	if w.GCPercent < 0 {
+		w.GCPercent = 0
 	}
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency

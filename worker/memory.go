@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -69,17 +71,85 @@ func (m *memoryBudget) release(n int64) {
 // connection pools, TLS sessions and the garbage collector's headroom),
 // else 0, no bound but the slots.
 func defaultMaxMemory() int64 {
-	for _, path := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+	return cgroupMemoryLimit(cgroupMemoryFiles) / 2
+}
+
+// cgroupMemoryFiles are where cgroups v2 and v1 state the container's
+// memory limit.
+var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
+
+// cgroupMemoryLimit returns the memory limit the first readable of files
+// states, 0 when none does or it says there is none ("max" in v2, a huge
+// number in v1).
+func cgroupMemoryLimit(files []string) int64 {
+	for _, path := range files {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			continue
 		}
 		limit, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		// "max" (v2) or a huge number (v1) mean no limit.
 		if err != nil || limit <= 0 || limit >= 1<<60 {
 			return 0
 		}
-		return limit / 2
+		return limit
 	}
 	return 0
+}
+
+// DefaultGCPercent is worker.gc_percent when a memory limit bounds the
+// worker's heap.
+const DefaultGCPercent = 400
+
+// RuntimeTuning is what TuneRuntime set.
+type RuntimeTuning struct {
+	// GCPercent is the collector's target now (GOGC).
+	GCPercent int
+	// MemoryLimit is Go's memory limit now, 0 for none.
+	MemoryLimit int64
+	// Source says where the memory limit came from: "GOMEMLIMIT",
+	// "cgroup" (90% of the container's limit) or "" for none; and GCFrom
+	// where the target came from: "GOGC", "worker.gc_percent", "default".
+	Source, GCFrom string
+}
+
+// TuneRuntime sets the Go runtime's garbage collection for a worker
+// process from cfg.Worker.GCPercent and the memory limit, and returns what
+// it set. A memory limit comes from GOMEMLIMIT (Go applies it itself;
+// "off" is none) or, when that is unset, from the container's limit:
+// 90% of it, the rest left to what Go does not count (stacks of threads,
+// cgo, the binary). The collector's target is GOGC when set, else
+// worker.gc_percent when set, else DefaultGCPercent under a memory limit
+// and Go's 100 without one: raising it without a limit would let the heap
+// grow with it. It changes process-wide settings: `serve` calls it once.
+func TuneRuntime(cfg *Config) RuntimeTuning {
+	return tuneRuntime(cfg.Worker.GCPercent, os.LookupEnv, cgroupMemoryFiles)
+}
+
+func tuneRuntime(gcPercent int, env func(string) (string, bool), cgroupFiles []string) RuntimeTuning {
+	var t RuntimeTuning
+	if _, set := env("GOMEMLIMIT"); set {
+		if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
+			t.MemoryLimit, t.Source = limit, "GOMEMLIMIT"
+		}
+	} else if limit := cgroupMemoryLimit(cgroupFiles); limit > 0 {
+		t.MemoryLimit, t.Source = limit/10*9, "cgroup"
+		debug.SetMemoryLimit(t.MemoryLimit)
+	}
+	switch _, set := env("GOGC"); {
+	case set:
+		// Go applied it; read it back without changing it.
+		t.GCPercent = debug.SetGCPercent(-1)
+		debug.SetGCPercent(t.GCPercent)
+		t.GCFrom = "GOGC"
+	case gcPercent > 0:
+		t.GCPercent, t.GCFrom = gcPercent, "worker.gc_percent"
+		debug.SetGCPercent(gcPercent)
+	case t.MemoryLimit > 0:
+		t.GCPercent, t.GCFrom = DefaultGCPercent, "default"
+		debug.SetGCPercent(DefaultGCPercent)
+	default:
+		t.GCPercent, t.GCFrom = 100, "default"
+		debug.SetGCPercent(100)
+	}
+	return t
 }

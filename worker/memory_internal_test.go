@@ -1,6 +1,12 @@
 package worker
 
-import "testing"
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"testing"
+)
 
 // The budget admits calls by the bytes they may hold and refuses the one
 // that does not fit until another is released; a call larger than the
@@ -38,5 +44,74 @@ func TestMemoryBudget(t *testing.T) {
 	var none *memoryBudget
 	if _, ok := none.tryAdmit(1 << 30); !ok {
 		t.Fatal("no budget refused a call")
+	}
+}
+
+// TuneRuntime raises the collector's target only where a memory limit
+// bounds the heap, takes the container's limit when GOMEMLIMIT is unset,
+// and leaves what the operator set in GOGC or GOMEMLIMIT alone.
+func TestTuneRuntime(t *testing.T) {
+	prevGC := debug.SetGCPercent(100)
+	prevLimit := debug.SetMemoryLimit(math.MaxInt64)
+	t.Cleanup(func() {
+		debug.SetGCPercent(prevGC)
+		debug.SetMemoryLimit(prevLimit)
+	})
+	dir := t.TempDir()
+	cgroup := func(content string) []string {
+		path := filepath.Join(dir, "memory.max")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{filepath.Join(dir, "absent"), path}
+	}
+	env := func(vars map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+	}
+	for _, tc := range []struct {
+		name        string
+		gcPercent   int
+		vars        map[string]string
+		cgroup      string
+		goLimit     int64 // the limit Go applied from GOMEMLIMIT, as at start
+		goGC        int   // the target Go applied from GOGC
+		want        RuntimeTuning
+		wantGoLimit int64
+	}{
+		{name: "no limit anywhere: Go's default", cgroup: "max\n",
+			want: RuntimeTuning{GCPercent: 100, GCFrom: "default"}, wantGoLimit: math.MaxInt64},
+		{name: "container limit: 90% of it, and 400", cgroup: "536870912\n",
+			want:        RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 483183819, Source: "cgroup"},
+			wantGoLimit: 483183819},
+		{name: "GOMEMLIMIT wins over the container", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "300MiB"}, goLimit: 300 << 20,
+			want: RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 300 << 20, Source: "GOMEMLIMIT"}, wantGoLimit: 300 << 20},
+		{name: "GOMEMLIMIT=off: no limit, whatever the container's", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "off"}, goLimit: math.MaxInt64,
+			want: RuntimeTuning{GCPercent: 100, GCFrom: "default"}, wantGoLimit: math.MaxInt64},
+		{name: "GOGC wins", cgroup: "536870912\n", vars: map[string]string{"GOGC": "250"}, goGC: 250, gcPercent: 800,
+			want:        RuntimeTuning{GCPercent: 250, GCFrom: "GOGC", MemoryLimit: 483183819, Source: "cgroup"},
+			wantGoLimit: 483183819},
+		{name: "worker.gc_percent applies without a limit too", cgroup: "max", gcPercent: 200,
+			want: RuntimeTuning{GCPercent: 200, GCFrom: "worker.gc_percent"}, wantGoLimit: math.MaxInt64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			debug.SetMemoryLimit(math.MaxInt64)
+			if tc.goLimit != 0 {
+				debug.SetMemoryLimit(tc.goLimit)
+			}
+			debug.SetGCPercent(100)
+			if tc.goGC != 0 {
+				debug.SetGCPercent(tc.goGC)
+			}
+			got := tuneRuntime(tc.gcPercent, env(tc.vars), cgroup(tc.cgroup))
+			if got != tc.want {
+				t.Errorf("tuneRuntime = %+v; want %+v", got, tc.want)
+			}
+			if gc := debug.SetGCPercent(100); gc != tc.want.GCPercent {
+				t.Errorf("the runtime's GOGC is %d; want %d", gc, tc.want.GCPercent)
+			}
+			if limit := debug.SetMemoryLimit(-1); limit != tc.wantGoLimit {
+				t.Errorf("the runtime's memory limit is %d; want %d", limit, tc.wantGoLimit)
+			}
+		})
 	}
 }

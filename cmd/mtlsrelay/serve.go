@@ -101,6 +101,12 @@ func loadConfig(path string) (*worker.Config, error) {
 
 func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 	name := "mtlsrelay worker " + cfg.Worker.Name
+	rt := worker.TuneRuntime(cfg)
+	ev := log.Info().Int("gc_percent", rt.GCPercent).Str("gc_percent_from", rt.GCFrom)
+	if rt.MemoryLimit > 0 {
+		ev = ev.Int64("memory_limit", rt.MemoryLimit).Str("memory_limit_from", rt.Source)
+	}
+	ev.Msg("Go runtime tuned")
 	var nc *nats.Conn
 	if cfg.NATS.URL == "" {
 		srv, err := startEmbedded(ctx, cfg)

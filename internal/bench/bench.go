@@ -185,6 +185,16 @@ type Options struct {
 	// peak by 10%: the last one written shows the heap near its peak.
 	// Several workers write <name>-<n><ext>.
 	WorkerHeapProfile string
+	// WorkerCPUProfile, with WorkerCommand, is where each worker process
+	// writes a CPU profile (pprof) of its whole run, from its ready line
+	// until it stops: the worker's own time, without the load generator,
+	// the partner or the NATS server. Several workers write
+	// <name>-<n><ext>.
+	WorkerCPUProfile string
+	// WorkerEnv, with WorkerCommand, is added to the worker processes'
+	// environment (KEY=VALUE each), for example GOMAXPROCS=1 as a
+	// container's CPU limit of one sets it (Go 1.25 and later), or GOGC.
+	WorkerEnv []string
 
 	// DirectCalls selects the direct-calls mode: the latency of direct
 	// calls (core NATS requests to <prefix>.rpc.<connection>, as
@@ -308,6 +318,14 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("%d calls cannot keep %d in flight", o.Calls, o.inflight()))
 		}
 	}
+	if (o.WorkerCPUProfile != "" || len(o.WorkerEnv) > 0) && !o.workerProcesses() {
+		errs = append(errs, errors.New("a worker CPU profile or environment needs worker processes (WorkerCommand)"))
+	}
+	for _, kv := range o.WorkerEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			errs = append(errs, fmt.Errorf("worker environment %q: want KEY=VALUE", kv))
+		}
+	}
 	if o.WorkerHeapProfile != "" && !o.workerProcesses() {
 		errs = append(errs, errors.New("a worker heap profile needs the large-bodies mode with worker processes (WorkerCommand)"))
 	}
@@ -415,6 +433,9 @@ type Setup struct {
 	Arch          string  `json:"arch"`
 	NumCPU        int     `json:"num_cpu"`
 	GOMAXPROCS    int     `json:"gomaxprocs"`
+	// WorkerEnv is what the run added to the worker processes'
+	// environment (Options.WorkerEnv).
+	WorkerEnv []string `json:"worker_env,omitempty"`
 	// NATS is "process" (a nats-server process the run started),
 	// "in-process" (Options.EmbeddedNATS), or the URL of the external
 	// server the run used (Options.NATSURL), without credentials.
@@ -627,6 +648,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), NATS: r.natsName(),
 		LoadAverage: [2]float64{loadStart}, BenchProcess: r.benchProcess(), WorkerProcesses: len(r.procs) > 0,
+		WorkerEnv: o.WorkerEnv,
 	}}
 	if o.Peer {
 		rep.Setup.Peer = fmt.Sprintf("Benthos %s, %d pipeline threads, output max_in_flight %d, input max_ack_pending %d", BenthosVersion, peerThreads(o), peerThreads(o), peerThreads(o))
@@ -735,6 +757,12 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			// The responder's results carry no timings: no stages to show.
 			rep.Floor.Stages = nil
 			rep.RatioBound = rep.Floor.Throughput / (rep.Floor.Throughput + rep.Direct.Throughput)
+		}
+		// The worker processes' own figures (collections, GOGC, memory
+		// limit): they end here, if the floor did not end them.
+		for _, p := range r.procs {
+			p.stop()
+			rep.Workers = append(rep.Workers, p.memory())
 		}
 	}
 	if _, hwm, ok := procStatus(); ok {

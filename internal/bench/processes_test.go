@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -31,16 +34,27 @@ func TestRunSideBySideProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
+	profile := filepath.Join(t.TempDir(), "worker.pprof")
 	rep, err := bench.Run(ctx, bench.Options{
-		Concurrency:   8,
-		Duration:      time.Second,
-		Warmup:        200 * time.Millisecond,
-		WorkerCommand: testWorkerCommand,
-		Peer:          peer,
-		Dir:           t.TempDir(),
+		Concurrency:      8,
+		Duration:         time.Second,
+		Warmup:           200 * time.Millisecond,
+		WorkerCommand:    testWorkerCommand,
+		WorkerEnv:        []string{"GOGC=300"},
+		WorkerCPUProfile: profile,
+		Peer:             peer,
+		Dir:              t.TempDir(),
 	}, &out)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	// The worker process ran as deployed (GOMEMLIMIT from the container's
+	// limit) with the environment added, and profiled itself.
+	if len(rep.Workers) != 1 || rep.Workers[0].GCPercent != 300 || rep.Workers[0].MemoryLimitMiB != bench.DeployedMemoryLimit>>20 {
+		t.Errorf("worker processes %+v: want one with GOGC 300 and a %d MiB memory limit", rep.Workers, bench.DeployedMemoryLimit>>20)
+	}
+	if st, err := os.Stat(profile); err != nil || st.Size() == 0 {
+		t.Errorf("the worker's CPU profile: %v", err)
 	}
 	table := out.String()
 	s := rep.Setup
@@ -201,5 +215,18 @@ func TestMemoryBoundWorkerProcess(t *testing.T) {
 	var limit *bench.RSSLimitError
 	if _, err := bench.Run(ctx, o, &out); !errors.As(err, &limit) || limit.PeakMiB <= 1 {
 		t.Errorf("a 1 MiB bound on the worker: %v", err)
+	}
+}
+
+// The bench runs its worker processes with the memory limit the
+// Kubernetes manifest gives a worker: the two must not drift apart.
+func TestDeployedMemoryLimit(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "k8s", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("limits:\n              memory: %dMi\n", bench.DeployedMemoryLimit>>20)
+	if !strings.Contains(string(b), want) {
+		t.Errorf("deploy/k8s/deployment.yaml does not hold %q: update bench.DeployedMemoryLimit with it", want)
 	}
 }

@@ -41,6 +41,9 @@ func writeTable(out io.Writer, rep *Report) {
 	}
 	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n",
 		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], measured, s.NATS)
+	if len(s.WorkerEnv) > 0 {
+		fmt.Fprintf(out, "worker processes' environment adds: %s\n", strings.Join(s.WorkerEnv, " "))
+	}
 	if s.Peer != "" {
 		fmt.Fprintf(out, "peer: %s\n", s.Peer)
 	}
@@ -302,8 +305,8 @@ func writeWorkerMemory(out io.Writer, ws []WorkerMemory) {
 		if w.MemoryLimitMiB > 0 {
 			limit = fmt.Sprintf("Go memory limit %.0f MiB", w.MemoryLimitMiB)
 		}
-		fmt.Fprintf(out, "worker process %s: peak RSS %.1f MiB (VmHWM %.1f, largest VmRSS sampled %.1f, ru_maxrss %.1f); Go heap peak %.1f MiB, heap goal peak %.1f MiB, runtime-mapped peak %.1f MiB, %d collections, %s; %.1f s of CPU\n",
-			w.Name, w.PeakRSSMiB, w.VmHWMMiB, w.SampledRSSMiB, w.MaxRSSMiB, w.HeapPeakMiB, w.HeapGoalPeakMiB, w.RuntimeTotalPeakMiB, w.GCCycles, limit, w.CPUSeconds)
+		fmt.Fprintf(out, "worker process %s: peak RSS %.1f MiB (VmHWM %.1f, largest VmRSS sampled %.1f, ru_maxrss %.1f); Go heap peak %.1f MiB, heap goal peak %.1f MiB, runtime-mapped peak %.1f MiB, %d collections, %s, GOGC %d; %.1f s of CPU\n",
+			w.Name, w.PeakRSSMiB, w.VmHWMMiB, w.SampledRSSMiB, w.MaxRSSMiB, w.HeapPeakMiB, w.HeapGoalPeakMiB, w.RuntimeTotalPeakMiB, w.GCCycles, limit, w.GCPercent, w.CPUSeconds)
 		if w.ExitError != "" {
 			fmt.Fprintf(out, "worker process %s ended: %s\n", w.Name, w.ExitError)
 		}

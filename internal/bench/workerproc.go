@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +57,8 @@ type workerProcessStats struct {
 	GCCycles uint64 `json:"gc_cycles"`
 	// MemoryLimit is Go's memory limit (GOMEMLIMIT), MaxInt64 for none.
 	MemoryLimit int64 `json:"memory_limit"`
+	// GCPercent is the collector's target (GOGC) worker.TuneRuntime set.
+	GCPercent int `json:"gc_percent"`
 	// HeapProfiles counts the heap profiles written (-heap-profile).
 	HeapProfiles int `json:"heap_profiles"`
 }
@@ -74,11 +77,12 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 	fs := flag.NewFlagSet("worker-process", flag.ContinueOnError)
 	config := fs.String("config", "", "the worker's YAML config, nats.url set")
 	heapProfile := fs.String("heap-profile", "", "write a heap profile to this file each time the heap passes its peak by 10%")
+	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the run, from the ready line until the worker stops, to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *config == "" || fs.NArg() > 0 {
-		return errors.New("usage: worker-process -config FILE [-heap-profile FILE]")
+		return errors.New("usage: worker-process -config FILE [-heap-profile FILE] [-cpu-profile FILE]")
 	}
 	cfg, err := worker.LoadConfig(*config)
 	if err != nil {
@@ -87,7 +91,10 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 	if cfg.NATS.URL == "" {
 		return fmt.Errorf("%s: nats.url is empty", *config)
 	}
+	// As `serve` does: the collector's target and memory limit.
+	rt := worker.TuneRuntime(cfg)
 	mon := startMemMonitor(*heapProfile)
+	mon.stats.GCPercent = rt.GCPercent
 	nc, err := nats.Connect(cfg.NATS.URL, nats.Name("mtlsrelay bench "+cfg.Worker.Name))
 	if err != nil {
 		mon.stop()
@@ -119,8 +126,16 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 		}
 	}
 	t.Stop()
+	stopProfile, perr := startCPUProfile(*cpuProfile)
+	if perr != nil {
+		cancel()
+		<-done
+		mon.stop()
+		return perr
+	}
 	fmt.Fprintln(stdout, readyLine)
 	err = <-done
+	err = errors.Join(err, stopProfile())
 	stats := mon.stop()
 	line, jerr := json.Marshal(stats)
 	if jerr != nil {
@@ -128,6 +143,26 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 	}
 	fmt.Fprintf(stdout, "%s\n", line)
 	return err
+}
+
+// startCPUProfile starts a CPU profile into path, none when path is
+// empty; the function it returns stops it and closes the file.
+func startCPUProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // memMonitor samples this process's runtime memory figures.
@@ -234,6 +269,30 @@ type workerProc struct {
 	peak     int64 // largest VmRSS sampled
 }
 
+// DeployedMemoryLimit is the memory limit of a worker's container in
+// deploy/k8s/deployment.yaml, which also gives it as GOMEMLIMIT: a worker
+// process of the bench runs with it unless told otherwise.
+const DeployedMemoryLimit = 512 << 20
+
+// workerMemoryLimit is the GOMEMLIMIT a worker process gets, "" to leave
+// the environment's: 80% of MaxRSSMiB when set, else the deployed
+// container's (DeployedMemoryLimit), unless GOMEMLIMIT is in the
+// environment or in WorkerEnv.
+func (o Options) workerMemoryLimit() string {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
+		return ""
+	}
+	for _, kv := range o.WorkerEnv {
+		if strings.HasPrefix(kv, "GOMEMLIMIT=") {
+			return ""
+		}
+	}
+	if o.MaxRSSMiB > 0 {
+		return strconv.FormatInt(int64(o.MaxRSSMiB*0.8*(1<<20)), 10)
+	}
+	return strconv.Itoa(DeployedMemoryLimit)
+}
+
 // startWorkerProcess writes the worker's config, starts its process and
 // waits until its worker consumes.
 func (r *rig) startWorkerProcess(ctx context.Context, name, config string, index int) error {
@@ -242,20 +301,28 @@ func (r *rig) startWorkerProcess(ctx context.Context, name, config string, index
 		return err
 	}
 	args := []string{"-config", path}
-	if p := r.o.WorkerHeapProfile; p != "" {
+	numbered := func(p string) string {
 		if r.o.Workers > 1 {
-			p = strings.TrimSuffix(p, filepath.Ext(p)) + fmt.Sprintf("-%d", index+1) + filepath.Ext(p)
+			return strings.TrimSuffix(p, filepath.Ext(p)) + fmt.Sprintf("-%d", index+1) + filepath.Ext(p)
 		}
-		args = append(args, "-heap-profile", p)
+		return p
+	}
+	if p := r.o.WorkerHeapProfile; p != "" {
+		args = append(args, "-heap-profile", numbered(p))
+	}
+	if p := r.o.WorkerCPUProfile; p != "" {
+		args = append(args, "-cpu-profile", numbered(p))
 	}
 	cmd := r.o.WorkerCommand(args)
+	if len(r.o.WorkerEnv) > 0 {
+		cmd.Env = append(cmd.Environ(), r.o.WorkerEnv...)
+	}
 	if cmd.Stderr == nil {
 		// GODEBUG=gctrace=1, inherited, writes there: each line says whose.
 		cmd.Stderr = &prefixWriter{prefix: "[" + name + "] ", w: os.Stderr}
 	}
-	if r.o.MaxRSSMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		// As a deployed worker's GOMEMLIMIT follows its container's limit.
-		cmd.Env = append(cmd.Environ(), fmt.Sprintf("GOMEMLIMIT=%d", int64(r.o.MaxRSSMiB*0.8*(1<<20))))
+	if limit := r.o.workerMemoryLimit(); limit != "" {
+		cmd.Env = append(cmd.Environ(), "GOMEMLIMIT="+limit)
 	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -339,6 +406,7 @@ func (p *workerProc) memory() WorkerMemory {
 		if st.MemoryLimit != math.MaxInt64 {
 			m.MemoryLimitMiB = mib(st.MemoryLimit)
 		}
+		m.GCPercent = st.GCPercent
 	}
 	if p.waitErr != nil {
 		m.ExitError = p.waitErr.Error()
@@ -368,6 +436,8 @@ type WorkerMemory struct {
 	RuntimeTotalPeakMiB float64 `json:"runtime_total_peak_mib"`
 	GCCycles            uint64  `json:"gc_cycles"`
 	MemoryLimitMiB      float64 `json:"memory_limit_mib,omitempty"`
+	// GCPercent is the collector's target (GOGC) of the worker process.
+	GCPercent int `json:"gc_percent"`
 	// CPUSeconds is the process's CPU time, user and system, start to end.
 	CPUSeconds float64 `json:"cpu_seconds"`
 	// ExitError is how the process ended, when not cleanly.
