@@ -52,7 +52,10 @@ type jsonObject struct {
 // scanner of structure only, with no allocation per value (a tokenizer
 // cost twice the decoding itself).
 func checkMembers(data []byte) error {
-	var stack []jsonObject
+	// A call nests three levels, with a dozen members at the top: room
+	// for those up front saves the slices' growth on every call.
+	stack := make([]jsonObject, 0, 4)
+	topKeys := make([][]byte, 0, len(callMembers))
 	expectKey, soapNext, bodyRefNext := false, false, false
 	for i := 0; i < len(data); i++ {
 		switch data[i] {
@@ -66,7 +69,7 @@ func checkMembers(data []byte) error {
 			}
 			switch {
 			case len(stack) == 0 && o.object:
-				o.fields = callMembers
+				o.fields, o.keys = callMembers, topKeys
 			case soapNext && o.object:
 				o.fields = soapMembers
 			case bodyRefNext && o.object:

@@ -295,7 +295,7 @@ func ValidSubject(subj string) bool {
 	if subj == "" || len(subj) > 512 {
 		return false
 	}
-	for _, tok := range strings.Split(subj, ".") {
+	for tok := range strings.SplitSeq(subj, ".") {
 		if tok == "" || tok == "*" || tok == ">" {
 			return false
 		}

@@ -101,6 +101,9 @@ func NewResolver(sources *Sources, opts ...Option) *Resolver {
 // entry is the cache of one profile name for one definition.
 type entry struct {
 	def Profile
+	// parsed reads def's references once: every call resolves its
+	// profile.
+	parsed func() (profileRefs, error)
 	// sem is held by the one goroutine fetching and decoding the profile,
 	// so concurrent callers share its outcome.
 	sem chan struct{}
@@ -141,11 +144,12 @@ func (r *Resolver) Validate(name string, p Profile) error {
 // keystore_invalid, secret_unavailable...), with a message naming the
 // profile and the reference.
 func (r *Resolver) Resolve(ctx context.Context, name string, p Profile) (*Material, error) {
-	refs, err := p.parse()
+	e := r.entryFor(name, p)
+	refs, err := e.parsed()
 	if err != nil {
 		return nil, profileError(err, name, "", Ref{})
 	}
-	m, err := r.entryFor(name, p).get(ctx, r, name, refs)
+	m, err := e.get(ctx, r, name, refs)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +194,7 @@ func (r *Resolver) entryFor(name string, p Profile) *entry {
 	defer r.mu.Unlock()
 	e := r.entries[name]
 	if e == nil || e.def != p {
-		e = &entry{def: p, sem: make(chan struct{}, 1)}
+		e = &entry{def: p, sem: make(chan struct{}, 1), parsed: sync.OnceValues(p.parse)}
 		r.entries[name] = e
 	}
 	return e

@@ -64,6 +64,10 @@ half its measured peak (or --paced-rate).`,
 					return exec.Command(exe, append([]string{"bench", workerProcessCmd}, args...)...)
 				}
 			}
+			if o.WorkerCommand != nil && !cmd.Flags().Changed("worker-log") {
+				// A deployed worker logs a line per call: so do these.
+				o.WorkerLog = os.DevNull
+			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {
@@ -110,6 +114,7 @@ half its measured peak (or --paced-rate).`,
 	f.BoolVar(&inProcess, "worker-in-process", false, "side-by-side and large-bodies modes: run the workers in this process (their CPU and peak RSS are then the whole process's)")
 	f.BoolVar(&workerProcess, "worker-process", false, "direct-calls and memory-bound (--inflight) modes: run the worker in a process of its own (its Go scheduler then serves the worker alone; its peak RSS is reported, and --max-rss-mib bounds it)")
 	f.StringVar(&o.WorkerCPUProfile, "worker-cpuprofile", "", "with the worker in a process of its own: it writes a CPU profile of its whole run (from ready until it stops) to this file")
+	f.StringVar(&o.WorkerLog, "worker-log", "", "with the worker in a process of its own: it logs as serve does (JSON, info: a line per call) to this file; default /dev/null, \"\" for no logs")
 	f.StringArrayVar(&o.WorkerEnv, "worker-env", nil, "with the worker in a process of its own: add KEY=VALUE to its environment (repeatable), for example GOMAXPROCS=1 as a one-CPU container limit sets it")
 	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
 	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")

@@ -66,10 +66,11 @@ func newServeCmd() *cobra.Command {
 					return err
 				}
 			}
-			log, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+			log, closeLog, err := logging.Open(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 			if err != nil {
 				return err
 			}
+			defer closeLog()
 			return serve(cmd.Context(), cfg, log)
 		},
 	}

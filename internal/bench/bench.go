@@ -191,6 +191,10 @@ type Options struct {
 	// the partner or the NATS server. Several workers write
 	// <name>-<n><ext>.
 	WorkerCPUProfile string
+	// WorkerLog, with WorkerCommand, is a file the worker processes log
+	// to as serve does (JSON lines, info unless the config says
+	// otherwise: a line per call); empty, they log nothing.
+	WorkerLog string
 	// WorkerEnv, with WorkerCommand, is added to the worker processes'
 	// environment (KEY=VALUE each), for example GOMAXPROCS=1 as a
 	// container's CPU limit of one sets it (Go 1.25 and later), or GOGC.
@@ -318,8 +322,8 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("%d calls cannot keep %d in flight", o.Calls, o.inflight()))
 		}
 	}
-	if (o.WorkerCPUProfile != "" || len(o.WorkerEnv) > 0) && !o.workerProcesses() {
-		errs = append(errs, errors.New("a worker CPU profile or environment needs worker processes (WorkerCommand)"))
+	if (o.WorkerCPUProfile != "" || len(o.WorkerEnv) > 0 || o.WorkerLog != "") && !o.workerProcesses() {
+		errs = append(errs, errors.New("a worker CPU profile, log or environment needs worker processes (WorkerCommand)"))
 	}
 	for _, kv := range o.WorkerEnv {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
@@ -436,6 +440,8 @@ type Setup struct {
 	// WorkerEnv is what the run added to the worker processes'
 	// environment (Options.WorkerEnv).
 	WorkerEnv []string `json:"worker_env,omitempty"`
+	// WorkerLog is where the worker processes logged, empty for nowhere.
+	WorkerLog string `json:"worker_log,omitempty"`
 	// NATS is "process" (a nats-server process the run started),
 	// "in-process" (Options.EmbeddedNATS), or the URL of the external
 	// server the run used (Options.NATSURL), without credentials.
@@ -648,7 +654,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), NATS: r.natsName(),
 		LoadAverage: [2]float64{loadStart}, BenchProcess: r.benchProcess(), WorkerProcesses: len(r.procs) > 0,
-		WorkerEnv: o.WorkerEnv,
+		WorkerEnv: o.WorkerEnv, WorkerLog: o.WorkerLog,
 	}}
 	if o.Peer {
 		rep.Setup.Peer = fmt.Sprintf("Benthos %s, %d pipeline threads, output max_in_flight %d, input max_ack_pending %d", BenthosVersion, peerThreads(o), peerThreads(o), peerThreads(o))

@@ -41,6 +41,9 @@ func writeTable(out io.Writer, rep *Report) {
 	}
 	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n",
 		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], measured, s.NATS)
+	if s.WorkerLog != "" {
+		fmt.Fprintf(out, "worker processes log as serve does, to %s\n", s.WorkerLog)
+	}
 	if len(s.WorkerEnv) > 0 {
 		fmt.Fprintf(out, "worker processes' environment adds: %s\n", strings.Join(s.WorkerEnv, " "))
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
+	"github.com/mtlsrelay/mtlsrelay/internal/logging"
 	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
@@ -78,11 +79,12 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 	config := fs.String("config", "", "the worker's YAML config, nats.url set")
 	heapProfile := fs.String("heap-profile", "", "write a heap profile to this file each time the heap passes its peak by 10%")
 	cpuProfile := fs.String("cpu-profile", "", "write a CPU profile of the run, from the ready line until the worker stops, to this file")
+	logTo := fs.String("log", "", "log as serve does (JSON, cfg's log.level, info by default) to this file; default: no logs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *config == "" || fs.NArg() > 0 {
-		return errors.New("usage: worker-process -config FILE [-heap-profile FILE] [-cpu-profile FILE]")
+		return errors.New("usage: worker-process -config FILE [-heap-profile FILE] [-cpu-profile FILE] [-log FILE]")
 	}
 	cfg, err := worker.LoadConfig(*config)
 	if err != nil {
@@ -101,7 +103,22 @@ func WorkerProcessMain(ctx context.Context, args []string, stdin io.Reader, stdo
 		return fmt.Errorf("connect %s to NATS: %w", cfg.Worker.Name, err)
 	}
 	defer nc.Close()
-	w, err := worker.New(cfg, nc, worker.WithLogger(zerolog.Nop()))
+	log := zerolog.Nop()
+	if *logTo != "" {
+		f, err := os.OpenFile(*logTo, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			mon.stop()
+			return err
+		}
+		defer f.Close()
+		var closeLog func() error
+		if log, closeLog, err = logging.Open(f, cfg.Log.Level, "json"); err != nil {
+			mon.stop()
+			return err
+		}
+		defer closeLog()
+	}
+	w, err := worker.New(cfg, nc, worker.WithLogger(log))
 	if err != nil {
 		mon.stop()
 		return err
@@ -312,6 +329,9 @@ func (r *rig) startWorkerProcess(ctx context.Context, name, config string, index
 	}
 	if p := r.o.WorkerCPUProfile; p != "" {
 		args = append(args, "-cpu-profile", numbered(p))
+	}
+	if p := r.o.WorkerLog; p != "" {
+		args = append(args, "-log", p)
 	}
 	cmd := r.o.WorkerCommand(args)
 	if len(r.o.WorkerEnv) > 0 {

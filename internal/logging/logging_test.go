@@ -1,0 +1,110 @@
+package logging
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// syncBuffer is a bytes.Buffer safe for the flusher's goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Info lines wait for the flush; a warning writes itself and what waited
+// before it at once; Close writes the rest.
+func TestBufferedWarningsFlushAtOnce(t *testing.T) {
+	var out syncBuffer
+	b := newBuffered(&out, time.Hour)
+	log, err := New(b, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Msg("first")
+	if got := out.String(); got != "" {
+		t.Fatalf("an info line was written before any flush: %q", got)
+	}
+	log.Warn().Msg("second")
+	got := out.String()
+	if !strings.Contains(got, `"first"`) || !strings.Contains(got, `"second"`) || strings.Index(got, "first") > strings.Index(got, "second") {
+		t.Fatalf("after a warning the output is %q; want both lines, in order", got)
+	}
+	log.Info().Msg("third")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, `"third"`) {
+		t.Fatalf("Close did not write the waiting line: %q", got)
+	}
+}
+
+// The flusher writes waiting lines within its interval, without a warning
+// or Close.
+func TestBufferedFlushesOnItsOwn(t *testing.T) {
+	var out syncBuffer
+	b := newBuffered(&out, 10*time.Millisecond)
+	defer b.Close()
+	log, err := New(b, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Msg("waiting")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "waiting") {
+		if time.Now().After(deadline) {
+			t.Fatal("the line was never flushed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Open buffers a file that is not a terminal and writes everything by
+// its close function.
+func TestOpenFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	log, closeLog, err := Open(f, "debug", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 1000 {
+		log.Debug().Msg("line")
+	}
+	if err := closeLog(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "\n"); n != 1000 {
+		t.Fatalf("%d lines in the file; want 1000", n)
+	}
+	if _, _, err := Open(f, "loud", "json"); err == nil {
+		t.Fatal("an unknown level was accepted")
+	}
+	var _ zerolog.LevelWriter = (*buffered)(nil)
+}
