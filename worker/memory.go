@@ -96,6 +96,16 @@ func cgroupMemoryLimit(files []string) int64 {
 	return 0
 }
 
+// GoMemoryLimit is the Go memory limit a worker sets itself in a container
+// whose memory limit is containerLimit (and no GOMEMLIMIT): 90% of it. The
+// rest is what Go does not count, about 16 MiB for a worker (its binary's
+// pages among them), and headroom: at GOGC 400 the heap grows to the
+// limit, and a limit equal to the container's let the process reach 523
+// MiB in a container of 512.
+func GoMemoryLimit(containerLimit int64) int64 {
+	return containerLimit / 10 * 9
+}
+
 // DefaultGCPercent is worker.gc_percent when a memory limit bounds the
 // worker's heap.
 const DefaultGCPercent = 400
@@ -132,7 +142,7 @@ func tuneRuntime(gcPercent int, env func(string) (string, bool), cgroupFiles []s
 			t.MemoryLimit, t.Source = limit, "GOMEMLIMIT"
 		}
 	} else if limit := cgroupMemoryLimit(cgroupFiles); limit > 0 {
-		t.MemoryLimit, t.Source = limit/10*9, "cgroup"
+		t.MemoryLimit, t.Source = GoMemoryLimit(limit), "cgroup"
 		debug.SetMemoryLimit(t.MemoryLimit)
 	}
 	switch _, set := env("GOGC"); {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mtlsrelay/mtlsrelay/internal/bench"
+	"github.com/mtlsrelay/mtlsrelay/worker"
 )
 
 // The side-by-side mode as `mtlsrelay bench` runs it by default: the NATS
@@ -50,8 +51,8 @@ func TestRunSideBySideProcesses(t *testing.T) {
 	}
 	// The worker process ran as deployed (GOMEMLIMIT from the container's
 	// limit) with the environment added, and profiled itself.
-	if len(rep.Workers) != 1 || rep.Workers[0].GCPercent != 300 || rep.Workers[0].MemoryLimitMiB != bench.DeployedMemoryLimit>>20 {
-		t.Errorf("worker processes %+v: want one with GOGC 300 and a %d MiB memory limit", rep.Workers, bench.DeployedMemoryLimit>>20)
+	if wantLimit := float64(worker.GoMemoryLimit(bench.DeployedMemoryLimit)) / (1 << 20); len(rep.Workers) != 1 || rep.Workers[0].GCPercent != 300 || rep.Workers[0].MemoryLimitMiB != wantLimit {
+		t.Errorf("worker processes %+v: want one with GOGC 300 and a %.1f MiB memory limit", rep.Workers, wantLimit)
 	}
 	if st, err := os.Stat(profile); err != nil || st.Size() == 0 {
 		t.Errorf("the worker's CPU profile: %v", err)
@@ -228,5 +229,9 @@ func TestDeployedMemoryLimit(t *testing.T) {
 	want := fmt.Sprintf("limits:\n              memory: %dMi\n", bench.DeployedMemoryLimit>>20)
 	if !strings.Contains(string(b), want) {
 		t.Errorf("deploy/k8s/deployment.yaml does not hold %q: update bench.DeployedMemoryLimit with it", want)
+	}
+	// The worker there sets its Go memory limit itself, as the bench's.
+	if strings.Contains(string(b), "name: GOMEMLIMIT") {
+		t.Error("deploy/k8s/deployment.yaml sets GOMEMLIMIT: the bench's worker processes would not run as deployed")
 	}
 }

@@ -287,14 +287,16 @@ type workerProc struct {
 }
 
 // DeployedMemoryLimit is the memory limit of a worker's container in
-// deploy/k8s/deployment.yaml, which also gives it as GOMEMLIMIT: a worker
-// process of the bench runs with it unless told otherwise.
+// deploy/k8s/deployment.yaml. A worker there sets its Go memory limit
+// from it (worker.GoMemoryLimit); a worker process of the bench runs with
+// the same unless told otherwise.
 const DeployedMemoryLimit = 512 << 20
 
 // workerMemoryLimit is the GOMEMLIMIT a worker process gets, "" to leave
-// the environment's: 80% of MaxRSSMiB when set, else the deployed
-// container's (DeployedMemoryLimit), unless GOMEMLIMIT is in the
-// environment or in WorkerEnv.
+// the environment's: 80% of MaxRSSMiB when set, else what a worker sets
+// itself in the deployed container (worker.GoMemoryLimit of
+// DeployedMemoryLimit), unless GOMEMLIMIT is in the environment or in
+// WorkerEnv.
 func (o Options) workerMemoryLimit() string {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
 		return ""
@@ -307,7 +309,7 @@ func (o Options) workerMemoryLimit() string {
 	if o.MaxRSSMiB > 0 {
 		return strconv.FormatInt(int64(o.MaxRSSMiB*0.8*(1<<20)), 10)
 	}
-	return strconv.Itoa(DeployedMemoryLimit)
+	return strconv.FormatInt(worker.GoMemoryLimit(DeployedMemoryLimit), 10)
 }
 
 // startWorkerProcess writes the worker's config, starts its process and
