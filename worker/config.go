@@ -315,9 +315,6 @@ func (c *Config) applyDefaults() {
 	if w.ShutdownGrace <= 0 {
 		w.ShutdownGrace = catalog.Duration(DefaultShutdownGrace)
 	}
-	if w.GCPercent < 0 {
-		w.GCPercent = 0
-	}
 	if w.FetchBatch <= 0 {
 		w.FetchBatch = w.Concurrency
 	}
@@ -419,6 +416,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Worker.Concurrency > 100000 {
 		errs = append(errs, fmt.Errorf("worker.concurrency %d is more than 100000", c.Worker.Concurrency))
+	}
+	if c.Worker.GCPercent < 0 {
+		errs = append(errs, fmt.Errorf("worker.gc_percent %d: give a positive percentage, or 0 for the default (set GOGC=off to turn the collector off)", c.Worker.GCPercent))
 	}
 	return errors.Join(errs...)
 }

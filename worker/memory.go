@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"runtime/debug"
@@ -97,13 +98,15 @@ func cgroupMemoryLimit(files []string) int64 {
 }
 
 // GoMemoryLimit is the Go memory limit a worker sets itself in a container
-// whose memory limit is containerLimit (and no GOMEMLIMIT): 90% of it. The
-// rest is what Go does not count, about 16 MiB for a worker (its binary's
-// pages among them), and headroom: at GOGC 400 the heap grows to the
-// limit, and a limit equal to the container's let the process reach 523
-// MiB in a container of 512.
+// whose memory limit is containerLimit (and no GOMEMLIMIT): the container's
+// limit less a tenth of it, at least 32 MiB (at most half). The headroom is
+// what Go does not count, about 16 MiB for a worker (its binary's pages
+// among them), and slack: at GOGC 400 the heap grows to the limit, and a
+// limit equal to the container's let a worker reach 523 MiB RSS where the
+// container allowed 512.
 func GoMemoryLimit(containerLimit int64) int64 {
-	return containerLimit / 10 * 9
+	headroom := min(max(containerLimit/10, 32<<20), containerLimit/2)
+	return containerLimit - headroom
 }
 
 // DefaultGCPercent is worker.gc_percent when a memory limit bounds the
@@ -117,36 +120,49 @@ type RuntimeTuning struct {
 	// MemoryLimit is Go's memory limit now, 0 for none.
 	MemoryLimit int64
 	// Source says where the memory limit came from: "GOMEMLIMIT",
-	// "cgroup" (90% of the container's limit) or "" for none; and GCFrom
-	// where the target came from: "GOGC", "worker.gc_percent", "default".
+	// "cgroup" (GoMemoryLimit of the container's) or "" for none; and
+	// GCFrom where the target came from: "GOGC", "worker.gc_percent",
+	// "default".
 	Source, GCFrom string
+	// Warning, when set, is for the operator: GOMEMLIMIT leaves the
+	// container too little headroom, so the target stayed at 100.
+	Warning string
 }
 
 // TuneRuntime sets the Go runtime's garbage collection for a worker
 // process from cfg.Worker.GCPercent and the memory limit, and returns what
 // it set. A memory limit comes from GOMEMLIMIT (Go applies it itself;
-// "off" is none) or, when that is unset, from the container's limit:
-// 90% of it, the rest left to what Go does not count (stacks of threads,
-// cgo, the binary). The collector's target is GOGC when set, else
+// "off" is none) or, when that is unset, from the container's limit
+// (GoMemoryLimit of it). The collector's target is GOGC when set, else
 // worker.gc_percent when set, else DefaultGCPercent under a memory limit
 // and Go's 100 without one: raising it without a limit would let the heap
-// grow with it. It changes process-wide settings: `serve` calls it once.
+// grow with it. A GOMEMLIMIT above GoMemoryLimit of the container's limit
+// keeps 100 too, with a warning: the heap would grow into the container's
+// limit. It changes process-wide settings: `serve` calls it once.
 func TuneRuntime(cfg *Config) RuntimeTuning {
 	return tuneRuntime(cfg.Worker.GCPercent, os.LookupEnv, cgroupMemoryFiles)
 }
 
-func tuneRuntime(gcPercent int, env func(string) (string, bool), cgroupFiles []string) RuntimeTuning {
+func tuneRuntime(gcPercent int, lookup func(string) (string, bool), cgroupFiles []string) RuntimeTuning {
+	// An empty variable is no setting, as Go itself takes it.
+	set := func(k string) bool { v, ok := lookup(k); return ok && v != "" }
 	var t RuntimeTuning
-	if _, set := env("GOMEMLIMIT"); set {
+	container := cgroupMemoryLimit(cgroupFiles)
+	tooHigh := false
+	if set("GOMEMLIMIT") {
 		if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
 			t.MemoryLimit, t.Source = limit, "GOMEMLIMIT"
+			if container > 0 && limit > GoMemoryLimit(container) {
+				tooHigh = true
+				t.Warning = fmt.Sprintf("GOMEMLIMIT (%d bytes) leaves less than the headroom the container's memory limit (%d bytes) needs; GOGC stays 100 so the heap does not grow into it; unset GOMEMLIMIT and the worker sets %d", limit, container, GoMemoryLimit(container))
+			}
 		}
-	} else if limit := cgroupMemoryLimit(cgroupFiles); limit > 0 {
-		t.MemoryLimit, t.Source = GoMemoryLimit(limit), "cgroup"
+	} else if container > 0 {
+		t.MemoryLimit, t.Source = GoMemoryLimit(container), "cgroup"
 		debug.SetMemoryLimit(t.MemoryLimit)
 	}
-	switch _, set := env("GOGC"); {
-	case set:
+	switch {
+	case set("GOGC"):
 		// Go applied it; read it back without changing it.
 		t.GCPercent = debug.SetGCPercent(-1)
 		debug.SetGCPercent(t.GCPercent)
@@ -154,7 +170,7 @@ func tuneRuntime(gcPercent int, env func(string) (string, bool), cgroupFiles []s
 	case gcPercent > 0:
 		t.GCPercent, t.GCFrom = gcPercent, "worker.gc_percent"
 		debug.SetGCPercent(gcPercent)
-	case t.MemoryLimit > 0:
+	case t.MemoryLimit > 0 && !tooHigh:
 		t.GCPercent, t.GCFrom = DefaultGCPercent, "default"
 		debug.SetGCPercent(DefaultGCPercent)
 	default:

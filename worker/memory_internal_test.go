@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"testing"
 )
 
@@ -77,19 +78,28 @@ func TestTuneRuntime(t *testing.T) {
 		goGC        int   // the target Go applied from GOGC
 		want        RuntimeTuning
 		wantGoLimit int64
+		wantWarning bool
 	}{
 		{name: "no limit anywhere: Go's default", cgroup: "max\n",
 			want: RuntimeTuning{GCPercent: 100, GCFrom: "default"}, wantGoLimit: math.MaxInt64},
 		{name: "container limit: 90% of it, and 400", cgroup: "536870912\n",
-			want:        RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 483183819, Source: "cgroup"},
-			wantGoLimit: 483183819},
+			want:        RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 483183821, Source: "cgroup"},
+			wantGoLimit: 483183821},
 		{name: "GOMEMLIMIT wins over the container", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "300MiB"}, goLimit: 300 << 20,
 			want: RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 300 << 20, Source: "GOMEMLIMIT"}, wantGoLimit: 300 << 20},
 		{name: "GOMEMLIMIT=off: no limit, whatever the container's", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "off"}, goLimit: math.MaxInt64,
 			want: RuntimeTuning{GCPercent: 100, GCFrom: "default"}, wantGoLimit: math.MaxInt64},
 		{name: "GOGC wins", cgroup: "536870912\n", vars: map[string]string{"GOGC": "250"}, goGC: 250, gcPercent: 800,
-			want:        RuntimeTuning{GCPercent: 250, GCFrom: "GOGC", MemoryLimit: 483183819, Source: "cgroup"},
-			wantGoLimit: 483183819},
+			want:        RuntimeTuning{GCPercent: 250, GCFrom: "GOGC", MemoryLimit: 483183821, Source: "cgroup"},
+			wantGoLimit: 483183821},
+		{name: "GOMEMLIMIT of the whole container: 100, and a warning", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "512MiB"}, goLimit: 512 << 20,
+			want: RuntimeTuning{GCPercent: 100, GCFrom: "default", MemoryLimit: 512 << 20, Source: "GOMEMLIMIT"}, wantWarning: true, wantGoLimit: 512 << 20},
+		{name: "empty variables are unset", cgroup: "536870912\n", vars: map[string]string{"GOMEMLIMIT": "", "GOGC": ""},
+			want:        RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 483183821, Source: "cgroup"},
+			wantGoLimit: 483183821},
+		{name: "a small container keeps 32 MiB of headroom", cgroup: "134217728\n",
+			want:        RuntimeTuning{GCPercent: 400, GCFrom: "default", MemoryLimit: 96 << 20, Source: "cgroup"},
+			wantGoLimit: 96 << 20},
 		{name: "worker.gc_percent applies without a limit too", cgroup: "max", gcPercent: 200,
 			want: RuntimeTuning{GCPercent: 200, GCFrom: "worker.gc_percent"}, wantGoLimit: math.MaxInt64},
 	} {
@@ -103,6 +113,10 @@ func TestTuneRuntime(t *testing.T) {
 				debug.SetGCPercent(tc.goGC)
 			}
 			got := tuneRuntime(tc.gcPercent, env(tc.vars), cgroup(tc.cgroup))
+			if (got.Warning != "") != tc.wantWarning {
+				t.Errorf("warning %q; want one: %v", got.Warning, tc.wantWarning)
+			}
+			got.Warning = ""
 			if got != tc.want {
 				t.Errorf("tuneRuntime = %+v; want %+v", got, tc.want)
 			}
@@ -113,5 +127,18 @@ func TestTuneRuntime(t *testing.T) {
 				t.Errorf("the runtime's memory limit is %d; want %d", limit, tc.wantGoLimit)
 			}
 		})
+	}
+}
+
+// A negative worker.gc_percent (GOGC's "off") is refused, not taken for
+// the default.
+func TestGCPercentNegativeRefused(t *testing.T) {
+	_, err := ParseConfig([]byte("worker:\n  gc_percent: -1\n"))
+	if err == nil || !strings.Contains(err.Error(), "worker.gc_percent -1") {
+		t.Fatalf("ParseConfig: %v; want worker.gc_percent refused", err)
+	}
+	cfg, err := ParseConfig([]byte("worker:\n  gc_percent: 250\n"))
+	if err != nil || cfg.Worker.GCPercent != 250 {
+		t.Fatalf("ParseConfig: %v, %+v", err, cfg)
 	}
 }

@@ -98,6 +98,7 @@ half its measured peak (or --paced-rate).`,
 	f.StringVar(&o.NATSURL, "nats", "", "run the relay on this NATS server (JetStream on, holding no mtlsrelay streams; they are created and deleted) instead of one the run starts, for example on another machine as in production")
 	f.BoolVar(&o.EmbeddedNATS, "embedded-nats", false, "run the NATS server inside the bench process (its CPU is then the bench process's) instead of as a process of its own")
 	f.BoolVar(&o.Peer, "peer", o.Peer, "side-by-side mode: add the peer phases, the same load through Benthos "+bench.BenthosVersion+" (built into the cache on first use); --peer=false leaves them out")
+	f.BoolVar(&o.PeerFirst, "peer-first", false, "side-by-side mode: run each peer phase before the relay's instead of after (the later phase may find the machine busier)")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
 	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak); with --direct-calls, the durable load's")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")

@@ -108,6 +108,9 @@ func serve(ctx context.Context, cfg *worker.Config, log zerolog.Logger) error {
 		ev = ev.Int64("memory_limit", rt.MemoryLimit).Str("memory_limit_from", rt.Source)
 	}
 	ev.Msg("Go runtime tuned")
+	if rt.Warning != "" {
+		log.Warn().Msg(rt.Warning)
+	}
 	var nc *nats.Conn
 	if cfg.NATS.URL == "" {
 		srv, err := startEmbedded(ctx, cfg)

@@ -148,6 +148,8 @@ type Options struct {
 	// a closed loop after the relay's and a paced one after the relay's,
 	// with Benthos's own CPU per call. See peer.go.
 	Peer bool
+	// PeerFirst runs each peer phase before the relay's instead of after.
+	PeerFirst bool
 	// Dir holds the keystore and JetStream's files. Empty means a
 	// temporary folder removed at the end.
 	Dir string
@@ -455,6 +457,8 @@ type Setup struct {
 	WorkerProcesses bool `json:"worker_processes"`
 	// Peer describes the peer phases' Benthos, empty without them.
 	Peer string `json:"peer,omitempty"`
+	// PeerFirst: the peer phases ran before the relay's.
+	PeerFirst bool `json:"peer_first,omitempty"`
 	// LoadAverage is the machine's 1-minute load average at the start and
 	// at the end of the run (Linux). The start shows what else ran: above
 	// NumCPU/2, other processes competed for the CPUs and the figures are
@@ -658,6 +662,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	}}
 	if o.Peer {
 		rep.Setup.Peer = fmt.Sprintf("Benthos %s, %d pipeline threads, output max_in_flight %d, input max_ack_pending %d", BenthosVersion, peerThreads(o), peerThreads(o), peerThreads(o))
+		rep.Setup.PeerFirst = o.PeerFirst
 	}
 	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
 		rep.Setup.MemoryLimitMiB = mib(limit)
@@ -697,26 +702,28 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		if rep.Direct, err = closedLoop(ctx, r.meter(), "direct", r.direct, o.Concurrency, o.Warmup, o.Duration, prof.writer("direct", "closed")); err != nil {
 			return nil, err
 		}
-		progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
-		if rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed")); err != nil {
-			return nil, err
+		relayClosed := func() (err error) {
+			progress("relay, %d calls in flight: %s warm-up, %s measured", o.Concurrency, o.Warmup, o.Duration)
+			rep.Relay, err = closedLoop(ctx, r.meter(), "relay", r.relay, o.Concurrency, o.Warmup, o.Duration, prof.writer("relay", "closed"))
+			if err == nil {
+				err = errors.Join(needCalls(rep.Direct), needCalls(rep.Relay))
+			}
+			return err
 		}
-		if err := errors.Join(needCalls(rep.Direct), needCalls(rep.Relay)); err != nil {
-			return rep, err
-		}
-		rep.Ratio = rep.Relay.Throughput / rep.Direct.Throughput
-		if o.Peer {
+		peerClosed := func() (err error) {
 			if err := r.startPeer(ctx, progress); err != nil {
-				return rep, err
+				return err
 			}
 			progress("peer (Benthos %s), %d calls in flight: %s warm-up, %s measured", BenthosVersion, o.Concurrency, o.Warmup, o.Duration)
 			if rep.Peer, err = closedLoop(ctx, r.meter(), "peer", r.peer, o.Concurrency, o.Warmup, o.Duration, prof.writer("peer", "closed")); err != nil {
-				return nil, err
+				return err
 			}
-			if err := needCalls(rep.Peer); err != nil {
-				return rep, err
-			}
+			return needCalls(rep.Peer)
 		}
+		if err := inOrder(o, relayClosed, peerClosed); err != nil {
+			return rep, err
+		}
+		rep.Ratio = rep.Relay.Throughput / rep.Direct.Throughput
 		rep.PacedRate = rep.Relay.Throughput / 2
 		if o.PacedRate > 0 {
 			rep.PacedRate = o.PacedRate
@@ -728,15 +735,18 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 		if rep.PacedDirect, err = pacedLoop(ctx, r.meter(), "direct", r.direct, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("direct", "paced")); err != nil {
 			return nil, err
 		}
-		progress("relay, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-		if rep.PacedRelay, err = pacedLoop(ctx, r.meter(), "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("relay", "paced")); err != nil {
-			return nil, err
+		relayPaced := func() (err error) {
+			progress("relay, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
+			rep.PacedRelay, err = pacedLoop(ctx, r.meter(), "relay", r.relay, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("relay", "paced"))
+			return err
 		}
-		if r.peer != nil {
+		peerPaced := func() (err error) {
 			progress("peer, paced at %.0f calls/s: %s measured", rep.PacedRate, o.Duration)
-			if rep.PacedPeer, err = pacedLoop(ctx, r.meter(), "peer", r.peer, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("peer", "paced")); err != nil {
-				return nil, err
-			}
+			rep.PacedPeer, err = pacedLoop(ctx, r.meter(), "peer", r.peer, rep.PacedRate, maxOutstanding, pacedWarmup, o.Duration, prof.writer("peer", "paced"))
+			return err
+		}
+		if err := inOrder(o, relayPaced, peerPaced); err != nil {
+			return nil, err
 		}
 		rep.AddedP50MS = rep.PacedRelay.P50MS - rep.PacedDirect.P50MS
 		rep.AddedP99MS = rep.PacedRelay.P99MS - rep.PacedDirect.P99MS
@@ -818,6 +828,26 @@ func needCalls(ph *Phase) error {
 		return nil
 	}
 	return fmt.Errorf("%s: no call succeeded in %.1fs (%d failed; first: %s)", ph.Name, ph.Seconds, ph.Errors, ph.FirstError)
+}
+
+// inOrder runs a relay phase and, with Options.Peer, the peer's: the
+// relay's first unless Options.PeerFirst. The phase after another on the
+// same machine may find it busier (the NATS server's and the kernel's
+// work left over): runs in both orders tell that apart from the paths.
+func inOrder(o Options, relay, peer func() error) error {
+	phases := []func() error{relay}
+	switch {
+	case o.Peer && o.PeerFirst:
+		phases = []func() error{peer, relay}
+	case o.Peer:
+		phases = append(phases, peer)
+	}
+	for _, run := range phases {
+		if err := run(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // profiles hands each measured phase the writer for its CPU profile: the

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,3 +58,31 @@ func TestBenthosLintsPeerConfig(t *testing.T) {
 // BenthosForTest gives the external tests (package bench_test) the Benthos
 // build.
 var BenthosForTest = benthosForTest
+
+// The peer's phases run after the relay's, or before with PeerFirst, and
+// not at all without Peer; a failing phase stops the run.
+func TestInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		want string
+	}{
+		{Options{}, "relay"},
+		{Options{Peer: true}, "relay,peer"},
+		{Options{Peer: true, PeerFirst: true}, "peer,relay"},
+		{Options{PeerFirst: true}, "relay"},
+	} {
+		var ran []string
+		phase := func(name string) func() error {
+			return func() error { ran = append(ran, name); return nil }
+		}
+		if err := inOrder(tc.o, phase("relay"), phase("peer")); err != nil || strings.Join(ran, ",") != tc.want {
+			t.Errorf("%+v: ran %v (%v); want %s", tc.o, ran, err, tc.want)
+		}
+	}
+	boom := errors.New("boom")
+	ran := 0
+	err := inOrder(Options{Peer: true, PeerFirst: true}, func() error { ran++; return nil }, func() error { return boom })
+	if !errors.Is(err, boom) || ran != 0 {
+		t.Errorf("a failing first phase: %v, %d phases after it", err, ran)
+	}
+}

@@ -48,7 +48,11 @@ func writeTable(out io.Writer, rep *Report) {
 		fmt.Fprintf(out, "worker processes' environment adds: %s\n", strings.Join(s.WorkerEnv, " "))
 	}
 	if s.Peer != "" {
-		fmt.Fprintf(out, "peer: %s\n", s.Peer)
+		order := "after the relay's"
+		if s.PeerFirst {
+			order = "before the relay's"
+		}
+		fmt.Fprintf(out, "peer: %s; each peer phase ran %s\n", s.Peer, order)
 	}
 	fmt.Fprintln(out)
 

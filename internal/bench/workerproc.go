@@ -333,6 +333,9 @@ func (r *rig) startWorkerProcess(ctx context.Context, name, config string, index
 		args = append(args, "-cpu-profile", numbered(p))
 	}
 	if p := r.o.WorkerLog; p != "" {
+		if p != os.DevNull {
+			p = numbered(p)
+		}
 		args = append(args, "-log", p)
 	}
 	cmd := r.o.WorkerCommand(args)

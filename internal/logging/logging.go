@@ -46,18 +46,24 @@ func New(out io.Writer, level, format string) (zerolog.Logger, error) {
 const FlushInterval = 100 * time.Millisecond
 
 // Open returns New's logger on f and a function that writes what waits and
-// stops the flushing. When f is not a terminal the logger's output is
+// stops the flushing. JSON output to a file that is not a terminal is
 // buffered: a worker logs a line per call, and a write(2) per line cost
 // about 4% of its CPU. Lines are written every FlushInterval, when the
 // buffer fills, and at once for warnings and worse, which also write
-// whatever waited before them.
+// whatever waited before them. Console output, meant for a person, is not
+// buffered.
 func Open(f *os.File, level, format string) (zerolog.Logger, func() error, error) {
-	if isatty.IsTerminal(f.Fd()) {
+	return open(f, level, format, FlushInterval)
+}
+
+func open(f *os.File, level, format string, every time.Duration) (zerolog.Logger, func() error, error) {
+	json := format == "json" || ((format == "" || format == "auto") && !isatty.IsTerminal(f.Fd()))
+	if !json {
 		log, err := New(f, level, format)
 		return log, func() error { return nil }, err
 	}
-	b := newBuffered(f, FlushInterval)
-	log, err := New(b, level, format)
+	b := newBuffered(f, every)
+	log, err := New(b, level, "json")
 	if err != nil {
 		b.Close()
 		return log, func() error { return nil }, err
@@ -66,17 +72,19 @@ func Open(f *os.File, level, format string) (zerolog.Logger, func() error, error
 }
 
 // buffered is a zerolog.LevelWriter that holds info and lower lines for up
-// to a flush interval.
+// to a flush interval. After Close it writes through.
 type buffered struct {
-	mu   sync.Mutex
-	w    *bufio.Writer
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	mu     sync.Mutex
+	out    io.Writer
+	w      *bufio.Writer
+	closed bool
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
 }
 
 func newBuffered(out io.Writer, every time.Duration) *buffered {
-	b := &buffered{w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	b := &buffered{out: out, w: bufio.NewWriterSize(out, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(b.done)
 		t := time.NewTicker(every)
@@ -86,7 +94,9 @@ func newBuffered(out io.Writer, every time.Duration) *buffered {
 			case <-b.stop:
 				return
 			case <-t.C:
-				b.flush()
+				b.mu.Lock()
+				_ = b.flushLocked()
+				b.mu.Unlock()
 			}
 		}
 	}()
@@ -94,34 +104,48 @@ func newBuffered(out io.Writer, every time.Duration) *buffered {
 }
 
 func (b *buffered) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.w.Write(p)
+	return b.WriteLevel(zerolog.NoLevel, p)
 }
 
 // WriteLevel writes p, and everything before it at once for a warning or
-// worse.
+// worse (or once closed).
 func (b *buffered) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.w.Available() < len(p) && b.w.Buffered() > 0 {
+		// Whole lines per write: another process may append to the same
+		// file.
+		if err := b.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := b.w.Write(p)
-	if err == nil && l >= zerolog.WarnLevel && l != zerolog.NoLevel {
-		err = b.w.Flush()
+	if err == nil && (b.closed || (l >= zerolog.WarnLevel && l != zerolog.NoLevel)) {
+		err = b.flushLocked()
 	}
 	return n, err
 }
 
-func (b *buffered) flush() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.w.Flush()
+// flushLocked writes what waits. A failed write is not sticky: the
+// buffer starts again empty, so one failure loses what waited, not every
+// later line.
+func (b *buffered) flushLocked() error {
+	err := b.w.Flush()
+	if err != nil {
+		b.w.Reset(b.out)
+	}
+	return err
 }
 
-// Close stops the flushing and writes what waits.
+// Close stops the flushing and writes what waits; later lines are written
+// at once.
 func (b *buffered) Close() error {
 	b.once.Do(func() {
 		close(b.stop)
 		<-b.done
 	})
-	return b.flush()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	return b.flushLocked()
 }

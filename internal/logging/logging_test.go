@@ -2,6 +2,7 @@ package logging
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,8 +78,8 @@ func TestBufferedFlushesOnItsOwn(t *testing.T) {
 	}
 }
 
-// Open buffers a file that is not a terminal and writes everything by
-// its close function.
+// Open buffers JSON to a file that is not a terminal: nothing reaches the
+// file before a flush, everything by the close function.
 func TestOpenFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "log")
 	f, err := os.Create(path)
@@ -86,11 +87,15 @@ func TestOpenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	log, closeLog, err := Open(f, "debug", "json")
+	log, closeLog, err := open(f, "debug", "", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 1000 {
+	log.Debug().Msg("line")
+	if b, _ := os.ReadFile(path); len(b) != 0 {
+		t.Fatalf("a buffered line reached the file before any flush: %q", b)
+	}
+	for range 999 {
 		log.Debug().Msg("line")
 	}
 	if err := closeLog(); err != nil {
@@ -103,8 +108,71 @@ func TestOpenFile(t *testing.T) {
 	if n := strings.Count(string(b), "\n"); n != 1000 {
 		t.Fatalf("%d lines in the file; want 1000", n)
 	}
+	// Whole lines per write: the file never ends mid-line.
+	for i, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if !strings.HasPrefix(line, "{") || !strings.HasSuffix(line, "}") {
+			t.Fatalf("line %d is cut: %q", i, line)
+		}
+	}
 	if _, _, err := Open(f, "loud", "json"); err == nil {
 		t.Fatal("an unknown level was accepted")
 	}
 	var _ zerolog.LevelWriter = (*buffered)(nil)
+}
+
+// Console output, for a person, is written line by line: a warning must
+// not wait, and ConsoleWriter does not pass levels on.
+func TestOpenConsoleUnbuffered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	log, closeLog, err := open(f, "info", "console", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeLog()
+	log.Warn().Msg("now")
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "now") {
+		t.Fatalf("a console warning waited: %q", b)
+	}
+}
+
+// failOnce fails its first write.
+type failOnce struct {
+	syncBuffer
+	failed bool
+}
+
+func (f *failOnce) Write(p []byte) (int, error) {
+	if !f.failed {
+		f.failed = true
+		return 0, errors.New("disk full")
+	}
+	return f.syncBuffer.Write(p)
+}
+
+// One failed write loses what waited, not every later line; after Close
+// lines are written at once.
+func TestBufferedRecoversAndWritesThroughAfterClose(t *testing.T) {
+	out := &failOnce{}
+	b := newBuffered(out, time.Hour)
+	log, err := New(b, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Warn().Msg("lost")
+	log.Warn().Msg("kept")
+	if got := out.String(); strings.Contains(got, "lost") || !strings.Contains(got, "kept") {
+		t.Fatalf("after one failed write the output is %q; want the second line only", got)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Msg("late")
+	if got := out.String(); !strings.Contains(got, "late") {
+		t.Fatalf("a line after Close was not written: %q", got)
+	}
 }
