@@ -195,7 +195,8 @@ type WorkerConfig struct {
 	// Go's 100: the worker's live heap is small and its allocation rate
 	// high, so at 100 the collector runs many times a second; with a limit
 	// it collects at 400 and, near the limit, as often as the limit needs.
-	// The GOGC environment variable wins. See TuneRuntime.
+	// The GOGC environment variable wins; a GOMEMLIMIT that leaves the
+	// container too little headroom keeps 100. See TuneRuntime.
 	GCPercent int `yaml:"gc_percent"`
 	// CertExpiryWarnDays is how many days before a profile's client
 	// certificate expires the worker logs a warning (at load and daily) and

@@ -152,10 +152,7 @@ func tuneRuntime(gcPercent int, lookup func(string) (string, bool), cgroupFiles 
 	if set("GOMEMLIMIT") {
 		if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
 			t.MemoryLimit, t.Source = limit, "GOMEMLIMIT"
-			if container > 0 && limit > GoMemoryLimit(container) {
-				tooHigh = true
-				t.Warning = fmt.Sprintf("GOMEMLIMIT (%d bytes) leaves less than the headroom the container's memory limit (%d bytes) needs; GOGC stays 100 so the heap does not grow into it; unset GOMEMLIMIT and the worker sets %d", limit, container, GoMemoryLimit(container))
-			}
+			tooHigh = container > 0 && limit > GoMemoryLimit(container)
 		}
 	} else if container > 0 {
 		t.MemoryLimit, t.Source = GoMemoryLimit(container), "cgroup"
@@ -176,6 +173,14 @@ func tuneRuntime(gcPercent int, lookup func(string) (string, bool), cgroupFiles 
 	default:
 		t.GCPercent, t.GCFrom = 100, "default"
 		debug.SetGCPercent(100)
+	}
+	if tooHigh {
+		what := "GOGC stays 100 so that the heap does not grow into the container's limit"
+		if t.GCPercent > 100 {
+			what = fmt.Sprintf("with GOGC %d (%s) the heap grows to it: the container may be killed for memory", t.GCPercent, t.GCFrom)
+		}
+		t.Warning = fmt.Sprintf("GOMEMLIMIT (%d bytes) leaves less than the headroom the container's memory limit (%d bytes) needs; %s; unset GOMEMLIMIT and the worker sets %d",
+			t.MemoryLimit, container, what, GoMemoryLimit(container))
 	}
 	return t
 }

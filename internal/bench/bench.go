@@ -324,6 +324,9 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("%d calls cannot keep %d in flight", o.Calls, o.inflight()))
 		}
 	}
+	if o.PeerFirst && !o.Peer {
+		errs = append(errs, errors.New("the peer phases first needs the peer phases (side-by-side mode with Peer)"))
+	}
 	if (o.WorkerCPUProfile != "" || len(o.WorkerEnv) > 0 || o.WorkerLog != "") && !o.workerProcesses() {
 		errs = append(errs, errors.New("a worker CPU profile, log or environment needs worker processes (WorkerCommand)"))
 	}
@@ -619,7 +622,8 @@ func (e *RSSLimitError) Error() string {
 // Run starts the rig, measures, writes the report to out (a table, or
 // JSON with Options.JSON) and returns it. Progress lines go to out too,
 // in table mode. A run whose relay or direct path completed no call is an
-// error; calls that failed are counted in the report.
+// error; calls that failed are counted in the report. With an error the
+// report may be nil, or hold the phases measured before it.
 func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {

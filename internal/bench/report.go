@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 )
@@ -42,7 +43,11 @@ func writeTable(out io.Writer, rep *Report) {
 	fmt.Fprintf(out, "machine: %s/%s, %d CPUs (GOMAXPROCS %d), %s, load average %.2f at start, %.2f at end; %s; NATS server %s\n",
 		s.OS, s.Arch, s.NumCPU, s.GOMAXPROCS, s.GoVersion, s.LoadAverage[0], s.LoadAverage[1], measured, s.NATS)
 	if s.WorkerLog != "" {
-		fmt.Fprintf(out, "worker processes log as serve does, to %s\n", s.WorkerLog)
+		numbered := ""
+		if s.Workers > 1 && s.WorkerLog != os.DevNull {
+			numbered = " (a file of each worker's, -N before the extension)"
+		}
+		fmt.Fprintf(out, "worker processes log as serve does, to %s%s\n", s.WorkerLog, numbered)
 	}
 	if len(s.WorkerEnv) > 0 {
 		fmt.Fprintf(out, "worker processes' environment adds: %s\n", strings.Join(s.WorkerEnv, " "))

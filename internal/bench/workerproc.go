@@ -298,11 +298,12 @@ const DeployedMemoryLimit = 512 << 20
 // DeployedMemoryLimit), unless GOMEMLIMIT is in the environment or in
 // WorkerEnv.
 func (o Options) workerMemoryLimit() string {
-	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
+	// An empty GOMEMLIMIT is none set, as the worker takes it.
+	if os.Getenv("GOMEMLIMIT") != "" {
 		return ""
 	}
 	for _, kv := range o.WorkerEnv {
-		if strings.HasPrefix(kv, "GOMEMLIMIT=") {
+		if v, ok := strings.CutPrefix(kv, "GOMEMLIMIT="); ok && v != "" {
 			return ""
 		}
 	}
@@ -333,7 +334,8 @@ func (r *rig) startWorkerProcess(ctx context.Context, name, config string, index
 		args = append(args, "-cpu-profile", numbered(p))
 	}
 	if p := r.o.WorkerLog; p != "" {
-		if p != os.DevNull {
+		if st, err := os.Stat(p); err != nil || st.Mode().IsRegular() {
+			// A file of each worker's; not /dev/null or /dev/stderr.
 			p = numbered(p)
 		}
 		args = append(args, "-log", p)

@@ -4,6 +4,7 @@ package logging
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -46,8 +47,8 @@ func New(out io.Writer, level, format string) (zerolog.Logger, error) {
 const FlushInterval = 100 * time.Millisecond
 
 // Open returns New's logger on f and a function that writes what waits and
-// stops the flushing. JSON output to a file that is not a terminal is
-// buffered: a worker logs a line per call, and a write(2) per line cost
+// stops the flushing. JSON output (json, or auto on what is not a
+// terminal) to a file that is not a terminal is buffered: a worker logs a line per call, and a write(2) per line cost
 // about 4% of its CPU. Lines are written every FlushInterval, when the
 // buffer fills, and at once for warnings and worse, which also write
 // whatever waited before them. Console output, meant for a person, is not
@@ -57,8 +58,8 @@ func Open(f *os.File, level, format string) (zerolog.Logger, func() error, error
 }
 
 func open(f *os.File, level, format string, every time.Duration) (zerolog.Logger, func() error, error) {
-	json := format == "json" || ((format == "" || format == "auto") && !isatty.IsTerminal(f.Fd()))
-	if !json {
+	json := format == "json" || format == "" || format == "auto"
+	if !json || isatty.IsTerminal(f.Fd()) {
 		log, err := New(f, level, format)
 		return log, func() error { return nil }, err
 	}
@@ -112,23 +113,25 @@ func (b *buffered) Write(p []byte) (int, error) {
 func (b *buffered) WriteLevel(l zerolog.Level, p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var ferr error
 	if b.w.Available() < len(p) && b.w.Buffered() > 0 {
 		// Whole lines per write: another process may append to the same
-		// file.
-		if err := b.flushLocked(); err != nil {
-			return 0, err
-		}
+		// file. A failed flush loses what waited, not this line.
+		ferr = b.flushLocked()
 	}
 	n, err := b.w.Write(p)
-	if err == nil && (b.closed || (l >= zerolog.WarnLevel && l != zerolog.NoLevel)) {
+	if err != nil {
+		// bufio keeps a write's error for good: start again.
+		b.w.Reset(b.out)
+	} else if b.closed || (l >= zerolog.WarnLevel && l != zerolog.NoLevel) {
 		err = b.flushLocked()
 	}
-	return n, err
+	return n, errors.Join(ferr, err)
 }
 
 // flushLocked writes what waits. A failed write is not sticky: the
-// buffer starts again empty, so one failure loses what waited, not every
-// later line.
+// buffer starts again empty, so one failure loses what waited (a write
+// that stopped partway may leave a line cut short), not every later line.
 func (b *buffered) flushLocked() error {
 	err := b.w.Flush()
 	if err != nil {

@@ -108,16 +108,58 @@ func TestOpenFile(t *testing.T) {
 	if n := strings.Count(string(b), "\n"); n != 1000 {
 		t.Fatalf("%d lines in the file; want 1000", n)
 	}
-	// Whole lines per write: the file never ends mid-line.
-	for i, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		if !strings.HasPrefix(line, "{") || !strings.HasSuffix(line, "}") {
-			t.Fatalf("line %d is cut: %q", i, line)
-		}
-	}
 	if _, _, err := Open(f, "loud", "json"); err == nil {
 		t.Fatal("an unknown level was accepted")
 	}
 	var _ zerolog.LevelWriter = (*buffered)(nil)
+}
+
+// writes records each Write it is given.
+type writes struct {
+	mu    sync.Mutex
+	calls [][]byte
+}
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls = append(w.calls, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// Each write the buffer makes holds whole lines, so that processes
+// appending to one file do not cut each other's lines; a line longer than
+// the buffer is written whole, in its place.
+func TestBufferedWritesWholeLines(t *testing.T) {
+	out := &writes{}
+	b := newBuffered(out, time.Hour)
+	log, err := New(b, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		log.Info().Int("i", i).Msg("a line of a hundred bytes or so, for the buffer to fill")
+		if i == 1000 {
+			log.Info().Str("long", strings.Repeat("x", 70<<10)).Msg("longer than the buffer")
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var all bytes.Buffer
+	for i, w := range out.calls {
+		if len(w) == 0 || w[len(w)-1] != '\n' {
+			t.Fatalf("write %d of %d ends mid-line: ...%q", i, len(out.calls), w[max(0, len(w)-40):])
+		}
+		all.Write(w)
+	}
+	if len(out.calls) < 3 {
+		t.Fatalf("%d writes for about 270 KiB: the buffer never filled", len(out.calls))
+	}
+	lines := strings.Split(strings.TrimSuffix(all.String(), "\n"), "\n")
+	if len(lines) != 2001 || !strings.Contains(lines[1001], "longer than the buffer") || !strings.Contains(lines[1002], `"i":1001`) {
+		t.Fatalf("%d lines, or out of order around the long one", len(lines))
+	}
 }
 
 // Console output, for a person, is written line by line: a warning must
@@ -174,5 +216,13 @@ func TestBufferedRecoversAndWritesThroughAfterClose(t *testing.T) {
 	log.Info().Msg("late")
 	if got := out.String(); !strings.Contains(got, "late") {
 		t.Fatalf("a line after Close was not written: %q", got)
+	}
+	// A line longer than the buffer whose write fails does not silence
+	// the lines after it.
+	out.failed = false
+	log.Warn().Str("long", strings.Repeat("x", 70<<10)).Msg("fails")
+	log.Error().Msg("after the failure")
+	if got := out.String(); !strings.Contains(got, "after the failure") {
+		t.Fatal("a failed long write silenced the lines after it")
 	}
 }
