@@ -328,7 +328,21 @@ func TestNATSAccountsMultiTenant(t *testing.T) {
 			t.Fatalf("billing's call: %+v", res.Error)
 		}
 		before := r.partner.Requests().Routes["/echo"]
-		if err := billing.nc.PublishRequest("$JS.API.DIRECT.GET.MTLSRELAY_RESULTS.mtlsrelay.results.billing."+id, "mtlsrelay.calls.shipping.partner", nil); err != nil {
+		// The flow may see its result before the stream has stored it: a
+		// direct get then answers 404, and what would be replayed is that
+		// empty answer, not the result.
+		get := "$JS.API.DIRECT.GET.MTLSRELAY_RESULTS.mtlsrelay.results.billing." + id
+		checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			m, err := billing.nc.Request(get, nil, 2*time.Second)
+			if err != nil {
+				return err
+			}
+			if st := m.Header.Get("Status"); st != "" || len(m.Data) == 0 {
+				return fmt.Errorf("the result is not stored yet: status %q", st)
+			}
+			return nil
+		})
+		if err := billing.nc.PublishRequest(get, "mtlsrelay.calls.shipping.partner", nil); err != nil {
 			t.Fatal(err)
 		}
 		reason := r.deadLetter(t, id)
