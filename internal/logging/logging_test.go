@@ -11,25 +11,12 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mtlsrelay/mtlsrelay/internal/testutil"
 )
 
-// syncBuffer is a bytes.Buffer safe for the flusher's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is safe for the flusher's goroutine.
+type syncBuffer = testutil.SyncBuffer
 
 // Info lines wait for the flush; a warning writes itself and what waited
 // before it at once; Close writes the rest.
