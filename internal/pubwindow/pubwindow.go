@@ -25,13 +25,19 @@ import (
 
 // Window holds the messages that await JetStream's ack: at most size at
 // once (a publish into a full window waits up to the timeout for room).
-// Acks come back on one subscription, handled by one goroutine, so done
-// functions must not block.
 //
 // A message's done runs once: with nil when a stream stored it (or had
 // stored it before: a duplicate), or with the error that kept it from
-// that. The errors are nats.ErrNoResponders (no stream captures the
-// subject), *jetstream.APIError (the stream refused it),
+// that. It runs on the goroutine of the acks' subscription, of the
+// window's timer (timeouts) or of its connection watch (a drop), or on
+// Publish's caller before Publish returns (ErrFull, a publish that
+// failed); two may run at once. So done functions must not block, nor
+// take a lock their caller may hold while publishing.
+//
+// The errors are jetstream.ErrNoStreamResponse (no stream captures the
+// subject: NATS answered "no responders" to the publish and to
+// noResponderRetries more, as a stream between leaders does for a
+// moment), *jetstream.APIError (the stream refused it),
 // jetstream.ErrAsyncPublishTimeout (no answer within the timeout),
 // nats.ErrDisconnected (the connection dropped while it waited: its ack,
 // if any, went to the old connection), nats.ErrConnectionClosed, ErrFull,
@@ -41,26 +47,41 @@ type Window struct {
 	nc      *nats.Conn
 	prefix  string // reply subjects are prefix + the message's id
 	timeout time.Duration
-	room    chan struct{} // a token per message awaiting its ack
+	// roomWait bounds a publish's wait for room: the timeout, shorter
+	// only in tests.
+	roomWait time.Duration
+	room     chan struct{} // a token per message awaiting its ack
 
 	mu      sync.Mutex
 	next    uint64
 	pending map[uint64]awaiting
-	// order holds the ids in the order they were published, from head
-	// on, so the oldest deadline is first; ids already settled are
-	// dropped from the front as they settle.
+	// order holds the ids in the order they were given, which is the
+	// order of their deadlines, from head on; settled ids are dropped
+	// from the front as they settle.
 	order []uint64
 	head  int
-	// timer runs sweep at the oldest deadline while armed.
+	// timer runs sweep while armed: at a deadline of a message that was
+	// the oldest waiting when it was set, so never after the oldest's.
 	timer *time.Timer
 	armed bool
 }
 
 // awaiting is a message that waits for its ack.
 type awaiting struct {
+	msg      *nats.Msg // as published, with the window's reply subject
 	done     func(error)
 	deadline time.Time
+	retries  int // "no responders" answers so far
 }
+
+const (
+	// noResponderRetries is how many times a publish that NATS answered
+	// with "no responders" is sent again, noResponderWait apart, before
+	// it fails: a stream electing a leader has none for a moment.
+	// jetstream.PublishMsgAsync does the same by default.
+	noResponderRetries = 2
+	noResponderWait    = 250 * time.Millisecond
+)
 
 // New returns a window of size messages on nc. timeout bounds the wait for
 // one ack, and a publish's wait for room. The window ends with nc: once nc
@@ -68,11 +89,12 @@ type awaiting struct {
 // nats.ErrConnectionClosed.
 func New(nc *nats.Conn, size int, timeout time.Duration) (*Window, error) {
 	w := &Window{
-		nc:      nc,
-		prefix:  nc.NewInbox() + ".",
-		timeout: timeout,
-		room:    make(chan struct{}, max(size, 1)),
-		pending: make(map[uint64]awaiting, size),
+		nc:       nc,
+		prefix:   nc.NewInbox() + ".",
+		timeout:  timeout,
+		roomWait: timeout,
+		room:     make(chan struct{}, max(size, 1)),
+		pending:  make(map[uint64]awaiting, size),
 	}
 	w.timer = time.AfterFunc(time.Hour, w.sweep)
 	w.timer.Stop()
@@ -87,8 +109,9 @@ func New(nc *nats.Conn, size int, timeout time.Duration) (*Window, error) {
 }
 
 // Publish sends msg and arranges for done to run once, with nil when
-// JetStream acknowledged it or the error that kept it from doing so. msg is
-// not changed; it must not be changed until done runs.
+// JetStream acknowledged it or the error that kept it from doing so. msg's
+// reply subject is not sent (the window's takes its place); msg is not
+// changed, and must not be until done runs.
 func (w *Window) Publish(msg *nats.Msg, done func(error)) {
 	if err := w.waitForRoom(); err != nil {
 		done(err)
@@ -97,7 +120,8 @@ func (w *Window) Publish(msg *nats.Msg, done func(error)) {
 	w.mu.Lock()
 	w.next++
 	id := w.next
-	w.pending[id] = awaiting{done: done, deadline: time.Now().Add(w.timeout)}
+	out := &nats.Msg{Subject: msg.Subject, Reply: w.prefix + strconv.FormatUint(id, 36), Header: msg.Header, Data: msg.Data}
+	w.pending[id] = awaiting{msg: out, done: done, deadline: time.Now().Add(w.timeout)}
 	w.order = append(w.order, id)
 	if !w.armed {
 		// Every later message has a later deadline: the timer, once
@@ -106,8 +130,7 @@ func (w *Window) Publish(msg *nats.Msg, done func(error)) {
 		w.timer.Reset(w.timeout)
 	}
 	w.mu.Unlock()
-	out := nats.Msg{Subject: msg.Subject, Reply: w.prefix + strconv.FormatUint(id, 36), Header: msg.Header, Data: msg.Data}
-	if err := w.nc.PublishMsg(&out); err != nil {
+	if err := w.nc.PublishMsg(out); err != nil {
 		w.settle(id, err)
 	}
 }
@@ -115,14 +138,14 @@ func (w *Window) Publish(msg *nats.Msg, done func(error)) {
 // Conn is the connection the window publishes on.
 func (w *Window) Conn() *nats.Conn { return w.nc }
 
-// waitForRoom takes a token of the window, waiting up to the timeout.
+// waitForRoom takes a token of the window, waiting up to roomWait.
 func (w *Window) waitForRoom() error {
 	select {
 	case w.room <- struct{}{}:
 		return nil
 	default:
 	}
-	t := time.NewTimer(w.timeout)
+	t := time.NewTimer(w.roomWait)
 	defer t.Stop()
 	select {
 	case w.room <- struct{}{}:
@@ -142,7 +165,44 @@ func (w *Window) answer(m *nats.Msg) {
 	if err != nil {
 		return
 	}
-	w.settle(id, pubAckError(m))
+	err = pubAckError(m)
+	if errors.Is(err, nats.ErrNoResponders) {
+		if w.retryLater(id) {
+			return
+		}
+		err = jetstream.ErrNoStreamResponse
+	}
+	w.settle(id, err)
+}
+
+// retryLater arranges for message id, which NATS answered with "no
+// responders", to be published again after noResponderWait, keeping its
+// room and deadline. It reports false when the message has had its
+// retries, or is no longer waiting.
+func (w *Window) retryLater(id uint64) bool {
+	w.mu.Lock()
+	a, ok := w.pending[id]
+	retry := ok && a.retries < noResponderRetries
+	if retry {
+		a.retries++
+		w.pending[id] = a
+	}
+	w.mu.Unlock()
+	if !retry {
+		return false
+	}
+	time.AfterFunc(noResponderWait, func() {
+		w.mu.Lock()
+		_, waiting := w.pending[id]
+		w.mu.Unlock()
+		if !waiting {
+			return
+		}
+		if err := w.nc.PublishMsg(a.msg); err != nil {
+			w.settle(id, err)
+		}
+	})
+	return true
 }
 
 // pubAckError is nil when m acknowledges a stored message, else why not.
