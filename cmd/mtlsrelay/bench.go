@@ -26,7 +26,7 @@ own (this command, re-run; --worker-in-process keeps it here), then measures the
 call made directly by a Go HTTP client (the ceiling), through the relay and, with
 --peer (on by default), through Benthos v4 (built into the cache on first use, about a
 minute): throughput with a fixed number of calls in flight, latency at half the
-relay's peak rate, TLS handshakes, allocations, peak RSS, and each process's own CPU per
+relay's peak rate (--paced-fraction, --paced-rate), TLS handshakes, allocations, peak RSS, and each process's own CPU per
 call (bench process, worker, nats-server, Benthos). A last phase, the queue floor,
 replaces the workers with a responder that makes no HTTP call: the JetStream work
 alone, and the ratio it allows.
@@ -45,7 +45,7 @@ reported and bounded by --max-rss-mib (its GOMEMLIMIT is then 80% of it).
 --direct-calls selects the direct-calls mode: direct calls (core NATS requests to
 mtlsrelay.rpc.<connection>) at --direct-rate next to the same request made by the
 direct client, on the idle worker, then again while the worker serves durable calls at
-half its measured peak (or --paced-rate).`,
+half its measured peak (or --paced-fraction of it, or --paced-rate).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.LargeBodies && !cmd.Flags().Changed("call-timeout") {
@@ -101,6 +101,7 @@ half its measured peak (or --paced-rate).`,
 	f.BoolVar(&o.PeerFirst, "peer-first", false, "side-by-side mode: run each peer phase before the relay's instead of after (the later phase may find the machine busier)")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
 	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak); with --direct-calls, the durable load's")
+	f.Float64Var(&o.PacedFraction, "paced-fraction", 0, "fraction of the relay's measured peak the latency phases run at, unless --paced-rate (default 0.5; 0.25 for a quarter); with --direct-calls, the durable load's")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")
 	f.Float64Var(&o.MaxRSSMiB, "max-rss-mib", 0, "exit non-zero when the peak RSS exceeds this many MiB")
 	f.DurationVar(&o.CallTimeout, "call-timeout", o.CallTimeout, "deadline of one call on either path (10m with --large-bodies unless set)")

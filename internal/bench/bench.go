@@ -107,6 +107,10 @@ type Options struct {
 	// the rate of the paced phases: on a shared machine, half the peak may
 	// be more than the CPU left over can sustain.
 	PacedRate float64
+	// PacedFraction, when positive and PacedRate is not, replaces one half
+	// as the fraction of the relay's measured peak the paced phases (and
+	// the direct-calls mode's durable load) run at: 0.25 for a quarter.
+	PacedFraction float64
 	// MaxRSSMiB, when positive, makes Run return an *RSSLimitError (after
 	// writing the report) when the process's peak RSS exceeded it. Unless
 	// the environment sets GOMEMLIMIT, the run also sets Go's memory limit
@@ -286,8 +290,37 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// pacedRate is the rate of the paced phases, and the fraction of peak it
+// is (0 when Options.PacedRate sets it).
+func (o Options) pacedRate(peak float64) (rate, fraction float64) {
+	if o.PacedRate > 0 {
+		return o.PacedRate, 0
+	}
+	fraction = 0.5
+	if o.PacedFraction > 0 {
+		fraction = o.PacedFraction
+	}
+	return peak * fraction, fraction
+}
+
+// pacedHow says how a paced rate was chosen, for the report.
+func pacedHow(fraction float64) string {
+	switch fraction {
+	case 0:
+		return "set by --paced-rate"
+	case 0.5:
+		return "half the peak"
+	case 0.25:
+		return "a quarter of the peak"
+	}
+	return fmt.Sprintf("%.0f%% of the peak", 100*fraction)
+}
+
 func (o Options) validate() error {
 	var errs []error
+	if o.PacedFraction < 0 || o.PacedFraction > 1 {
+		errs = append(errs, fmt.Errorf("the paced fraction of the peak must be from 0 to 1, not %v", o.PacedFraction))
+	}
 	if o.Route != RouteBytes && o.Route != RouteEcho {
 		errs = append(errs, fmt.Errorf("route must be %q or %q, not %q", RouteBytes, RouteEcho, o.Route))
 	}
@@ -393,11 +426,14 @@ type Report struct {
 	// the worker's own. Both are CPU-bound on the same CPUs, so time per
 	// call adds up; the relay cannot do better than this.
 	RatioBound float64 `json:"ratio_bound,omitempty"`
-	// PacedRate is the rate of the paced phases: half the relay's
-	// closed-loop throughput unless Options.PacedRate set it.
-	PacedRate   float64 `json:"paced_rate,omitempty"`
-	PacedDirect *Phase  `json:"paced_direct,omitempty"`
-	PacedRelay  *Phase  `json:"paced_relay,omitempty"`
+	// PacedRate is the rate of the paced phases: PacedFraction of the
+	// relay's closed-loop throughput unless Options.PacedRate set it.
+	PacedRate float64 `json:"paced_rate,omitempty"`
+	// PacedFraction is the fraction of the peak PacedRate is (0.5 unless
+	// Options.PacedFraction set it); 0 when Options.PacedRate set the rate.
+	PacedFraction float64 `json:"paced_fraction,omitempty"`
+	PacedDirect   *Phase  `json:"paced_direct,omitempty"`
+	PacedRelay    *Phase  `json:"paced_relay,omitempty"`
 	// AddedP50MS and AddedP99MS are the relay's paced percentiles minus the
 	// direct ones: the latency the relay adds at PacedRate.
 	AddedP50MS float64 `json:"added_p50_ms,omitempty"`
@@ -728,10 +764,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (*Report, error) {
 			return rep, err
 		}
 		rep.Ratio = rep.Relay.Throughput / rep.Direct.Throughput
-		rep.PacedRate = rep.Relay.Throughput / 2
-		if o.PacedRate > 0 {
-			rep.PacedRate = o.PacedRate
-		}
+		rep.PacedRate, rep.PacedFraction = o.pacedRate(rep.Relay.Throughput)
 		maxOutstanding := max(10*o.Concurrency, 1000)
 		// A short warm-up at the paced rate lets the pools settle to it.
 		pacedWarmup := min(o.Warmup, time.Second)

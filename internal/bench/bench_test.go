@@ -61,7 +61,7 @@ func TestRunSideBySideReport(t *testing.T) {
 	if rep.Ratio <= 0 || rep.Ratio != rep.Relay.Throughput/rep.Direct.Throughput {
 		t.Errorf("ratio = %v, want relay/direct = %v", rep.Ratio, rep.Relay.Throughput/rep.Direct.Throughput)
 	}
-	if rep.PacedRate != rep.Relay.Throughput/2 || rep.PacedRelay.OfferedRate != rep.PacedRate || rep.PacedDirect.OfferedRate != rep.PacedRate {
+	if rep.PacedRate != rep.Relay.Throughput/2 || rep.PacedFraction != 0.5 || rep.PacedRelay.OfferedRate != rep.PacedRate || rep.PacedDirect.OfferedRate != rep.PacedRate {
 		t.Errorf("paced rate %v, offered %v and %v, want half of %v", rep.PacedRate, rep.PacedDirect.OfferedRate, rep.PacedRelay.OfferedRate, rep.Relay.Throughput)
 	}
 	if rep.AddedP50MS != rep.PacedRelay.P50MS-rep.PacedDirect.P50MS || rep.AddedP99MS != rep.PacedRelay.P99MS-rep.PacedDirect.P99MS {

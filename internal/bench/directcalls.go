@@ -35,12 +35,16 @@ type DirectCalls struct {
 	// client.Client.Direct), one after the other.
 	IdleDirect *Phase `json:"idle_direct"`
 	IdleRPC    *Phase `json:"idle_rpc"`
-	// LoadRate is the durable load's rate: half Report.Relay's throughput
-	// (the peak), unless Options.PacedRate set it. Load is that load, run
+	// LoadRate is the durable load's rate: LoadFraction (half unless
+	// Options.PacedFraction set it) of Report.Relay's throughput (the
+	// peak), unless Options.PacedRate set it. Load is that load, run
 	// through both loaded phases (its window spans them, so its partner
 	// counters include their calls).
 	LoadRate float64 `json:"load_rate"`
-	Load     *Phase  `json:"load"`
+	// LoadFraction is the fraction of the peak LoadRate is; 0 when
+	// Options.PacedRate set it.
+	LoadFraction float64 `json:"load_fraction,omitempty"`
+	Load         *Phase  `json:"load"`
 	// LoadedDirect and LoadedRPC are IdleDirect and IdleRPC again while
 	// the worker serves Load.
 	LoadedDirect *Phase `json:"loaded_direct"`
@@ -116,10 +120,7 @@ func runDirectCalls(ctx context.Context, o Options, r *rig, rep *Report, prof *p
 			return err
 		}
 	}
-	dc.LoadRate = rep.Relay.Throughput / 2
-	if o.PacedRate > 0 {
-		dc.LoadRate = o.PacedRate
-	}
+	dc.LoadRate, dc.LoadFraction = o.pacedRate(rep.Relay.Throughput)
 
 	// The load runs from a warm-up before the loaded phases to their end
 	// and a little after, to cover their last calls (it cannot be stopped

@@ -178,6 +178,7 @@ func TestRunRejectsBadModes(t *testing.T) {
 		{bench.Options{LargeBodies: true, Inflight: 8, Calls: 4}, "cannot keep 8 in flight"},
 		{bench.Options{DirectCalls: true, Inflight: 8}, "--concurrency"},
 		{bench.Options{WorkerHeapProfile: "heap.pprof"}, "worker processes"},
+		{bench.Options{PacedFraction: 1.5}, "paced fraction"},
 	} {
 		if _, err := bench.Run(context.Background(), tc.o, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: err = %v, want %q", tc.o, err, tc.want)

@@ -108,10 +108,7 @@ func writeTable(out io.Writer, rep *Report) {
 			rep.Floor.Throughput, rep.RatioBound)
 	}
 	if rep.PacedRelay != nil {
-		how := "half its peak"
-		if rep.PacedRate != rep.Relay.Throughput/2 {
-			how = "set by --paced-rate"
-		}
+		how := pacedHow(rep.PacedFraction)
 		fmt.Fprintf(out, "latency added by the relay at %.0f calls/s (%s): p50 %+.2f ms, p99 %+.2f ms\n",
 			rep.PacedRate, how, rep.AddedP50MS, rep.AddedP99MS)
 		if rep.PacedWarning != "" {
@@ -195,10 +192,7 @@ func writeDirectCalls(out io.Writer, rep *Report) {
 	fmt.Fprintf(out, "relay durable peak: %.0f calls/s with %d calls in flight\n", rep.Relay.Throughput, rep.Relay.InFlight)
 	fmt.Fprintf(out, "direct calls at %.0f calls/s on the idle worker, over the partner's own time: p50 %+.2f ms, p99 %+.2f ms (rpc p99 %.2f ms, direct %.2f ms); target p99 at most %+d ms: %s\n",
 		dc.Rate, dc.IdleAddedP50MS, dc.IdleAddedP99MS, dc.IdleRPC.P99MS, dc.IdleDirect.P99MS, DirectIdleAddedP99TargetMS, met(dc.IdleMet))
-	how := "half the peak"
-	if dc.LoadRate != rep.Relay.Throughput/2 {
-		how = "set by --paced-rate"
-	}
+	how := pacedHow(dc.LoadFraction)
 	fmt.Fprintf(out, "with a durable load of %.0f calls/s (%s): rpc p99 %.2f ms, %.2f x the idle p99; target at most %d x: %s\n",
 		dc.LoadRate, how, dc.LoadedRPC.P99MS, dc.LoadedOverIdleP99, DirectLoadedOverIdleTarget, met(dc.LoadedMet))
 	fmt.Fprintf(out, "under that load, over the partner's own time then: p50 %+.2f ms, p99 %+.2f ms; the partner's own p99 (direct client) went from %.2f to %.2f ms, %.2f x\n",

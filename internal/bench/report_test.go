@@ -16,7 +16,7 @@ func TestWriteTableShowsEveryFigure(t *testing.T) {
 		Setup:  Setup{Mode: "side-by-side", Protocol: "HTTP/2.0", Method: "POST", Idempotent: true, Route: "/bytes", BodyBytes: 256, ResponseBytes: 256, Concurrency: 64, Workers: 1, Seconds: 10, WarmupSeconds: 2, NumCPU: 2, LoadAverage: [2]float64{3.5, 1}},
 		Direct: phase("direct", "closed"), Relay: phase("relay", "closed"),
 		PacedDirect: phase("direct", "paced"), PacedRelay: phase("relay", "paced"),
-		Ratio: 0.25, PacedRate: 1500, AddedP50MS: 1.25, AddedP99MS: 7.5, PeakRSSMiB: 95.5,
+		Ratio: 0.25, PacedRate: 750, PacedFraction: 0.25, AddedP50MS: 1.25, AddedP99MS: 7.5, PeakRSSMiB: 95.5,
 	}
 	rep.PacedWarning = "relay could not keep up with 1500 calls/s (7 calls skipped); the added latency measures a backlog"
 	rep.PacedRelay.Stages = &Stages{EnqueueP50MS: 0.5, QueuedP50MS: 0.25, AttemptP50MS: 0.5}
@@ -26,6 +26,7 @@ func TestWriteTableShowsEveryFigure(t *testing.T) {
 	for _, s := range []string{
 		"HTTP/2.0 POST /bytes (256-byte body, 256-byte response), 1 worker, 64 calls in flight",
 		"closed 64", "paced 1500/s", "throughput relay/direct: 0.25", "p50 +1.25 ms, p99 +7.50 ms",
+		"at 750 calls/s (a quarter of the peak)",
 		"60.0", "relay paced stages p50/p99 ms: enqueue 0.50", "way back 0.25",
 		"warning: relay could not keep up with 1500 calls/s (7 calls skipped)",
 		"peak RSS (VmHWM over the whole run): 95.5 MiB", "first error, relay closed: enqueue: nats: timeout",
@@ -68,7 +69,7 @@ func TestWriteTableDirectCalls(t *testing.T) {
 		return &Phase{Name: name, Loop: "paced", OfferedRate: 200, Calls: 2000, Throughput: 200, P50MS: p50, P99MS: p99, MaxMS: p99 + 1}
 	}
 	dc := &DirectCalls{Rate: 200, IdleDirect: paced("direct (idle)", 1, 3), IdleRPC: paced("rpc (idle)", 1.5, 4),
-		LoadRate: 2500, Load: paced("relay (load)", 2, 40), LoadedDirect: paced("direct (loaded)", 1, 12), LoadedRPC: paced("rpc (loaded)", 1.5, 24),
+		LoadRate: 2500, LoadFraction: 0.5, Load: paced("relay (load)", 2, 40), LoadedDirect: paced("direct (loaded)", 1, 12), LoadedRPC: paced("rpc (loaded)", 1.5, 24),
 		IdleAddedP50MS: 0.5, IdleAddedP99MS: 1, LoadedAddedP50MS: 0.5, LoadedAddedP99MS: 12, LoadedOverIdleP99: 6, DirectLoadedOverIdleP99: 4, IdleMet: true}
 	dc.Load.OfferedRate = 2500
 	dc.IdleRPC.Stages = &Stages{AttemptP50MS: 0.25, AttemptP99MS: 1.5}
