@@ -26,8 +26,9 @@ own (this command, re-run; --worker-in-process keeps it here), then measures the
 call made directly by a Go HTTP client (the ceiling), through the relay and, with
 --peer (on by default), through Benthos v4 (built into the cache on first use, about a
 minute): throughput with a fixed number of calls in flight, latency at half the
-relay's peak rate (--paced-fraction, --paced-rate), TLS handshakes, allocations, peak RSS, and each process's own CPU per
-call (bench process, worker, nats-server, Benthos). A last phase, the queue floor,
+relay's peak rate (--paced-fraction, --paced-rate), TLS handshakes, allocations, peak
+RSS, and each process's own CPU per call (bench process, worker, nats-server,
+Benthos). A last phase, the queue floor,
 replaces the workers with a responder that makes no HTTP call: the JetStream work
 alone, and the ratio it allows.
 
@@ -100,7 +101,7 @@ half its measured peak (or --paced-fraction of it, or --paced-rate).`,
 	f.BoolVar(&o.Peer, "peer", o.Peer, "side-by-side mode: add the peer phases, the same load through Benthos "+bench.BenthosVersion+" (built into the cache on first use); --peer=false leaves them out")
 	f.BoolVar(&o.PeerFirst, "peer-first", false, "side-by-side mode: run each peer phase before the relay's instead of after (the later phase may find the machine busier)")
 	f.BoolVar(&o.HTTP1, "http1", o.HTTP1, "partner offers HTTP/1.1 only (default: HTTP/2 through ALPN)")
-	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: half the relay's measured peak); with --direct-calls, the durable load's")
+	f.Float64Var(&o.PacedRate, "paced-rate", 0, "rate of the latency phases, calls/s (default: --paced-fraction of the relay's measured peak); with --direct-calls, the durable load's")
 	f.Float64Var(&o.PacedFraction, "paced-fraction", 0, "fraction of the relay's measured peak the latency phases run at, unless --paced-rate (default 0.5; 0.25 for a quarter); with --direct-calls, the durable load's")
 	f.IntVar(&o.Inflight, "inflight", 0, "memory-bound mode: only the relay, with this many calls in flight")
 	f.Float64Var(&o.MaxRSSMiB, "max-rss-mib", 0, "exit non-zero when the peak RSS exceeds this many MiB")
@@ -119,7 +120,7 @@ half its measured peak (or --paced-fraction of it, or --paced-rate).`,
 	f.StringVar(&o.WorkerLog, "worker-log", "", "with the worker in a process of its own: it logs as serve does (JSON, info: a line per call) to this file; default /dev/null, \"\" for no logs")
 	f.StringArrayVar(&o.WorkerEnv, "worker-env", nil, "with the worker in a process of its own: add KEY=VALUE to its environment (repeatable), for example GOMAXPROCS=1 as a one-CPU container limit sets it")
 	f.StringVar(&o.WorkerHeapProfile, "worker-heap-profile", "", "large-bodies mode: the worker process writes a heap profile to this file each time its heap passes its peak by 10%")
-	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under half the peak durable load")
+	f.BoolVar(&o.DirectCalls, "direct-calls", false, "direct-calls mode: latency of direct calls (mtlsrelay.rpc.<connection>) over the partner's own time, idle and under a durable load of half the peak (--paced-fraction, --paced-rate)")
 	f.Float64Var(&o.DirectRate, "direct-rate", bench.DefaultDirectRate, "direct-calls mode: rate of the direct and rpc phases, calls/s")
 	cmd.AddCommand(&cobra.Command{
 		Use:                workerProcessCmd,

@@ -13,7 +13,8 @@
 //
 //   - throughput in a closed loop: a fixed number of calls in flight, each
 //     completion starting the next;
-//   - latency in an open loop paced at half the relay's measured peak,
+//   - latency in an open loop paced at half the relay's measured peak
+//     (Options.PacedFraction, Options.PacedRate),
 //     latency counted from when a call was due, so the added latency is
 //     the relay's percentile minus the direct one at the same load;
 //   - full TLS handshakes and new connections per 1,000 calls, from the
@@ -103,9 +104,9 @@ type Options struct {
 	// relay runs, in a closed loop with this many calls in flight, and the
 	// report's point is peak RSS. Concurrency is then ignored.
 	Inflight int
-	// PacedRate, when positive, replaces half the relay's measured peak as
-	// the rate of the paced phases: on a shared machine, half the peak may
-	// be more than the CPU left over can sustain.
+	// PacedRate, when positive, replaces PacedFraction of the relay's
+	// measured peak as the rate of the paced phases: on a shared machine,
+	// half the peak may be more than the CPU left over can sustain.
 	PacedRate float64
 	// PacedFraction, when positive and PacedRate is not, replaces one half
 	// as the fraction of the relay's measured peak the paced phases (and
@@ -212,7 +213,7 @@ type Options struct {
 	// the direct HTTP client (the partner's own time), both paced at
 	// DirectRate, first with the worker idle, then while it also serves a
 	// paced durable load at half its peak durable rate (measured in the
-	// run, or PacedRate).
+	// run; PacedFraction of it, or PacedRate).
 	DirectCalls bool
 	// DirectRate is the rate of the direct-calls mode's measured phases.
 	// Zero means 200 calls/s.
@@ -319,7 +320,10 @@ func pacedHow(fraction float64) string {
 func (o Options) validate() error {
 	var errs []error
 	if o.PacedFraction < 0 || o.PacedFraction > 1 {
-		errs = append(errs, fmt.Errorf("the paced fraction of the peak must be from 0 to 1, not %v", o.PacedFraction))
+		errs = append(errs, fmt.Errorf("the paced fraction of the peak must be over 0 and at most 1 (0 for the default, one half), not %v", o.PacedFraction))
+	}
+	if o.PacedFraction > 0 && o.PacedRate > 0 {
+		errs = append(errs, errors.New("a paced rate or a paced fraction of the peak: not both"))
 	}
 	if o.Route != RouteBytes && o.Route != RouteEcho {
 		errs = append(errs, fmt.Errorf("route must be %q or %q, not %q", RouteBytes, RouteEcho, o.Route))

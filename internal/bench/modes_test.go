@@ -147,7 +147,7 @@ func TestRunDirectCalls(t *testing.T) {
 			t.Fatalf("phase %+v", ph)
 		}
 	}
-	if dc.IdleRPC.OfferedRate != 100 || dc.LoadedRPC.OfferedRate != 100 || dc.LoadRate != rep.Relay.Throughput/2 || dc.Load.OfferedRate != dc.LoadRate {
+	if dc.IdleRPC.OfferedRate != 100 || dc.LoadedRPC.OfferedRate != 100 || dc.LoadRate != rep.Relay.Throughput/2 || dc.LoadFraction != 0.5 || dc.Load.OfferedRate != dc.LoadRate {
 		t.Errorf("rates: rpc %v/%v, load %v of peak %v", dc.IdleRPC.OfferedRate, dc.LoadedRPC.OfferedRate, dc.LoadRate, rep.Relay.Throughput)
 	}
 	// The rpc phases reached the partner through the worker: they carry
@@ -179,6 +179,8 @@ func TestRunRejectsBadModes(t *testing.T) {
 		{bench.Options{DirectCalls: true, Inflight: 8}, "--concurrency"},
 		{bench.Options{WorkerHeapProfile: "heap.pprof"}, "worker processes"},
 		{bench.Options{PacedFraction: 1.5}, "paced fraction"},
+		{bench.Options{PacedFraction: -0.5}, "paced fraction"},
+		{bench.Options{PacedFraction: 0.25, PacedRate: 100}, "not both"},
 	} {
 		if _, err := bench.Run(context.Background(), tc.o, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: err = %v, want %q", tc.o, err, tc.want)

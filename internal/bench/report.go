@@ -174,15 +174,25 @@ func writeLargeBodies(out io.Writer, rep *Report) {
 		where, lb.InFlight, lb.BodyBytes, lb.WorkerPeakRSSMiB, verdict)
 }
 
+func met(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+// loadedVerdict is the direct-calls mode's verdict on its loaded target,
+// which is set at half the peak: at another load it is not judged.
+func loadedVerdict(dc *DirectCalls) string {
+	if !dc.loadJudged() {
+		return "not judged (the target is set at half the peak)"
+	}
+	return met(dc.LoadedMet)
+}
+
 // writeDirectCalls writes the direct-calls mode's figures.
 func writeDirectCalls(out io.Writer, rep *Report) {
 	dc := rep.DirectCalls
-	met := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT met"
-	}
 	for _, ph := range []*Phase{dc.IdleRPC, dc.LoadedRPC} {
 		if st := ph.Stages; st != nil {
 			fmt.Fprintf(out, "%s: the worker's attempt p50/p99 %.2f/%.2f ms; the rest (NATS both ways, the worker's and client's own work) %.2f ms at p50\n",
@@ -194,7 +204,7 @@ func writeDirectCalls(out io.Writer, rep *Report) {
 		dc.Rate, dc.IdleAddedP50MS, dc.IdleAddedP99MS, dc.IdleRPC.P99MS, dc.IdleDirect.P99MS, DirectIdleAddedP99TargetMS, met(dc.IdleMet))
 	how := pacedHow(dc.LoadFraction)
 	fmt.Fprintf(out, "with a durable load of %.0f calls/s (%s): rpc p99 %.2f ms, %.2f x the idle p99; target at most %d x: %s\n",
-		dc.LoadRate, how, dc.LoadedRPC.P99MS, dc.LoadedOverIdleP99, DirectLoadedOverIdleTarget, met(dc.LoadedMet))
+		dc.LoadRate, how, dc.LoadedRPC.P99MS, dc.LoadedOverIdleP99, DirectLoadedOverIdleTarget, loadedVerdict(dc))
 	fmt.Fprintf(out, "under that load, over the partner's own time then: p50 %+.2f ms, p99 %+.2f ms; the partner's own p99 (direct client) went from %.2f to %.2f ms, %.2f x\n",
 		dc.LoadedAddedP50MS, dc.LoadedAddedP99MS, dc.IdleDirect.P99MS, dc.LoadedDirect.P99MS, dc.DirectLoadedOverIdleP99)
 	fmt.Fprintln(out, "the loaded phases' allocations and CPU per call include the load's; their CORES are the whole process's")

@@ -16,8 +16,9 @@ func TestWriteTableShowsEveryFigure(t *testing.T) {
 		Setup:  Setup{Mode: "side-by-side", Protocol: "HTTP/2.0", Method: "POST", Idempotent: true, Route: "/bytes", BodyBytes: 256, ResponseBytes: 256, Concurrency: 64, Workers: 1, Seconds: 10, WarmupSeconds: 2, NumCPU: 2, LoadAverage: [2]float64{3.5, 1}},
 		Direct: phase("direct", "closed"), Relay: phase("relay", "closed"),
 		PacedDirect: phase("direct", "paced"), PacedRelay: phase("relay", "paced"),
-		Ratio: 0.25, PacedRate: 750, PacedFraction: 0.25, AddedP50MS: 1.25, AddedP99MS: 7.5, PeakRSSMiB: 95.5,
+		Ratio: 0.25, PacedRate: 1500, PacedFraction: 0.25, AddedP50MS: 1.25, AddedP99MS: 7.5, PeakRSSMiB: 95.5,
 	}
+	rep.Relay.Throughput = 6000 // a quarter of it is PacedRate
 	rep.PacedWarning = "relay could not keep up with 1500 calls/s (7 calls skipped); the added latency measures a backlog"
 	rep.PacedRelay.Stages = &Stages{EnqueueP50MS: 0.5, QueuedP50MS: 0.25, AttemptP50MS: 0.5}
 	rep.Relay.FirstError = "enqueue: nats: timeout"
@@ -26,7 +27,7 @@ func TestWriteTableShowsEveryFigure(t *testing.T) {
 	for _, s := range []string{
 		"HTTP/2.0 POST /bytes (256-byte body, 256-byte response), 1 worker, 64 calls in flight",
 		"closed 64", "paced 1500/s", "throughput relay/direct: 0.25", "p50 +1.25 ms, p99 +7.50 ms",
-		"at 750 calls/s (a quarter of the peak)",
+		"at 1500 calls/s (a quarter of the peak)",
 		"60.0", "relay paced stages p50/p99 ms: enqueue 0.50", "way back 0.25",
 		"warning: relay could not keep up with 1500 calls/s (7 calls skipped)",
 		"peak RSS (VmHWM over the whole run): 95.5 MiB", "first error, relay closed: enqueue: nats: timeout",
@@ -91,6 +92,28 @@ func TestWriteTableDirectCalls(t *testing.T) {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, out.String())
 		}
+	}
+}
+
+// Under another load than half the peak the loaded target is not judged:
+// it names half the peak.
+func TestWriteTableDirectCallsOtherLoad(t *testing.T) {
+	paced := func(name string, p99 float64) *Phase {
+		return &Phase{Name: name, Loop: "paced", OfferedRate: 200, Calls: 2000, Throughput: 200, P50MS: 1, P99MS: p99, MaxMS: p99 + 1}
+	}
+	dc := &DirectCalls{Rate: 200, IdleDirect: paced("direct (idle)", 3), IdleRPC: paced("rpc (idle)", 4),
+		LoadRate: 1250, LoadFraction: 0.25, Load: paced("relay (load)", 40), LoadedDirect: paced("direct (loaded)", 4), LoadedRPC: paced("rpc (loaded)", 5),
+		LoadedOverIdleP99: 1.25, IdleMet: true}
+	rep := &Report{
+		Setup:       Setup{Mode: "direct-calls", Protocol: "HTTP/2.0", Method: "GET", Route: "/bytes", Concurrency: 64, Workers: 1, NumCPU: 2},
+		Relay:       &Phase{Name: "relay", Loop: "closed", InFlight: 64, Calls: 50000, Throughput: 5000, P50MS: 10, P99MS: 30},
+		DirectCalls: dc,
+	}
+	var out bytes.Buffer
+	writeTable(&out, rep)
+	want := "with a durable load of 1250 calls/s (a quarter of the peak): rpc p99 5.00 ms, 1.25 x the idle p99; target at most 2 x: not judged (the target is set at half the peak)"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, out.String())
 	}
 }
 
