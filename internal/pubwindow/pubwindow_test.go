@@ -26,6 +26,16 @@ func startWindow(t *testing.T, size int, timeout time.Duration) (*pubwindow.Wind
 	return w, s
 }
 
+// stored is how many messages s holds.
+func stored(t *testing.T, s jetstream.Stream) uint64 {
+	t.Helper()
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
 // An in-process NATS server with one memory stream on "kept.>".
 func startStream(t testing.TB) (*nats.Conn, jetstream.Stream) {
 	t.Helper()
@@ -133,8 +143,8 @@ func TestWindowTimesOut(t *testing.T) {
 	if took := time.Since(start); took < 300*time.Millisecond {
 		t.Errorf("timed out after %s, before the timeout", took)
 	}
-	if info, err := s.Info(context.Background()); err != nil || info.State.Msgs != 1 {
-		t.Errorf("stream holds %v messages (err %v), want 1", info.State.Msgs, err)
+	if n := stored(t, s); n != 1 {
+		t.Errorf("stream holds %d messages, want 1", n)
 	}
 }
 
@@ -171,8 +181,8 @@ func TestWindowAcknowledgesDuplicate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if info, err := s.Info(context.Background()); err != nil || info.State.Msgs != 1 {
-		t.Errorf("stream holds %v messages (err %v), want 1", info.State.Msgs, err)
+	if n := stored(t, s); n != 1 {
+		t.Errorf("stream holds %d messages, want 1", n)
 	}
 }
 
@@ -269,7 +279,7 @@ func TestWindowRetriesNoResponders(t *testing.T) {
 	if err := wait(5 * time.Second); err != nil {
 		t.Fatalf("a publish whose stream came up 100 ms later: %v", err)
 	}
-	if info, err := s.Info(context.Background()); err != nil || info.State.Msgs != 1 {
-		t.Errorf("stream holds %v messages (err %v), want 1", info.State.Msgs, err)
+	if n := stored(t, s); n != 1 {
+		t.Errorf("stream holds %d messages, want 1", n)
 	}
 }
