@@ -93,6 +93,18 @@ func TestWindowReportsEachMessageOnce(t *testing.T) {
 	}
 }
 
+// subscribeSilent subscribes nc to "silent.x" and never answers: a
+// publish there finds a responder, so no "no responders", and no ack.
+func subscribeSilent(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	if _, err := nc.SubscribeSync("silent.x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // collect returns a done function and a way to wait for its one error.
 func collect(t *testing.T) (func(error), func(within time.Duration) error) {
 	t.Helper()
@@ -120,12 +132,7 @@ func collect(t *testing.T) (func(error), func(within time.Duration) error) {
 func TestWindowTimesOut(t *testing.T) {
 	w, s := startWindow(t, 8, 300*time.Millisecond)
 	nc := w.Conn()
-	if _, err := nc.SubscribeSync("silent.x"); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	subscribeSilent(t, nc)
 	done, wait := collect(t)
 	start := time.Now()
 	w.Publish(&nats.Msg{Subject: "silent.x", Data: []byte("x")}, done)
@@ -194,12 +201,7 @@ func TestWindowFullAndTooLarge(t *testing.T) {
 	// The room wait ends long before the first message's ack timeout.
 	pubwindow.SetRoomWait(w, 200*time.Millisecond)
 	nc := w.Conn()
-	if _, err := nc.SubscribeSync("silent.x"); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	subscribeSilent(t, nc)
 	done, wait := collect(t)
 	w.Publish(&nats.Msg{Subject: "silent.x", Data: []byte("x")}, done)
 	done2, wait2 := collect(t)
@@ -240,12 +242,7 @@ func TestWindowConnectionLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nc.SubscribeSync("silent.x"); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	subscribeSilent(t, nc)
 	done, wait := collect(t)
 	w.Publish(&nats.Msg{Subject: "silent.x", Data: []byte("x")}, done)
 	srv.Shutdown()
